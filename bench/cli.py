@@ -1,0 +1,211 @@
+"""The `bench` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bench import doctor as doctor_mod
+from bench import image as image_mod
+from bench import plan as planning
+from bench import scenario as scenario_mod
+from bench.errors import BenchError
+from bench.rundir import RunDir, new_run_id
+from bench.runner import Runner, select_tiers
+from bench.summary import print_summary
+from bench.tiers import TIERS
+from bench.workloads import WORKLOADS
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+EXIT_INTERRUPTED = 130
+
+
+def fail(exc: BenchError) -> None:
+    console.print(f"[bold red]error:[/bold red] {exc.cause}", markup=True, highlight=False)
+    if exc.fix:
+        console.print(f"[bold]fix:[/bold] {exc.fix}", highlight=False)
+    sys.exit(2)
+
+
+class BenchGroup(click.Group):
+    """Turns every BenchError into a one-paragraph message instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BenchError as exc:
+            fail(exc)
+
+
+@click.group(cls=BenchGroup)
+@click.version_option(package_name="bench")
+def main() -> None:
+    """What isolation costs on this host: host, namespace containers, Docker and KVM."""
+
+
+@main.command()
+@click.argument("scenario", default=scenario_mod.DEFAULT_SCENARIO)
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Finish an interrupted run.")
+@click.option("--all-metrics", is_flag=True, help="Show every metric in the summary.")
+def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool) -> None:
+    """Run SCENARIO (a shipped name or a YAML path; default: quick)."""
+    if resume_id:
+        rundir = RunDir.open(resume_id)
+        manifest = rundir.manifest()
+        if manifest.get("status") == "complete":
+            console.print(f"run {rundir.run_id} is already complete.")
+            print_summary(rundir, console, all_metrics)
+            return
+        parsed = scenario_mod.parse(manifest["scenario"]["text"], f"{rundir.path}/manifest.json")
+        text = manifest["scenario"]["text"]
+        tiers, skipped = manifest["tiers"], manifest.get("skipped_tiers", {})
+        img = image_mod.require()
+        if img.hash != manifest["image"]["hash"]:
+            raise BenchError(
+                f"Run {rundir.run_id} used bench image {manifest['image']['hash']}, but this "
+                f"bench builds {img.hash}; the rest would run different binaries.",
+                "resume with the bench version that started the run, or start a new run.")
+    else:
+        parsed, text = scenario_mod.load(scenario)
+        tiers, skipped = select_tiers(parsed)
+        if dry_run:
+            _print_plan(planning.expand(parsed, tiers, skipped))
+            return
+        img = image_mod.find() or image_mod.build(log=console.print)
+        rundir = RunDir.create(new_run_id(parsed.name))
+    runner = Runner(parsed, text, rundir, tiers, skipped, console)
+    console.print(f"run [bold]{rundir.run_id}[/bold]: {len(runner.plan.runs)} runs of "
+                  f"{len(runner.plan.cells)} cells on {', '.join(tiers)}; results in {rundir.path}")
+    for tier, reason in skipped.items():
+        console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]", highlight=False)
+    outcome = runner.execute(img, resume=bool(resume_id))
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted after {outcome.done} of {outcome.total} runs; the "
+                      f"samples taken are in {rundir.path}. Resume with: "
+                      f"bench run --resume {rundir.run_id}[/yellow]")
+        sys.exit(EXIT_INTERRUPTED)
+    print_summary(rundir, console, all_metrics)
+    console.print(f"results: {rundir.path}")
+
+
+def _print_plan(plan: planning.Plan) -> None:
+    out = Table(title="plan")
+    for column in ("tier", "workload", "params", "reps", "est. s/run", "timeout s"):
+        out.add_column(column)
+    for c in plan.cells:
+        params = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()))
+        out.add_row(c.cell.tier, c.cell.workload, params, str(c.repetitions),
+                    f"{c.estimate_s:.1f}", f"{c.timeout_s:.0f}")
+    console.print(out)
+    for tier, reason in plan.skipped_tiers.items():
+        console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]", highlight=False)
+    warmups = sum(1 for r in plan.runs if r.warmup)
+    console.print(f"{len(plan.cells)} cells, {len(plan.runs)} runs ({warmups} warm-up), "
+                  f"estimated {plan.estimate_seconds() / 60:.1f} min of workload time")
+
+
+@main.command("list")
+def list_cmd() -> None:
+    """Show the shipped scenarios, tiers and workloads (with their parameters)."""
+    scen = Table(title="scenarios")
+    scen.add_column("name")
+    scen.add_column("description")
+    for path in sorted(scenario_mod.scenario_dir().glob("*.yaml")):
+        try:
+            parsed = scenario_mod.parse(path.read_text(), str(path))
+            scen.add_row(path.stem, parsed.description)
+        except BenchError as exc:
+            scen.add_row(path.stem, f"[red]invalid: {exc.cause}[/red]")
+    console.print(scen)
+    tiers = Table(title="tiers")
+    tiers.add_column("name")
+    tiers.add_column("description")
+    for name, cls in TIERS.items():
+        tiers.add_row(name, cls.description)
+    console.print(tiers)
+    loads = Table(title="workloads")
+    for column in ("name", "family", "description", "parameters (default)"):
+        loads.add_column(column)
+    for name, w in WORKLOADS.items():
+        fields = ", ".join(f"{k} ({f.default})" for k, f in w.params_model.model_fields.items())
+        loads.add_row(name, w.family, w.description, fields or "-")
+    console.print(loads)
+
+
+@main.command()
+def doctor() -> None:
+    """Is every tier and workload ready here? If not, why, and the fix."""
+    out = Table(title="bench doctor")
+    for column in ("kind", "name", "ready", "why not / details", "fix"):
+        out.add_column(column)
+    checks = doctor_mod.checks()
+    for c in checks:
+        out.add_row(c.kind, c.name, "[green]yes[/green]" if c.ok else "[red]no[/red]",
+                    c.reason, c.fix)
+    console.print(out)
+
+
+@main.command()
+def setup() -> None:
+    """Install the prerequisites of every tier and workload, start daemons, build the image."""
+    doctor_mod.setup(log=console.print)
+    console.print("setup done; `bench doctor` shows what is ready.")
+
+
+@main.group("image")
+def image_group() -> None:
+    """The bench image every tier runs."""
+
+
+@image_group.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when the image is cached.")
+def image_build(force: bool) -> None:
+    """Build the bench image with mmdebstrap (cached by the hash of its recipe)."""
+    img = image_mod.build(force=force, log=console.print)
+    console.print(f"image {img.hash}: {img.rootfs}")
+
+
+@image_group.command("show")
+def image_show() -> None:
+    """Show the bench image's hash, tools and size."""
+    img = image_mod.require()
+    manifest = img.manifest
+    out = Table(title=f"bench image {img.hash}")
+    out.add_column("field")
+    out.add_column("value")
+    out.add_row("path", str(img.path))
+    out.add_row("suite", manifest["recipe"]["suite"])
+    out.add_row("size", f"{manifest['size_bytes'] / 2**20:.0f} MiB")
+    out.add_row("packages", str(len(manifest["packages"])))
+    for tool, version in manifest["tools"].items():
+        out.add_row(tool, version)
+    console.print(out)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--all-metrics", is_flag=True)
+def summary(run_id: str, all_metrics: bool) -> None:
+    """Print the summary table of a run."""
+    print_summary(RunDir.open(run_id), console, all_metrics)
+
+
+@main.command()
+@click.option("--run", "run_id", help="Only what this run left (default: every bench run).")
+def cleanup(run_id: str | None) -> None:
+    """Remove what a killed run left behind (mounts, containers, networks, ...)."""
+    removed = []
+    for name, cls in TIERS.items():
+        removed += [f"{name}: {what}" for what in cls().cleanup(run_id)]
+    for line in removed:
+        console.print(f"removed {line}", highlight=False)
+    console.print(f"cleanup done: {len(removed)} leftover(s) removed.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""The runner: takes a plan to samples on disk.
+
+Tiers are prepared once; each tier keeps a long-lived `main` instance (and a `peer` for network
+workloads) across runs, restarted after a failure. Every sample is appended and fsynced as it is
+taken; every finished run goes to the journal, so `--resume` knows what is left after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bench import hostinfo, image, plan as planning
+from bench.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
+from bench.rundir import RunDir, RunRecord
+from bench.samples import Sample
+from bench.scenario import Scenario
+from bench.tiers import get as get_tier
+from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.workloads import WORKLOADS
+from bench.workloads.base import RunContext
+
+
+def work_root() -> Path:
+    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+
+
+@dataclass
+class Outcome:
+    rundir: RunDir
+    total: int
+    done: int = 0
+    failed: int = 0
+    interrupted: bool = False
+    skipped_tiers: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run the way Ctrl-C does: cleanly, with everything removed."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def select_tiers(scenario: Scenario) -> tuple[list[str], dict[str, str]]:
+    usable, skipped = [], {}
+    for name in scenario.tiers:
+        availability = get_tier(name).available()
+        if availability.ok:
+            usable.append(name)
+        elif scenario.require_all_tiers:
+            raise TierUnavailable(f"Tier {name!r} is unavailable: {availability.reason}",
+                                  availability.fix)
+        else:
+            skipped[name] = f"{availability.reason} Fix: {availability.fix}".strip()
+    if not usable:
+        raise TierUnavailable("No tier of this scenario can run here: "
+                              + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                              "run `bench doctor` and `bench setup`.")
+    return usable, skipped
+
+
+class Runner:
+    def __init__(self, scenario: Scenario, scenario_text: str, rundir: RunDir,
+                 tiers: list[str], skipped: dict[str, str], console: Console) -> None:
+        self.scenario = scenario
+        self.scenario_text = scenario_text
+        self.rundir = rundir
+        self.console = console
+        self.plan = planning.expand(scenario, tiers, skipped)
+        self.tier_names = tiers
+        self.tiers: dict[str, Tier] = {}
+        self.pool: dict[tuple[str, str], Instance] = {}
+        self.workdir = work_root() / rundir.run_id
+
+    # -- instances -------------------------------------------------------------------------
+    def _spec(self, role: str, command: list[str] | None) -> InstanceSpec:
+        return InstanceSpec(role=role, limits=self.scenario.limits, command=command)
+
+    def _instance(self, tier: str, role: str) -> Instance:
+        key = (tier, role)
+        if key not in self.pool:
+            self.pool[key] = self.tiers[tier].start(self._spec(role, None))
+        return self.pool[key]
+
+    def _drop_instances(self, tier: str) -> None:
+        for key in [k for k in self.pool if k[0] == tier]:
+            with contextlib.suppress(Exception):
+                self.pool.pop(key).stop()
+
+    # -- the run ---------------------------------------------------------------------------
+    def manifest(self, img: image.Image) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "run_id": self.rundir.run_id,
+            "status": "running",
+            "started_at": time.time(),
+            "host": hostinfo.collect(),
+            "image": {k: v for k, v in img.manifest.items() if k != "packages"}
+            | {"packages": img.manifest.get("packages", {})},
+            "scenario": {"name": self.scenario.name, "text": self.scenario_text,
+                         "seed": self.scenario.seed},
+            "tiers": self.tier_names,
+            "skipped_tiers": self.plan.skipped_tiers,
+            "plan": {"cells": len(self.plan.cells), "runs": len(self.plan.runs),
+                     "estimate_s": round(self.plan.estimate_seconds(), 1)},
+        }
+
+    def execute(self, img: image.Image, resume: bool = False) -> Outcome:
+        done_keys = self.rundir.done_keys() if resume else set()
+        if resume:
+            self._drop_orphan_samples(done_keys)
+        else:
+            self.rundir.write_manifest(self.manifest(img))
+        todo = [r for r in self.plan.runs if r.key not in done_keys]
+        outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
+                          skipped_tiers=self.plan.skipped_tiers)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with _sigterm_as_interrupt():
+            try:
+                self._prepare_tiers(img)
+                self._loop(todo, outcome)
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+            finally:
+                try:
+                    self._teardown()
+                except KeyboardInterrupt:
+                    outcome.interrupted = True
+                    self._teardown()
+                status = "interrupted" if outcome.interrupted else "complete"
+                self.rundir.update_manifest(status=status, finished_at=time.time(),
+                                            tier_metadata={n: t.metadata()
+                                                           for n, t in self.tiers.items()})
+        return outcome
+
+    def _prepare_tiers(self, img: image.Image) -> None:
+        for name in self.tier_names:
+            tier = get_tier(name)
+            tier_dir = self.workdir / name
+            tier_dir.mkdir(parents=True, exist_ok=True)
+            self.tiers[name] = tier
+            tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
+
+    def _teardown(self) -> None:
+        for key in list(self.pool):
+            with contextlib.suppress(Exception):
+                self.pool.pop(key).stop()
+        for tier in self.tiers.values():
+            try:
+                tier.finish()
+            except Exception as exc:  # report, and keep tearing the others down
+                self.console.print(f"[red]cleanup of tier {tier.name} failed: {exc}; "
+                                   "run `bench cleanup`[/red]")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _loop(self, todo: list[planning.PlannedRun], outcome: Outcome) -> None:
+        total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)
+        done_estimate = total_estimate - sum(r.cell.estimate_s for r in todo)
+        columns = (TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.fields[runs]}/%d runs" % len(self.plan.runs)),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task = progress.add_task("starting", total=total_estimate, completed=done_estimate,
+                                     runs=outcome.done)
+            for planned in todo:
+                label = planned.cell.cell
+                progress.update(task, description=f"{label.tier:6} {label.label[:48]:48}"
+                                + (" (warm-up)" if planned.warmup else ""))
+                record = self._run_one(planned)
+                self.rundir.add_record(record)
+                outcome.done += 1
+                if record.status != "ok":
+                    outcome.failed += 1
+                    progress.console.print(f"[yellow]{label.tier} {label.label}: "
+                                           f"{record.status}: {record.error}[/yellow]")
+                progress.update(task, advance=planned.cell.estimate_s, runs=outcome.done)
+
+    def _run_one(self, planned: planning.PlannedRun) -> RunRecord:
+        cell = planned.cell.cell
+        workload = WORKLOADS[cell.workload]
+        params = workload.parse_params(planned.cell.params)
+        started = time.monotonic()
+        ctx: RunContext | None = None
+        try:
+            instance = self._instance(cell.tier, "main") if workload.needs_instance else None
+            peer = self._instance(cell.tier, "peer") if workload.needs_peer else None
+            ctx = RunContext(tier=self.tiers[cell.tier], instance=instance, peer=peer,
+                             new_spec=self._spec, deadline=started + planned.cell.timeout_s,
+                             raw_dir=self.rundir.raw, run_key=planned.key.replace("#", ".r"))
+            measurements = workload.run(ctx, params)
+        except (BenchError, OSError, ValueError) as exc:
+            self._drop_instances(cell.tier)  # a failed instance is not reused
+            status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
+            stderr = getattr(exc, "stderr", "") or ""
+            if isinstance(exc, CommandError | CommandTimeout):
+                stderr = exc.stderr
+            return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
+                             status=status, seconds=time.monotonic() - started,
+                             error=str(exc), stderr=stderr[-4000:],
+                             raw=ctx.raw_files if ctx else [])
+        except Exception as exc:
+            self._drop_instances(cell.tier)
+            return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
+                             status="failed", seconds=time.monotonic() - started,
+                             error=f"internal error: {exc!r}",
+                             stderr=traceback.format_exc()[-4000:],
+                             raw=ctx.raw_files if ctx else [])
+        meta = {**(instance.metadata() if instance else {}), "tier": self.tiers[cell.tier].metadata()}
+        if not planned.warmup:
+            now = time.time()
+            for m in measurements:
+                self.rundir.add_sample(Sample(
+                    run_id=self.rundir.run_id, cell=cell, repetition=planned.repetition,
+                    metric=m.metric, value=m.value, unit=m.unit, direction=m.direction,
+                    timestamp=now, metadata={**meta, **m.metadata}))
+        return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
+                         status="ok", seconds=time.monotonic() - started, raw=ctx.raw_files)
+
+    def _drop_orphan_samples(self, done_keys: set[str]) -> None:
+        """Samples of a run that never reached the journal are set aside, then the run is redone."""
+        path = self.rundir.samples_path
+        if not path.exists():
+            return
+        keep, orphans = [], []
+        for line in path.read_text().splitlines():
+            try:
+                data = json.loads(line)
+                key = f"{Sample.model_validate(data).cell.key}#{data['repetition']}"
+            except ValueError:
+                orphans.append(line)
+                continue
+            (keep if key in done_keys else orphans).append(line)
+        if orphans:
+            with open(self.rundir.raw / "orphaned-samples.jsonl", "a") as fh:
+                fh.write("\n".join(orphans) + "\n")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)

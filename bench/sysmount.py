@@ -1,0 +1,99 @@
+"""mount(2)/umount2(2) through libc, and a look-up of the file system under a path."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from pathlib import Path
+from typing import Any
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def mount(source: str, target: str | Path, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    rc = _libc.mount(source.encode(), str(target).encode(),
+                     fstype.encode() if fstype else None, flags,
+                     data.encode() if data else None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target} ({fstype}): {os.strerror(err)}")
+
+
+def bind(source: str | Path, target: str | Path, readonly: bool = False) -> None:
+    mount(str(source), target, None, MS_BIND | MS_REC)
+    if readonly:
+        mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+
+
+def umount(target: str | Path, lazy: bool = True) -> None:
+    rc = _libc.umount2(str(target).encode(), MNT_DETACH if lazy else 0)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mounts() -> list[dict[str, str]]:
+    """The current mount table from /proc/self/mountinfo."""
+    table = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        rest = right.split()
+        table.append({
+            "mount_id": fields[0],
+            "dev": fields[2],
+            "mount_point": fields[4].replace("\\040", " "),
+            "fstype": rest[0] if rest else "",
+            "source": rest[1] if len(rest) > 1 else "",
+        })
+    return table
+
+
+def mounts_under(prefix: str | Path) -> list[str]:
+    """Mount points at or below `prefix`, deepest first (the order to unmount them)."""
+    root = str(prefix).rstrip("/")
+    found = [m["mount_point"] for m in mounts()
+             if m["mount_point"] == root or m["mount_point"].startswith(root + "/")]
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def unmount_all(prefix: str | Path) -> list[str]:
+    removed = []
+    for point in mounts_under(prefix):
+        try:
+            umount(point)
+            removed.append(point)
+        except OSError:
+            pass
+    return removed
+
+
+def filesystem_of(path: str | Path) -> dict[str, Any]:
+    """File system type, source device and mount point of the file system holding `path`."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    best: dict[str, str] | None = None
+    for entry in mounts():
+        if entry["dev"] == dev and (
+            best is None or len(entry["mount_point"]) > len(best["mount_point"])
+        ) and str(Path(path).resolve()).startswith(entry["mount_point"]):
+            best = entry
+    if best is None:
+        return {"fstype": "unknown", "device": dev, "mount_point": "?"}
+    return {"fstype": best["fstype"], "device": best["source"], "dev": dev,
+            "mount_point": best["mount_point"]}

@@ -1,0 +1,152 @@
+"""The Tier and Instance contracts. One tier lives in one module; see bench/tiers/__init__.py."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bench.image import Image
+from bench.procs import Completed
+
+NetworkMode = Literal["bridge", "host"]
+ScratchMode = Literal["overlay", "bind"]
+
+
+class Limits(BaseModel):
+    """Resource limits applied identically on every tier that isolates (the host tier has none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU quota in CPUs (CFS quota)")
+    cpuset: str | None = Field(None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+    memory_mb: int | None = Field(None, ge=16, le=1 << 22)
+    pids: int | None = Field(None, ge=8, le=1 << 22)
+    io_read_bps: int | None = Field(None, ge=1 << 16)
+    io_write_bps: int | None = Field(None, ge=1 << 16)
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+    fix: str = ""
+
+
+@dataclass
+class InstanceSpec:
+    """What to start. `command` None means a long-lived instance driven through `exec`."""
+
+    role: str
+    limits: Limits
+    command: list[str] | None = None
+    network: NetworkMode = "bridge"
+    scratch: ScratchMode = "overlay"
+
+
+@dataclass
+class TierContext:
+    """What every tier gets from the runner."""
+
+    run_id: str
+    image: Image
+    workdir: Path  # run-scoped scratch area on the host, removed at the end
+    raw_dir: Path
+
+
+@dataclass
+class Phases:
+    """Start-up phase timestamps, seconds on the host's CLOCK_MONOTONIC."""
+
+    stamps: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        self.stamps[name] = time.monotonic() if at is None else at
+
+
+class Background(ABC):
+    """A server process running inside an instance."""
+
+    @abstractmethod
+    def stop(self) -> str:
+        """Stop it and return what it printed."""
+
+
+class Instance(ABC):
+    """One running isolation unit (a chroot, a container, a VM)."""
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+        self.phases = Phases()
+
+    @abstractmethod
+    def exec(self, argv: list[str], timeout: float) -> Completed:
+        """Run argv inside and wait for it; raises CommandError/CommandTimeout."""
+
+    @abstractmethod
+    def spawn(self, argv: list[str]) -> Background:
+        """Start argv inside in the background (a server)."""
+
+    @abstractmethod
+    def address(self) -> str:
+        """The address a peer reaches this instance's servers at."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> int:
+        """For a command instance: wait for its command to exit and return its status."""
+
+    def output(self) -> str:
+        """For a command instance, after `wait`: what its command printed."""
+        return ""
+
+    @abstractmethod
+    def read_file(self, path: str) -> bytes:
+        """Copy a file out of the instance."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop and remove everything this instance made. Idempotent."""
+
+    def scratch_dir(self) -> str:
+        """Where disk workloads put their files, as seen inside."""
+        return "/scratch"
+
+    def metadata(self) -> dict[str, Any]:
+        """Facts that go into every sample taken in this instance (file system, network path)."""
+        return {}
+
+
+class Tier(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
+
+    def ensure_running(self) -> list[str]:
+        """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""
+        return []
+
+    @abstractmethod
+    def available(self) -> Availability:
+        """Can this tier run here? If not, say why and how to fix it."""
+
+    def prepare(self, ctx: TierContext) -> None:
+        """Once per run before the first start (export the image, make networks)."""
+        self.ctx = ctx
+
+    @abstractmethod
+    def start(self, spec: InstanceSpec) -> Instance:
+        """Start an instance; phases are recorded on the instance."""
+
+    def finish(self) -> None:
+        """Once per run after the last stop: remove what `prepare` made. Idempotent."""
+
+    def cleanup(self, run_id: str | None) -> list[str]:
+        """Remove leftovers of a run (all runs if None) after a crash; return what was removed."""
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,19 @@
+"""The workload registry: adding a workload is one line here plus its module and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.workloads.base import Workload
+from bench.workloads.cpu_pyperf import PyperfMicro
+from bench.workloads.cpu_sysbench import SysbenchCpu
+from bench.workloads.disk_fio import Fio
+from bench.workloads.memory import Memory
+from bench.workloads.net_iperf3 import Iperf3
+from bench.workloads.net_sockperf import Sockperf
+from bench.workloads.startup import Startup
+
+WORKLOADS: dict[str, Workload[Any]] = {
+    w.name: w
+    for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup())
+}

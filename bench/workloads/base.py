@@ -1,0 +1,88 @@
+"""The Workload contract: parameters, what it needs, how it runs in an instance, how it parses.
+
+A workload module holds one workload and its parser; add it to bench/workloads/__init__.py.
+Parsers are pure functions over the tool's machine-readable output, tested on real captures.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from bench.samples import Measurement
+from bench.tiers.base import Instance, InstanceSpec, Tier
+
+Family = Literal["cpu", "memory", "disk", "network", "startup"]
+
+
+class Params(BaseModel):
+    """Base of every workload's parameters: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+P = TypeVar("P", bound=Params)
+
+
+@dataclass
+class RunContext:
+    """What one run of a workload gets from the runner."""
+
+    tier: Tier
+    instance: Instance | None
+    peer: Instance | None
+    new_spec: Callable[[str, list[str] | None], InstanceSpec]
+    deadline: float  # time.monotonic() by which the run must be done
+    raw_dir: Path
+    run_key: str
+    raw_files: list[str] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            from bench.errors import CommandTimeout
+
+            raise CommandTimeout(["(run)"], 0.0)
+        return left
+
+    def save_raw(self, name: str, text: str | bytes) -> None:
+        """Keep a tool's raw output under raw/ next to the samples taken from it."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.run_key}.{name}")
+        path = self.raw_dir / safe
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text)
+        self.raw_files.append(safe)
+
+    def main(self) -> Instance:
+        assert self.instance is not None
+        return self.instance
+
+
+class Workload(ABC, Generic[P]):
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    description: ClassVar[str]
+    params_model: type[P]
+    needs_peer: ClassVar[bool] = False
+    needs_instance: ClassVar[bool] = True  # False: the workload starts its own instances
+    tools: ClassVar[tuple[str, ...]] = ()  # programs it needs inside the bench image
+
+    def parse_params(self, raw: dict[str, Any]) -> P:
+        return self.params_model.model_validate(raw)
+
+    @abstractmethod
+    def estimate_seconds(self, params: P) -> float:
+        """Expected wall time of one run, for the plan's estimate and the default timeout."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext, params: P) -> list[Measurement]:
+        """Run once in ctx.instance (and ctx.peer) and return the parsed measurements."""

@@ -1,0 +1,62 @@
+"""CPU: sysbench's prime-number test, events per second with one thread or all of them."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field
+
+from bench.errors import ParseError
+from bench.samples import Measurement
+from bench.workloads.base import Params, RunContext, Workload
+
+
+class SysbenchParams(Params):
+    threads: int = Field(1, ge=0, le=1024, description="0 means one per CPU the instance sees")
+    seconds: float = Field(3.0, gt=0, le=3600)
+    max_prime: int = Field(10000, ge=100, le=10_000_000)
+
+
+_EVENTS = re.compile(r"events per second:\s+([0-9.]+)")
+_THREADS = re.compile(r"Number of threads:\s+(\d+)")
+_LAT = re.compile(r"^\s+(min|avg|max|95th percentile):\s+([0-9.]+)", re.M)
+
+
+def parse_sysbench_cpu(text: str) -> list[Measurement]:
+    """sysbench has no machine format for its built-in tests; its report lines are stable."""
+    events = _EVENTS.search(text)
+    if not events:
+        raise ParseError("sysbench output has no 'events per second' line.", "see raw/ output.")
+    threads = _THREADS.search(text)
+    latency = {k: float(v) for k, v in _LAT.findall(text)}
+    meta = {"threads": int(threads.group(1)) if threads else None}
+    found = [Measurement(metric="events_per_s", value=float(events.group(1)), unit="events/s",
+                         direction="higher", metadata=meta)]
+    if "95th percentile" in latency:
+        found.append(Measurement(metric="latency_p95_ms", value=latency["95th percentile"],
+                                 unit="ms", direction="lower", metadata=meta))
+    return found
+
+
+class SysbenchCpu(Workload[SysbenchParams]):
+    name = "cpu.sysbench"
+    family = "cpu"
+    description = "sysbench cpu: prime search, events/s (threads=1 or 0 for all CPUs)"
+    params_model = SysbenchParams
+    tools = ("sysbench", "nproc")
+
+    def estimate_seconds(self, params: SysbenchParams) -> float:
+        return params.seconds + 0.3
+
+    def run(self, ctx: RunContext, params: SysbenchParams) -> list[Measurement]:
+        instance = ctx.main()
+        threads = params.threads
+        if threads == 0:
+            threads = int(instance.exec(["nproc"], timeout=ctx.remaining()).stdout.strip())
+        done = instance.exec(
+            ["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds:g}",
+             f"--cpu-max-prime={params.max_prime}", "run"],
+            timeout=ctx.remaining(),
+        )
+        ctx.save_raw("sysbench.txt", done.stdout)
+        return parse_sysbench_cpu(done.stdout)

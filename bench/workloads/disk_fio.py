@@ -1,0 +1,94 @@
+"""Disk: fio on a scratch file, parsed from `--output-format=json`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import Field
+
+from bench.errors import ParseError
+from bench.samples import Measurement
+from bench.workloads.base import Params, RunContext, Workload
+
+Pattern = Literal["read", "write", "randread", "randwrite"]
+
+
+class FioParams(Params):
+    rw: Pattern = "randread"
+    direct: bool = True
+    bs: str | None = Field(None, pattern=r"^\d+[kKmM]?$", description="default 1m seq, 4k rand")
+    size_mb: int = Field(256, ge=1, le=1 << 20)
+    runtime_s: float = Field(3.0, gt=0, le=3600)
+    iodepth: int = Field(16, ge=1, le=1024)
+    ioengine: Literal["libaio", "psync", "io_uring"] = "libaio"
+    end_fsync: bool = True
+
+    @property
+    def block_size(self) -> str:
+        return self.bs or ("4k" if self.rw.startswith("rand") else "1m")
+
+
+PERCENTILES = {"50.000000": "p50", "99.000000": "p99", "99.900000": "p99.9"}
+
+
+def parse_fio_json(text: str, rw: str) -> list[Measurement]:
+    """fio may print warnings before its JSON; parse from the first '{'."""
+    start = text.find("{")
+    try:
+        data = json.loads(text[start:]) if start >= 0 else None
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"fio output is not JSON: {exc}", "see raw/.") from exc
+    if not data or not data.get("jobs"):
+        raise ParseError("fio JSON has no jobs.", "see raw/.")
+    job = data["jobs"][0]
+    if job.get("error"):
+        raise ParseError(f"fio job failed with error {job['error']}.", "see raw/.")
+    side: dict[str, Any] = job["write" if "write" in rw else "read"]
+    meta = {"fio_version": data.get("fio version"), "runtime_ms": side.get("runtime")}
+    found = [
+        Measurement(metric="bandwidth_MBps", value=side["bw_bytes"] / 1e6, unit="MB/s",
+                    direction="higher", metadata=meta),
+        Measurement(metric="iops", value=side["iops"], unit="IO/s", direction="higher",
+                    metadata=meta),
+    ]
+    clat = side.get("clat_ns", {})
+    found.append(Measurement(metric="clat_mean_us", value=clat.get("mean", 0.0) / 1e3,
+                             unit="us", direction="lower", metadata=meta))
+    for key, label in PERCENTILES.items():
+        value = clat.get("percentile", {}).get(key)
+        if value is not None:
+            found.append(Measurement(metric=f"clat_{label}_us", value=value / 1e3, unit="us",
+                                     direction="lower", metadata=meta))
+    return found
+
+
+class Fio(Workload[FioParams]):
+    name = "disk.fio"
+    family = "disk"
+    description = "fio: sequential MB/s and 4k random IOPS with latency percentiles, direct/buffered"
+    params_model = FioParams
+    tools = ("fio",)
+
+    def estimate_seconds(self, params: FioParams) -> float:
+        return params.runtime_s + 0.5 + params.size_mb / 500
+
+    def run(self, ctx: RunContext, params: FioParams) -> list[Measurement]:
+        instance = ctx.main()
+        scratch = instance.scratch_dir()
+        argv = [
+            "fio", "--name=bench", f"--filename={scratch}/bench-fio-{params.size_mb}m.dat",
+            f"--rw={params.rw}", f"--bs={params.block_size}", f"--direct={int(params.direct)}",
+            f"--size={params.size_mb}m", f"--runtime={params.runtime_s:g}", "--time_based",
+            f"--ioengine={params.ioengine}", f"--iodepth={params.iodepth}",
+            "--invalidate=1", "--output-format=json",
+        ]
+        if "write" in params.rw and params.end_fsync:
+            argv.append("--end_fsync=1")
+        done = instance.exec(argv, timeout=ctx.remaining())
+        ctx.save_raw("fio.json", done.stdout)
+        found = parse_fio_json(done.stdout, params.rw)
+        for m in found:
+            m.metadata.update({"bs": params.block_size, "direct": params.direct,
+                               "page_cache": "bypassed" if params.direct else "used"})
+        return found

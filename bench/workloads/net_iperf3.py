@@ -1,0 +1,72 @@
+"""Network: TCP throughput with iperf3 `-J` between a server instance and a client instance."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+from pydantic import Field
+
+from bench.errors import CommandError, ParseError
+from bench.samples import Measurement
+from bench.workloads.base import Params, RunContext, Workload
+
+
+class Iperf3Params(Params):
+    seconds: float = Field(3.0, gt=0, le=3600)
+    parallel: int = Field(1, ge=1, le=128)
+    reverse: bool = False
+
+
+def parse_iperf3_json(text: str) -> list[Measurement]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"iperf3 output is not JSON: {exc}", "see raw/.") from exc
+    if data.get("error"):
+        raise ParseError(f"iperf3 reported: {data['error']}", "see raw/.")
+    end = data["end"]
+    sent, received = end["sum_sent"], end["sum_received"]
+    meta = {"retransmits": sent.get("retransmits"), "seconds": received.get("seconds"),
+            "version": data.get("start", {}).get("version")}
+    return [
+        Measurement(metric="throughput_Gbps", value=received["bits_per_second"] / 1e9,
+                    unit="Gbit/s", direction="higher", metadata=meta),
+        Measurement(metric="retransmits", value=float(sent.get("retransmits") or 0),
+                    unit="segments", direction="lower", metadata=meta),
+    ]
+
+
+class Iperf3(Workload[Iperf3Params]):
+    name = "network.iperf3"
+    family = "network"
+    description = "iperf3 -J: TCP throughput from a client instance to a server instance"
+    params_model = Iperf3Params
+    tools = ("iperf3",)
+    needs_peer = True
+
+    def estimate_seconds(self, params: Iperf3Params) -> float:
+        return params.seconds + 0.8
+
+    def run(self, ctx: RunContext, params: Iperf3Params) -> list[Measurement]:
+        assert ctx.peer is not None
+        port = random.randint(20000, 29999)
+        server = ctx.peer.spawn(["iperf3", "-s", "-p", str(port)])
+        try:
+            argv = ["iperf3", "-c", ctx.peer.address(), "-p", str(port), "-J",
+                    "-t", f"{params.seconds:g}", "-P", str(params.parallel)]
+            if params.reverse:
+                argv.append("-R")
+            while True:  # the server may still be binding: retry refused connections
+                try:
+                    done = ctx.main().exec(argv, timeout=ctx.remaining())
+                    break
+                except CommandError as exc:
+                    if "refused" not in exc.stderr + str(exc) or ctx.remaining() < params.seconds:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            server.stop()
+        ctx.save_raw("iperf3.json", done.stdout)
+        return parse_iperf3_json(done.stdout)

@@ -1,0 +1,64 @@
+"""Start-up: start an instance whose whole job is to read the clock and exit.
+
+`bench-stamp` reads CLOCK_MONOTONIC as its first act, so (on tiers sharing the host's clock)
+the time from the create call to that stamp is the time to the workload's first instruction.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.errors import CommandError, ParseError
+from bench.samples import Measurement
+from bench.workloads.base import Params, RunContext, Workload
+
+STAMP = "/usr/local/bin/bench-stamp"
+
+
+class StartupParams(Params):
+    pass
+
+
+def parse_stamp(text: str) -> float:
+    """Seconds on CLOCK_MONOTONIC at the no-op's first instruction."""
+    for line in text.splitlines():
+        if '"bench-stamp"' in line:
+            return int(json.loads(line)["monotonic_ns"]) / 1e9
+    raise ParseError("bench-stamp printed no time stamp.", "see raw/.")
+
+
+class Startup(Workload[StartupParams]):
+    name = "startup.noop"
+    family = "startup"
+    description = "start a no-op instance: time to its first instruction, to exit, to removal"
+    params_model = StartupParams
+    tools = ("bench-stamp",)
+    needs_instance = False
+
+    def estimate_seconds(self, params: StartupParams) -> float:
+        return 0.1
+
+    def run(self, ctx: RunContext, params: StartupParams) -> list[Measurement]:
+        instance = ctx.tier.start(ctx.new_spec("startup", [STAMP]))
+        try:
+            status = instance.wait(ctx.remaining())
+            output = instance.output()
+        finally:
+            instance.stop()
+        ctx.save_raw("stamp.txt", output)
+        if status != 0:
+            raise CommandError([STAMP], status, output)
+        stamps = dict(instance.phases.stamps)
+        stamps.setdefault("first_instruction", parse_stamp(output))
+        created = stamps["create"]
+        phases = {k: round((v - created) * 1e3, 4) for k, v in stamps.items()}
+        meta = {"phases_ms": phases}
+        found = [Measurement(metric="first_instruction_ms", value=phases["first_instruction"],
+                             unit="ms", direction="lower", metadata=meta)]
+        if "exit" in phases:
+            found.append(Measurement(metric="exit_ms", value=phases["exit"], unit="ms",
+                                     direction="lower", metadata=meta))
+        if "removed" in phases:
+            found.append(Measurement(metric="total_ms", value=phases["removed"], unit="ms",
+                                     direction="lower", metadata=meta))
+        return found
