@@ -1,4 +1,4 @@
-"""One exception tree for the suite (after docker-py): every error says what failed and how to fix it."""
+"""One exception tree (after docker-py): every error says what failed and how to fix it."""
 
 from __future__ import annotations
 

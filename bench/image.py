@@ -231,7 +231,8 @@ def _install_pyperf(rootfs: Path) -> None:
         wheel = next(Path(tmp).glob("pyperf-*.whl"))
         pythons = sorted((rootfs / "usr/lib").glob("python3.*[0-9]"))
         if not pythons:
-            raise ImageError("The image has no python3.", "rebuild with `bench image build --force`.")
+            raise ImageError("The image has no python3.",
+                             "rebuild it with `bench image build --force`.")
         site = rootfs / "usr/local/lib" / pythons[-1].name / "dist-packages"
         site.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as zf:

@@ -1,7 +1,8 @@
-"""Run commands as argv lists (never a shell string), with timeouts that kill the whole process group."""
+"""Run commands as argv lists (never a shell string); a timeout kills the whole process group."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,10 +23,8 @@ class Completed:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def run(

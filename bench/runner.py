@@ -29,7 +29,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench import hostinfo, image, plan as planning
+from bench import hostinfo, image
+from bench import plan as planning
 from bench.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.rundir import RunDir, RunRecord
 from bench.samples import Sample
@@ -184,10 +185,10 @@ class Runner:
         total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)
         done_estimate = total_estimate - sum(r.cell.estimate_s for r in todo)
         columns = (TextColumn("{task.description}"), BarColumn(),
-                   TextColumn("{task.fields[runs]}/%d runs" % len(self.plan.runs)),
+                   TextColumn(f"{{task.fields[runs]}}/{len(self.plan.runs)} runs"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=self.console, transient=False) as progress:
-            task = progress.add_task("starting", total=total_estimate, completed=done_estimate,
+            task = progress.add_task("starting", total=total_estimate, completed=int(done_estimate),
                                      runs=outcome.done)
             for planned in todo:
                 label = planned.cell.cell
@@ -213,7 +214,8 @@ class Runner:
             peer = self._instance(cell.tier, "peer") if workload.needs_peer else None
             ctx = RunContext(tier=self.tiers[cell.tier], instance=instance, peer=peer,
                              new_spec=self._spec, deadline=started + planned.cell.timeout_s,
-                             raw_dir=self.rundir.raw, run_key=planned.key.replace("#", ".r"))
+                             raw_dir=self.rundir.raw,
+                             run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             measurements = workload.run(ctx, params)
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
@@ -232,7 +234,8 @@ class Runner:
                              error=f"internal error: {exc!r}",
                              stderr=traceback.format_exc()[-4000:],
                              raw=ctx.raw_files if ctx else [])
-        meta = {**(instance.metadata() if instance else {}), "tier": self.tiers[cell.tier].metadata()}
+        meta = {**(instance.metadata() if instance else {}),
+                "tier": self.tiers[cell.tier].metadata()}
         if not planned.warmup:
             now = time.time()
             for m in measurements:
@@ -248,7 +251,8 @@ class Runner:
         path = self.rundir.samples_path
         if not path.exists():
             return
-        keep, orphans = [], []
+        keep: list[str] = []
+        orphans: list[str] = []
         for line in path.read_text().splitlines():
             try:
                 data = json.loads(line)

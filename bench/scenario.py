@@ -161,9 +161,10 @@ def _check_params(scenario: Scenario) -> list[str]:
             model.model_validate(entry.params | {k: v[0] for k, v in entry.matrix.items()})
         except ValidationError as exc:
             for err in exc.errors():
-                key = err["loc"][0] if err["loc"] else None
-                where = ("matrix", key, 0) if key in entry.matrix else ("params",)
-                loc = tuple(err["loc"][1:]) if key in entry.matrix else tuple(err["loc"])
+                first = err["loc"][0] if err["loc"] else None
+                in_matrix = isinstance(first, str) and first in entry.matrix
+                where = ("matrix", str(first), 0) if in_matrix else ("params",)
+                loc = tuple(err["loc"][1:]) if in_matrix else tuple(err["loc"])
                 problems.append(_describe({**err, "loc": loc}, model, (*base, *where)))
         for key, values in entry.matrix.items():
             for position, value in enumerate(values[1:], 1):

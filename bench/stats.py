@@ -1,4 +1,4 @@
-"""Statistics in one place: medians with bootstrap confidence intervals, and ratios to a baseline."""
+"""Statistics in one place: medians with bootstrap confidence intervals, ratios to a baseline."""
 
 from __future__ import annotations
 

@@ -141,7 +141,7 @@ class Tier(ABC):
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - optional hook
         """Once per run after the last stop: remove what `prepare` made. Idempotent."""
 
     def cleanup(self, run_id: str | None) -> list[str]:

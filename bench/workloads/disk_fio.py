@@ -66,7 +66,7 @@ def parse_fio_json(text: str, rw: str) -> list[Measurement]:
 class Fio(Workload[FioParams]):
     name = "disk.fio"
     family = "disk"
-    description = "fio: sequential MB/s and 4k random IOPS with latency percentiles, direct/buffered"
+    description = "fio: sequential MB/s, random IOPS and latency percentiles; direct or buffered"
     params_model = FioParams
     tools = ("fio",)
 

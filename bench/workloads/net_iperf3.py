@@ -52,20 +52,27 @@ class Iperf3(Workload[Iperf3Params]):
     def run(self, ctx: RunContext, params: Iperf3Params) -> list[Measurement]:
         assert ctx.peer is not None
         port = random.randint(20000, 29999)
-        server = ctx.peer.spawn(["iperf3", "-s", "-p", str(port)])
+        address = ctx.peer.address()  # listen only on the peer's own address, never on all
+        server = ctx.peer.spawn(["iperf3", "-s", "-B", address, "-p", str(port)])
         try:
-            argv = ["iperf3", "-c", ctx.peer.address(), "-p", str(port), "-J",
+            argv = ["iperf3", "-c", address, "-p", str(port), "-J",
                     "-t", f"{params.seconds:g}", "-P", str(params.parallel)]
             if params.reverse:
                 argv.append("-R")
             while True:  # the server may still be binding: retry refused connections
                 try:
                     done = ctx.main().exec(argv, timeout=ctx.remaining())
-                    break
                 except CommandError as exc:
                     if "refused" not in exc.stderr + str(exc) or ctx.remaining() < params.seconds:
                         raise
                     time.sleep(0.1)
+                    continue
+                # iperf3 exits 0 even when it cannot connect; the error is in its JSON
+                if '"error"' in done.stdout and "refused" in done.stdout \
+                        and ctx.remaining() > params.seconds + 1:
+                    time.sleep(0.1)
+                    continue
+                break
         finally:
             server.stop()
         ctx.save_raw("iperf3.json", done.stdout)

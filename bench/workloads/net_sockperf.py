@@ -66,20 +66,21 @@ class Sockperf(Workload[SockperfParams]):
     def run(self, ctx: RunContext, params: SockperfParams) -> list[Measurement]:
         assert ctx.peer is not None
         port = random.randint(30000, 39999)
-        server = ctx.peer.spawn(["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", str(port)])
+        address = ctx.peer.address()  # listen only on the peer's own address, never on all
+        server = ctx.peer.spawn(["sockperf", "server", "--tcp", "-i", address, "-p", str(port)])
         log = f"/tmp/sockperf-{uuid.uuid4().hex}.csv"
-        argv = ["sockperf", "ping-pong", "--tcp", "-i", ctx.peer.address(), "-p", str(port),
+        argv = ["sockperf", "ping-pong", "--tcp", "-i", address, "-p", str(port),
                 "-t", f"{params.seconds:g}", "-m", str(params.msg_size), "--full-log", log]
         try:
-            while True:
-                try:
-                    ctx.main().exec(argv, timeout=ctx.remaining())
+            while True:  # the server may still be binding: retry refused connections
+                done = ctx.main().exec(argv, timeout=ctx.remaining())
+                said = done.stdout + done.stderr
+                if "ERROR" not in said:
                     break
-                except CommandError as exc:
-                    refused = "refused" in exc.stderr.lower() or "connect" in exc.stderr.lower()
-                    if not refused or ctx.remaining() < params.seconds + 1:
-                        raise
-                    time.sleep(0.1)
+                # sockperf exits 0 even on errors; they are in its output
+                if "refused" not in said or ctx.remaining() < params.seconds + 1:
+                    raise CommandError(argv, done.returncode, said)
+                time.sleep(0.1)
         finally:
             server.stop()
         text = ctx.main().read_file(log).decode(errors="replace")
