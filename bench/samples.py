@@ -99,10 +99,25 @@ def append_jsonl(path: Path, record: BaseModel | dict[str, Any]) -> None:
     """Append one JSON line and fsync it, so a crash loses at most the record in flight."""
     data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
     line = json.dumps(data, sort_keys=True) + "\n"
+    _drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line left by a crash, so the next record starts on a line of its own."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+    except OSError:  # missing or empty
+        return
+    content = path.read_bytes()
+    with open(path, "r+b") as fh:
+        fh.truncate(content.rfind(b"\n") + 1)
 
 
 def read_samples(path: Path) -> Iterator[Sample]:

@@ -1,0 +1,193 @@
+"""`bench run` for real on the host tier: the whole path from a scenario to samples on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import scenario, sysmount
+from bench.image import Image
+from bench.rundir import RunDir
+
+pytestmark = pytest.mark.integration
+BENCH = [sys.executable, "-m", "bench.cli"]
+FAMILIES = {"cpu", "memory", "disk", "network", "startup"}
+
+
+def bench(*args: str, env: dict[str, str],
+          timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BENCH, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def env_for(results: Path) -> dict[str, str]:
+    return {**os.environ, "BENCH_RESULTS_DIR": str(results), "COLUMNS": "200"}
+
+
+def only_run(results: Path) -> RunDir:
+    (path,) = [p for p in results.iterdir() if p.is_dir()]
+    return RunDir(path)
+
+
+def write_scenario(tmp_path: Path, data: dict) -> Path:  # type: ignore[type-arg]
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_quick_scenario_host_part(tmp_path: Path, results_dir: Path, bench_image: Image) -> None:
+    quick = yaml.safe_load(scenario.resolve_path("quick").read_text())
+    quick["tiers"] = ["host"]
+    done = bench("run", str(write_scenario(tmp_path, quick)), env=env_for(results_dir))
+    assert done.returncode == 0, done.stderr + done.stdout
+    run = only_run(results_dir)
+    samples = run.samples()
+    from bench.workloads import WORKLOADS
+
+    families = {WORKLOADS[s.cell.workload].family for s in samples}
+    assert families == FAMILIES
+    records = run.records()
+    assert records and all(r.status == "ok" for r in records), [r.error for r in records]
+    # warm-ups are run (journaled) but not kept as samples
+    assert any(r.repetition < 0 for r in records)
+    assert all(s.repetition >= 0 for s in samples)
+    manifest = run.manifest()
+    assert manifest["status"] == "complete"
+    assert manifest["image"]["hash"] == bench_image.hash
+    assert "fio" in manifest["image"]["tools"] and manifest["image"]["packages"]["fio"]
+    for key in ("kernel", "cpu_model", "governor", "thp", "sysctls"):
+        assert key in manifest["host"]
+    assert manifest["host"]["sysctls"]["vm.dirty_ratio"].isdigit()
+    assert "cpu.sysbench" in manifest["scenario"]["text"]
+    # raw tool output is kept next to the samples, named after the cell
+    raw = {p.name for p in run.raw.iterdir()}
+    assert any(name.startswith("host.disk.fio.") and name.endswith(".fio.json") for name in raw)
+    fio = next(s for s in samples if s.cell.workload == "disk.fio")
+    assert fio.metadata["scratch_fs"] and fio.metadata["scratch_device"]
+    net = next(s for s in samples if s.cell.workload == "network.iperf3")
+    assert net.metadata["network_path"] == "loopback"
+    # the summary table is printed with a median and CI per cell
+    assert "median" in done.stdout and "events_per_s" in done.stdout
+    assert "first_instruction_ms" in done.stdout
+    # nothing of the run stays mounted
+    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+
+
+SMALL = {
+    "name": "small",
+    "tiers": ["host"],
+    "repetitions": 3,
+    "warmup": 0,
+    "workloads": [
+        {"workload": "cpu.sysbench", "params": {"seconds": 0.5}, "matrix": {"threads": [1, 0]}},
+        {"workload": "memory", "params": {"size_mb": 16, "seconds": 0.3}},
+        {"workload": "startup.noop"},
+    ],
+}
+
+
+def test_sigint_keeps_samples_and_resume_completes(tmp_path: Path, results_dir: Path,
+                                                    bench_image: Image) -> None:
+    path = write_scenario(tmp_path, SMALL)
+    proc = subprocess.Popen([*BENCH, "run", str(path)], env=env_for(results_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    samples_file = None
+    while time.monotonic() < deadline:
+        found = list(results_dir.glob("*/samples.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            samples_file = found[0]
+            break
+        time.sleep(0.05)
+    assert samples_file is not None, "no samples appeared"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "--resume" in out
+    run = only_run(results_dir)
+    assert run.manifest()["status"] == "interrupted"
+    taken = run.samples()
+    assert taken, "samples taken before the interrupt must stay on disk"
+    total = 3 * (2 + 1 + 1)
+    assert len(run.records()) < total
+    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+
+    done = bench("run", "--resume", run.run_id, env=env_for(results_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.manifest()["status"] == "complete"
+    records = run.records()
+    assert sorted(r.key for r in records) == sorted({r.key for r in records})  # no run twice
+    assert len(records) == total
+    keys = [(s.cell.key, s.repetition, s.metric) for s in run.samples()]
+    assert len(keys) == len(set(keys)), "resume must not duplicate samples"
+    assert {(s.cell.key, s.repetition, s.metric) for s in taken} <= set(keys)
+
+
+def test_failing_and_hanging_runs_are_recorded_and_the_plan_goes_on(
+        tmp_path: Path, results_dir: Path, bench_image: Image) -> None:
+    data = {
+        "name": "faulty",
+        "tiers": ["host"],
+        "repetitions": 1,
+        "warmup": 0,
+        "workloads": [
+            # two 64 GiB buffers cannot be allocated on a test host: the tool fails
+            {"workload": "memory", "params": {"size_mb": 65536, "seconds": 0.2}},
+            # runs 30 s but may take 2 s: killed at its timeout
+            {"workload": "cpu.sysbench", "params": {"seconds": 30}, "timeout_s": 2},
+            {"workload": "memory", "params": {"size_mb": 8, "seconds": 0.2}},
+        ],
+    }
+    started = time.monotonic()
+    done = bench("run", str(write_scenario(tmp_path, data)), env=env_for(results_dir))
+    assert time.monotonic() - started < 60
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = only_run(results_dir)
+    by_status = {r.status: r for r in run.records()}
+    assert set(by_status) == {"ok", "failed", "timeout"}
+    assert "allocate" in by_status["failed"].stderr
+    assert "timeout" in by_status["timeout"].error
+    assert "2 run(s) failed" in done.stdout
+    assert [s.metric for s in run.samples()] == ["copy_MBps"]
+    leftover = subprocess.run(["pgrep", "-f", "sysbench cpu --threads=1 --time=30"],
+                              capture_output=True, text=True)
+    assert leftover.stdout == "", "the timed-out tool must be killed"
+
+
+def test_dry_run_prints_the_plan(results_dir: Path) -> None:
+    done = bench("run", "quick", "--dry-run", env=env_for(results_dir))
+    assert done.returncode == 0, done.stderr
+    assert "cells" in done.stdout and "estimated" in done.stdout and "disk.fio" in done.stdout
+    assert not any(results_dir.iterdir()), "a dry run writes nothing"
+
+
+def test_broken_scenario_is_one_clear_error(tmp_path: Path, results_dir: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: b\ntiers: [host]\n"
+                    "workloads:\n  - workload: disk.fio\n    params: {rw: up}\n")
+    done = bench("run", str(path), env=env_for(results_dir))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "workloads[0].params.rw" in done.stdout and "'randread'" in done.stdout
+    assert "fix:" in done.stdout
+
+
+def test_samples_file_loads_into_pandas_rows(results_dir: Path, tmp_path: Path,
+                                             bench_image: Image) -> None:
+    data = dict(SMALL, repetitions=1, workloads=[SMALL["workloads"][1]])  # type: ignore[call-overload]
+    done = bench("run", str(write_scenario(tmp_path, data)), env=env_for(results_dir))
+    assert done.returncode == 0, done.stdout
+    run = only_run(results_dir)
+    lines = run.samples_path.read_text().splitlines()
+    row = json.loads(lines[0])
+    assert row["v"] == 1 and row["metric"] == "copy_MBps" and row["unit"] == "MB/s"
+    tidy = run.samples()[0].tidy()
+    assert tidy["tier"] == "host" and tidy["param.size_mb"] == 16
