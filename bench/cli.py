@@ -77,6 +77,7 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool) 
             _print_plan(planning.expand(parsed, tiers, skipped))
             return
         img = image_mod.find() or image_mod.build(log=console.print)
+        doctor_mod.preflight([w.workload for w in parsed.workloads], img)
         rundir = RunDir.create(new_run_id(parsed.name))
     runner = Runner(parsed, text, rundir, tiers, skipped, console)
     console.print(f"run [bold]{rundir.run_id}[/bold]: {len(runner.plan.runs)} runs of "

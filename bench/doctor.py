@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import image, procs
+from bench.errors import BenchError
 from bench.tiers import TIERS
 from bench.workloads import WORKLOADS
 
@@ -75,6 +76,18 @@ def checks() -> list[Check]:
                            f"missing in the image: {', '.join(absent)}" if absent else "",
                            "rebuild it: `bench image build --force`" if absent else ""))
     return found
+
+
+def preflight(workloads: list[str], img: image.Image) -> None:
+    """Refuse to start a run that would fail half-way for a tool missing from the image."""
+    missing = {name: [t for t in WORKLOADS[name].tools if not _in_image(img.rootfs, t)]
+               for name in workloads}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        listing = "; ".join(f"{name} needs {', '.join(tools)}" for name, tools in missing.items())
+        raise BenchError(f"The bench image {img.hash} lacks tools this scenario needs: {listing}.",
+                         "rebuild the image with `bench image build --force`, "
+                         "then check with `bench doctor`.")
 
 
 def setup(log: object = print) -> None:

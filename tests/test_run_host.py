@@ -191,3 +191,30 @@ def test_samples_file_loads_into_pandas_rows(results_dir: Path, tmp_path: Path,
     assert row["v"] == 1 and row["metric"] == "copy_MBps" and row["unit"] == "MB/s"
     tidy = run.samples()[0].tidy()
     assert tidy["tier"] == "host" and tidy["param.size_mb"] == 16
+
+
+def test_doctor_and_list(results_dir: Path, bench_image: Image) -> None:
+    done = bench("doctor", env=env_for(results_dir))
+    assert done.returncode == 0, done.stderr
+    from bench.tiers import TIERS
+    from bench.workloads import WORKLOADS
+
+    for name in [*TIERS, *WORKLOADS]:
+        assert name in done.stdout
+    host_row = next(line for line in done.stdout.splitlines() if " host " in line)
+    assert "yes" in host_row
+    listed = bench("list", env=env_for(results_dir))
+    assert "quick" in listed.stdout and "full" in listed.stdout and "disk.fio" in listed.stdout
+
+
+def test_preflight_names_a_tool_missing_from_the_image(tmp_path: Path, bench_image: Image) -> None:
+    from bench import doctor
+    from bench.errors import BenchError
+
+    fake = Image("fakehash", tmp_path)
+    (tmp_path / "rootfs/usr/bin").mkdir(parents=True)
+    for tool in ("sysbench", "nproc"):
+        (tmp_path / "rootfs/usr/bin" / tool).touch()
+    doctor.preflight(["cpu.sysbench"], fake)  # everything it needs is there
+    with pytest.raises(BenchError, match="disk.fio needs fio"):
+        doctor.preflight(["cpu.sysbench", "disk.fio"], fake)
