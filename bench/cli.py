@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Any
 
@@ -10,12 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import doctor as doctor_mod
+from bench import hostlock
 from bench import image as image_mod
 from bench import plan as planning
 from bench import scenario as scenario_mod
 from bench.errors import BenchError
 from bench.rundir import RunDir, new_run_id
-from bench.runner import Runner, select_tiers
+from bench.runner import Runner, select_tiers, work_root
 from bench.summary import print_summary
 from bench.tiers import TIERS
 from bench.workloads import WORKLOADS
@@ -52,8 +54,22 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit.")
 @click.option("--resume", "resume_id", metavar="RUN_ID", help="Finish an interrupted run.")
 @click.option("--all-metrics", is_flag=True, help="Show every metric in the summary.")
-def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool) -> None:
+@click.option("--wait", is_flag=True, help="Queue behind another bench run instead of refusing.")
+def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
+        wait: bool) -> None:
     """Run SCENARIO (a shipped name or a YAML path; default: quick)."""
+    if dry_run and not resume_id:
+        parsed, _ = scenario_mod.load(scenario)
+        _print_plan(planning.expand(parsed, *select_tiers(parsed)))
+        return
+    with hostlock.hold(resume_id or "(starting)", wait=wait):
+        _run_locked(scenario, resume_id, all_metrics)
+
+
+def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool) -> None:
+    for line in cleanup_dead_runs():
+        console.print(f"[yellow]removed a leftover of a dead run: {line}[/yellow]",
+                      highlight=False)
     if resume_id:
         rundir = RunDir.open(resume_id)
         manifest = rundir.manifest()
@@ -73,9 +89,6 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool) 
     else:
         parsed, text = scenario_mod.load(scenario)
         tiers, skipped = select_tiers(parsed)
-        if dry_run:
-            _print_plan(planning.expand(parsed, tiers, skipped))
-            return
         img = image_mod.find() or image_mod.build(log=console.print)
         doctor_mod.preflight([w.workload for w in parsed.workloads], img)
         rundir = RunDir.create(new_run_id(parsed.name))
@@ -196,13 +209,28 @@ def summary(run_id: str, all_metrics: bool) -> None:
     print_summary(RunDir.open(run_id), console, all_metrics)
 
 
+def cleanup_leftovers(run_id: str | None) -> list[str]:
+    removed = []
+    for name, cls in TIERS.items():
+        removed += [f"{name}: {what}" for what in cls().cleanup(run_id)]
+    return removed
+
+
+def cleanup_dead_runs() -> list[str]:
+    """With the host lock held, a run's work directory that still exists belongs to a dead run."""
+    removed = []
+    for work in sorted(p for p in work_root().glob("*") if p.is_dir()):
+        removed += cleanup_leftovers(work.name)
+        shutil.rmtree(work, ignore_errors=True)
+    return removed
+
+
 @main.command()
 @click.option("--run", "run_id", help="Only what this run left (default: every bench run).")
 def cleanup(run_id: str | None) -> None:
     """Remove what a killed run left behind (mounts, containers, networks, ...)."""
-    removed = []
-    for name, cls in TIERS.items():
-        removed += [f"{name}: {what}" for what in cls().cleanup(run_id)]
+    with hostlock.hold("(cleanup)"):
+        removed = cleanup_leftovers(run_id)
     for line in removed:
         console.print(f"removed {line}", highlight=False)
     console.print(f"cleanup done: {len(removed)} leftover(s) removed.")

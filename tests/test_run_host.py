@@ -218,3 +218,37 @@ def test_preflight_names_a_tool_missing_from_the_image(tmp_path: Path, bench_ima
     doctor.preflight(["cpu.sysbench"], fake)  # everything it needs is there
     with pytest.raises(BenchError, match="disk.fio needs fio"):
         doctor.preflight(["cpu.sysbench", "disk.fio"], fake)
+
+
+def test_a_second_run_refuses_while_one_holds_the_host(tmp_path: Path, results_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import hostlock
+
+    monkeypatch.setenv("BENCH_LOCK_PATH", str(tmp_path / "bench.lock"))
+    env = env_for(results_dir)
+    with hostlock.hold("first-run"):
+        done = bench("run", str(write_scenario(tmp_path, SMALL)), env=env)
+    assert done.returncode == 2
+    assert "Another bench run holds this host (run first-run" in done.stdout
+    assert "--wait" in done.stdout
+    assert not any(results_dir.iterdir())
+
+
+def test_cleanup_after_sigkill_leaves_no_mount(tmp_path: Path, results_dir: Path,
+                                               bench_image: Image) -> None:
+    proc = subprocess.Popen([*BENCH, "run", str(write_scenario(tmp_path, SMALL))],
+                            env=env_for(results_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(results_dir.glob("*/samples.jsonl")):
+        assert proc.poll() is None, "bench run ended before it took a sample"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    run = only_run(results_dir)
+    assert sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}"), "the killed run left mounts"
+    done = bench("cleanup", "--run", run.run_id, env=env_for(results_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "removed host: mount" in done.stdout
+    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert run.samples(), "samples taken before the kill stay readable"

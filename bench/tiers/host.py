@@ -159,8 +159,7 @@ class HostTier(Tier):
         base = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
         removed = []
         for work in sorted(base.glob(run_id or "*")):
-            root = work / "host-root"
-            removed += [f"mount {p}" for p in sysmount.unmount_all(root)]
+            removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
         return removed
 
     def metadata(self) -> dict[str, Any]:
