@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
@@ -124,7 +124,10 @@ def read_samples(path: Path) -> Iterator[Sample]:
     """Read samples, skipping a torn last line (a crash mid-write) but nothing else."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a samples file (not UTF-8 at byte {exc.start})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -134,10 +137,16 @@ def read_samples(path: Path) -> Iterator[Sample]:
             if number == len(lines):
                 return
             raise ValueError(f"{path}:{number}: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}:{number}: a sample must be a JSON object")
         version = data.get("v", 1)
         if version not in READABLE_VERSIONS:
             raise ValueError(
                 f"{path}:{number}: sample format v{version} is newer than this bench "
                 f"(reads v{READABLE_VERSIONS[-1]}); upgrade bench."
             )
-        yield Sample.model_validate(data)
+        try:
+            yield Sample.model_validate(data)
+        except ValidationError as exc:
+            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{path}:{number}: not a valid sample: {fields}") from None
