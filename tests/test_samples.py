@@ -59,3 +59,10 @@ def test_a_newer_format_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 def test_tidy_row_has_one_column_per_param() -> None:
     row = sample().tidy()
     assert row["param.test"] == "latency" and row["tier"] == "host" and row["value"] == 1.0
+
+
+def test_format_v1_files_still_load() -> None:
+    """Kept from a real v1 run: every later format must still read it."""
+    samples = list(read_samples(Path(__file__).parent / "data" / "samples-v1.jsonl"))
+    assert len(samples) == 3
+    assert all(s.v == 1 and s.run_id and s.cell.tier == "host" for s in samples)
