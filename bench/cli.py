@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from bench import analysis_cli, hostlock
 from bench import doctor as doctor_mod
-from bench import hostlock
 from bench import image as image_mod
 from bench import plan as planning
 from bench import scenario as scenario_mod
@@ -20,6 +20,8 @@ from bench.rundir import RunDir, new_run_id
 from bench.runner import Runner, select_tiers, work_root
 from bench.summary import print_summary
 from bench.tiers import TIERS
+from bench.tune import cli as tune_cli
+from bench.tune.sweep import notes as sweep_notes
 from bench.workloads import WORKLOADS
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -61,6 +63,8 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
     if dry_run and not resume_id:
         parsed, _ = scenario_mod.load(scenario)
         _print_plan(planning.expand(parsed, *select_tiers(parsed)))
+        for note in sweep_notes(parsed.sweep, select_tiers(parsed)[0]):
+            console.print(f"[yellow]left out: {note}[/yellow]", highlight=False, markup=True)
         return
     with hostlock.hold(resume_id or "(starting)", wait=wait):
         _run_locked(scenario, resume_id, all_metrics)
@@ -112,7 +116,8 @@ def _print_plan(plan: planning.Plan) -> None:
     for column in ("tier", "workload", "params", "reps", "est. s/run", "timeout s"):
         out.add_column(column)
     for c in plan.cells:
-        params = ", ".join(f"{k}={v}" for k, v in sorted(c.params.items()))
+        params = ", ".join(f"{k}={v}" for k, v in sorted({**c.params, **c.cell.tunables}.items()))
+        params += f", cache={c.cell.cache}" if c.cell.cache != "none" else ""
         out.add_row(c.cell.tier, c.cell.workload, params, str(c.repetitions),
                     f"{c.estimate_s:.1f}", f"{c.timeout_s:.0f}")
     console.print(out)
@@ -209,10 +214,50 @@ def summary(run_id: str, all_metrics: bool) -> None:
     print_summary(RunDir.open(run_id), console, all_metrics)
 
 
+@main.command()
+@click.option("--tier", "tiers", multiple=True, help="Only these tiers (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def selftest(tiers: tuple[str, ...], as_json: bool) -> None:
+    """Inject a CPU quota, an I/O throttle and a tbf rate limit; measure each on every tier."""
+    from bench import selftest as st
+
+    names = list(tiers) or list(TIERS)
+    unknown = [t for t in names if t not in TIERS]
+    if unknown:
+        raise BenchError(f"Unknown tier(s): {', '.join(unknown)}.",
+                         f"choose from: {', '.join(TIERS)}.")
+    with hostlock.hold("(selftest)"):
+        checks = st.SelfTest(names, log=console.print).run()
+    if as_json:
+        click.echo(st.as_json(checks))
+    else:
+        out = Table(title=f"bench selftest (pass: within {st.TOLERANCE:.0%} of the injected value)")
+        for column in ("tier", "limit injected", "expected", "measured", "unit", "error",
+                       "result", "how"):
+            out.add_column(column)
+        for c in checks:
+            if c.skipped:
+                out.add_row(c.tier, c.limit, "-", "-", c.unit, "-", "[yellow]skipped[/yellow]",
+                            c.skipped)
+                continue
+            out.add_row(c.tier, c.limit, f"{c.expected:.3g}", f"{c.measured:.3g}", c.unit,
+                        f"{c.error:.1%}",
+                        "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+        console.print(out)
+    if any(not c.passed and not c.skipped for c in checks):
+        sys.exit(1)
+
+
 def cleanup_leftovers(run_id: str | None) -> list[str]:
     removed = []
-    for name, cls in TIERS.items():
-        removed += [f"{name}: {what}" for what in cls().cleanup(run_id)]
+    cleaners = [(name, cls().cleanup) for name, cls in TIERS.items()]
+    cleaners.append(("tune", tune_cli.cleanup))  # journals, cache devices
+    for name, clean in cleaners:
+        try:
+            removed += [f"{name}: {what}" for what in clean(run_id)]
+        except Exception as exc:  # one tier's failure must not stop the others' cleanup
+            console.print(f"[red]cleanup of {name} failed: {exc}; run `bench cleanup` again "
+                          "once its cause is fixed[/red]", highlight=False)
     return removed
 
 
@@ -234,6 +279,10 @@ def cleanup(run_id: str | None) -> None:
     for line in removed:
         console.print(f"removed {line}", highlight=False)
     console.print(f"cleanup done: {len(removed)} leftover(s) removed.")
+
+
+analysis_cli.register(main)  # report, compare, history, publish (bench/analysis_cli.py)
+tune_cli.register(main)  # tune show|apply|restore|recommend (bench/tune/cli.py)
 
 
 if __name__ == "__main__":

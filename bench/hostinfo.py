@@ -49,6 +49,19 @@ def governor() -> str | None:
     return _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 
 
+def frequency() -> dict[str, Any]:
+    """What can change the CPU clock during a run: the cpufreq range and turbo/boost."""
+    base = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    no_turbo = _read("/sys/devices/system/cpu/intel_pstate/no_turbo")
+    return {
+        "min_khz": _read(base + "scaling_min_freq"),
+        "max_khz": _read(base + "scaling_max_freq"),
+        "driver": _read(base + "scaling_driver"),
+        "boost": _read("/sys/devices/system/cpu/cpufreq/boost")
+        or (None if no_turbo is None else str(1 - int(no_turbo))),
+    }
+
+
 def cgroup_layout() -> str:
     if Path("/sys/fs/cgroup/cgroup.controllers").exists():
         return "v2"
@@ -74,6 +87,7 @@ def collect() -> dict[str, Any]:
         "memory_bytes": mem_total,
         "governor": governor(),
         "cpufreq": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq"),
+        "frequency": frequency(),
         "thp": thp,
         "cgroups": cgroup_layout(),
         "sysctls": {name: sysctl(name) for name in SYSCTLS},

@@ -18,7 +18,9 @@ from bench.errors import BenchError
 
 
 def lock_path() -> Path:
-    return Path(os.environ.get("BENCH_LOCK_PATH", "/run/bench.lock"))
+    """Beside the run work directories it guards, so one setting moves both together."""
+    default = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench")) / ".lock"
+    return Path(os.environ.get("BENCH_LOCK_PATH", str(default)))
 
 
 @contextlib.contextmanager

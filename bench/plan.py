@@ -12,6 +12,8 @@ from typing import Any
 
 from bench.samples import Cell
 from bench.scenario import Scenario, WorkloadEntry
+from bench.tiers import TIERS
+from bench.tune.sweep import spread
 from bench.workloads import WORKLOADS
 
 
@@ -23,6 +25,7 @@ class PlannedCell:
     repetitions: int
     estimate_s: float
     timeout_s: float
+    warmup: int = 1  # warm-up rounds of this cell (the scenario's, or its tier override's)
 
 
 @dataclass(frozen=True)
@@ -50,32 +53,50 @@ class Plan:
 def cells_of(scenario: Scenario, tiers: list[str]) -> list[PlannedCell]:
     cells = []
     for tier in tiers:
+        override = scenario.tier_overrides.get(tier)
+        most = override.repetitions if override and override.repetitions else None
+        warmup = override.warmup if override and override.warmup is not None \
+            else scenario.warmup
         for entry in scenario.workloads:
             workload = WORKLOADS[entry.workload]
             for combo in entry.combinations():
                 params = workload.parse_params(combo)
-                estimate = workload.estimate_seconds(params)
+                estimate = workload.estimate_seconds(params) + \
+                    workload.instance_starts(params) * TIERS[tier].start_estimate_s
                 cells.append(PlannedCell(
                     cell=Cell(tier=tier, workload=entry.workload, params=combo),
                     entry=entry,
                     params=combo,
-                    repetitions=entry.repetitions or scenario.repetitions,
+                    repetitions=min(entry.repetitions or scenario.repetitions, most or 10**9),
                     estimate_s=estimate,
                     timeout_s=entry.timeout_s or max(60.0, estimate * 5 + 30),
+                    warmup=warmup,
                 ))
-    return cells
+    return spread(cells, scenario.sweep)  # x tunables/cache setups of `sweep:` (if any)
 
 
 def expand(scenario: Scenario, tiers: list[str], skipped: dict[str, str] | None = None) -> Plan:
     cells = cells_of(scenario, tiers)
     rng = random.Random(scenario.seed)
     runs: list[PlannedRun] = []
-    rounds = scenario.warmup + max((c.repetitions for c in cells), default=0)
+    # round r runs a cell's warm-up or repetition r - (its warm-ups), while it has one left
+    rounds = max((c.warmup + c.repetitions for c in cells), default=0)
     for round_no in range(rounds):
-        repetition = round_no - scenario.warmup
-        due = [c for c in cells if repetition < c.repetitions]
+        due = [c for c in cells if round_no < c.warmup + c.repetitions]
         rng.shuffle(due)
         for planned in due:
+            repetition = round_no - planned.warmup
             key = f"{planned.cell.key}#{repetition}"
             runs.append(PlannedRun(len(runs), planned, repetition, key))
     return Plan(cells, runs, dict(skipped or {}))
+
+
+def add_round(plan: Plan, due: list[tuple[PlannedCell, int]], seed: int) -> list[PlannedRun]:
+    """Append one more round for `due` (cell, repetition) pairs, shuffled (adaptive repetitions)."""
+    rng = random.Random(f"{seed}:{len(plan.runs)}")
+    order = list(due)
+    rng.shuffle(order)
+    added = [PlannedRun(len(plan.runs) + i, planned, repetition, f"{planned.cell.key}#{repetition}")
+             for i, (planned, repetition) in enumerate(order)]
+    plan.runs.extend(added)
+    return added

@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench import hostinfo, image
+from bench import adaptive, hostinfo, image
 from bench import plan as planning
 from bench.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.rundir import RunDir, RunRecord
@@ -37,6 +37,7 @@ from bench.samples import Sample
 from bench.scenario import Scenario
 from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tune.hook import TuningHook
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 
@@ -99,16 +100,30 @@ class Runner:
         self.tiers: dict[str, Tier] = {}
         self.pool: dict[tuple[str, str], Instance] = {}
         self.workdir = work_root() / rundir.run_id
+        self.tuning = TuningHook(scenario, rundir, tiers,  # sweeps of tunables / cache setups
+                                 lambda m: console.print(m, markup=False, highlight=False))
 
     # -- instances -------------------------------------------------------------------------
     def _spec(self, role: str, command: list[str] | None) -> InstanceSpec:
-        return InstanceSpec(role=role, limits=self.scenario.limits, command=command)
+        return InstanceSpec(role=role, limits=self.scenario.limits, command=command,
+                            network=self.scenario.network, scratch=self.scenario.scratch)
 
     def _instance(self, tier: str, role: str) -> Instance:
+        """The tier's long-lived `role` instance. The first one asked for brings up every role
+        the plan will need of the tier (`main`, and `peer` for network workloads) in one
+        `start_many`, which a tier of slow starters (VMs) does in parallel."""
         key = (tier, role)
         if key not in self.pool:
-            self.pool[key] = self.tiers[tier].start(self._spec(role, None))
+            roles = [r for r in self._roles(tier) if (tier, r) not in self.pool and r != role]
+            roles.insert(0, role)
+            started = self.tiers[tier].start_many([self._spec(r, None) for r in roles])
+            self.pool.update({(tier, r): i for r, i in zip(roles, started, strict=True)})
         return self.pool[key]
+
+    def _roles(self, tier: str) -> list[str]:
+        workloads = [WORKLOADS[c.cell.workload] for c in self.plan.cells if c.cell.tier == tier]
+        return [r for r, needed in (("main", any(w.needs_instance for w in workloads)),
+                                    ("peer", any(w.needs_peer for w in workloads))) if needed]
 
     def _drop_instances(self, tier: str) -> None:
         for key in [k for k in self.pool if k[0] == tier]:
@@ -145,16 +160,20 @@ class Runner:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with _sigterm_as_interrupt():
             try:
+                self.tuning.start(self.workdir)
                 self._prepare_tiers(img)
                 self._loop(todo, outcome)
+                self._adapt(outcome)
             except KeyboardInterrupt:
                 outcome.interrupted = True
             finally:
                 try:
                     self._teardown()
+                    self.tuning.finish()
                 except KeyboardInterrupt:
                     outcome.interrupted = True
                     self._teardown()
+                    self.tuning.finish()
                 status = "interrupted" if outcome.interrupted else "complete"
                 self.rundir.update_manifest(status=status, finished_at=time.time(),
                                             tier_metadata={n: t.metadata()
@@ -168,6 +187,13 @@ class Runner:
             tier_dir.mkdir(parents=True, exist_ok=True)
             self.tiers[name] = tier
             tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
+
+    def _adapt(self, outcome: Outcome) -> None:
+        """Adaptive repetitions: more rounds for cells whose CI is wider than `target_ci`."""
+        while due := adaptive.due(self.scenario, self.plan.cells, self.rundir):
+            runs = planning.add_round(self.plan, due, self.scenario.seed)
+            outcome.total += len(runs)
+            self._loop(runs, outcome)
 
     def _teardown(self) -> None:
         for key in list(self.pool):
@@ -212,8 +238,10 @@ class Runner:
         try:
             instance = self._instance(cell.tier, "main") if workload.needs_instance else None
             peer = self._instance(cell.tier, "peer") if workload.needs_peer else None
+            self.tuning.before_run(cell, self.tiers[cell.tier], instance, peer)
+            ready = time.monotonic()  # the timeout is the workload's: instance starts are not
             ctx = RunContext(tier=self.tiers[cell.tier], instance=instance, peer=peer,
-                             new_spec=self._spec, deadline=started + planned.cell.timeout_s,
+                             new_spec=self._spec, deadline=ready + planned.cell.timeout_s,
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             measurements = workload.run(ctx, params)
@@ -235,7 +263,7 @@ class Runner:
                              stderr=traceback.format_exc()[-4000:],
                              raw=ctx.raw_files if ctx else [])
         meta = {**(instance.metadata() if instance else {}),
-                "tier": self.tiers[cell.tier].metadata()}
+                "tier": self.tiers[cell.tier].metadata(), **self.tuning.after_run(cell)}
         if not planned.warmup:
             now = time.time()
             for m in measurements:

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.errors import ScenarioError
 from bench.tiers import TIERS
-from bench.tiers.base import Limits
+from bench.tiers.base import Limits, NetworkMode, ScratchMode
+from bench.tune.sweep import SweepSpec
 from bench.workloads import WORKLOADS
 
 DEFAULT_SCENARIO = "quick"
@@ -64,6 +65,16 @@ class WorkloadEntry(BaseModel):
         ]
 
 
+class TierOverride(BaseModel):
+    """Lighter plans for one tier (e.g. VMs under TCG emulation in a quick scenario)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repetitions: int | None = Field(None, ge=1, le=10000,
+                                    description="at most this many repetitions of each cell")
+    warmup: int | None = Field(None, ge=0, le=100, description="warm-up rounds of each cell")
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,8 +87,27 @@ class Scenario(BaseModel):
     repetitions: int = Field(5, ge=1, le=10000)
     warmup: int = Field(1, ge=0, le=100)
     seed: int = Field(1, ge=0)
+    target_ci: float | None = Field(
+        None, gt=0, lt=1, description="adaptive repetitions: after `repetitions`, repeat a cell "
+        "until its median's 95% CI half-width is below this fraction of the median (0.02 = 2%)")
+    max_repetitions: int | None = Field(
+        None, ge=1, le=10000, description="adaptive: at most this many repetitions of a cell "
+        "(default 10 x repetitions)")
+    time_budget_s: float | None = Field(
+        None, gt=0, le=7 * 86400, description="adaptive: stop repeating a cell once its runs "
+        "took this many seconds in all")
     limits: Limits = Field(default_factory=Limits)
+    network: NetworkMode = Field(
+        "bridge", description="instances' network: bridge (own namespace, veth, NAT) or host")
+    scratch: ScratchMode = Field(
+        "overlay", description="disk workloads' /scratch: overlay (the instance's root layer) "
+        "or bind (a host directory or volume)")
+    tier_overrides: dict[str, TierOverride] = Field(
+        default_factory=dict, description="tier -> fewer repetitions / warm-ups on that tier")
     workloads: list[WorkloadEntry] = Field(min_length=1)
+    sweep: SweepSpec | None = Field(
+        None, description="tunables / profiles / cache setups each cell is measured under "
+        "(bench/tune/sweep.py)")
 
     @field_validator("tiers")
     @classmethod
@@ -88,6 +118,14 @@ class Scenario(BaseModel):
         if len(set(tiers)) != len(tiers):
             raise ValueError("a tier is listed twice")
         return tiers
+
+    @field_validator("tier_overrides")
+    @classmethod
+    def known_override_tiers(cls, overrides: dict[str, TierOverride]) -> dict[str, TierOverride]:
+        for name in overrides:
+            if name not in TIERS:
+                raise ValueError(f"unknown tier {name!r}; allowed: {', '.join(TIERS)}")
+        return overrides
 
 
 def _path_text(loc: tuple[int | str, ...]) -> str:

@@ -6,7 +6,9 @@ import math
 from collections import defaultdict
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from bench import stats
 from bench.rundir import RunDir
@@ -66,7 +68,7 @@ def table(rundir: RunDir, all_metrics: bool = False) -> Table:
             if base is not None and tier != BASELINE_TIER:
                 r = stats.ratio_ci(groups[key], base)
                 ratio = f"{r.median:.3f} [{_fmt(r.low)}, {_fmt(r.high)}]"
-            out.add_row(label, metric, tier, _fmt(est.median),
+            out.add_row(Text(label), Text(metric), Text(tier), _fmt(est.median),
                         f"[{_fmt(est.low)}, {_fmt(est.high)}]", str(est.n), key[3], ratio)
     return out
 
@@ -76,13 +78,39 @@ def failures(rundir: RunDir) -> list[str]:
             for r in rundir.records() if r.status != "ok"]
 
 
+def emulation_banner(tiers: list[str]) -> str:
+    """The warning shown above every summary and report of a run with emulated VMs."""
+    return (f"EMULATED: tier {', '.join(tiers)} ran its virtual machines under TCG (QEMU's "
+            "software emulation) because KVM is unusable on this host. These numbers are "
+            "emulation costs, several times a real VM's, and say nothing about KVM overhead.")
+
+
+def emulated_tiers(samples: list[Sample]) -> list[str]:
+    return sorted({s.cell.tier for s in samples if s.metadata.get("accelerator") == "tcg"})
+
+
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
     console.print(table(rundir, all_metrics))
+    emulated = emulated_tiers(rundir.samples())
+    if emulated:
+        console.print(Panel(emulation_banner(emulated), style="bold red"))
     manifest = rundir.manifest()
     for tier, reason in manifest.get("skipped_tiers", {}).items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]")
+    print_methodology(rundir, console)
     failed = failures(rundir)
     if failed:
         console.print(f"[red]{len(failed)} run(s) failed[/red] (details in runs.jsonl):")
         for line in failed[:10]:
             console.print(f"  {line}", markup=False)
+
+
+def print_methodology(rundir: RunDir, console: Console) -> None:
+    """The methodology checks (bench/methodology.py) of a run, one line each."""
+    from bench import frame, methodology  # they import HEADLINE from here
+
+    findings = methodology.check(rundir.manifest(), frame.read_frame(rundir.samples_path))
+    for finding in findings:
+        colour = "yellow" if finding.severity == "warning" else "cyan"
+        console.print(f"[{colour}]{finding.severity}:[/{colour}] ", end="")
+        console.print(finding.text(limit=3), markup=False, highlight=False)

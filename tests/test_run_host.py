@@ -87,7 +87,7 @@ SMALL = {
     "repetitions": 3,
     "warmup": 0,
     "workloads": [
-        {"workload": "cpu.sysbench", "params": {"seconds": 0.5}, "matrix": {"threads": [1, 0]}},
+        {"workload": "cpu.sysbench", "params": {"seconds": 1}, "matrix": {"threads": [1, 0]}},
         {"workload": "memory", "params": {"size_mb": 16, "seconds": 0.3}},
         {"workload": "startup.noop"},
     ],
@@ -126,6 +126,7 @@ def test_sigint_keeps_samples_and_resume_completes(tmp_path: Path, results_dir: 
     records = run.records()
     assert sorted(r.key for r in records) == sorted({r.key for r in records})  # no run twice
     assert len(records) == total
+    assert all(r.status == "ok" for r in records), [r.error for r in records]
     keys = [(s.cell.key, s.repetition, s.metric) for s in run.samples()]
     assert len(keys) == len(set(keys)), "resume must not duplicate samples"
     assert {(s.cell.key, s.repetition, s.metric) for s in taken} <= set(keys)
@@ -216,7 +217,7 @@ def test_preflight_names_a_tool_missing_from_the_image(tmp_path: Path, bench_ima
     for tool in ("sysbench", "nproc"):
         (tmp_path / "rootfs/usr/bin" / tool).touch()
     doctor.preflight(["cpu.sysbench"], fake)  # everything it needs is there
-    with pytest.raises(BenchError, match="disk.fio needs fio"):
+    with pytest.raises(BenchError, match=r"disk\.fio needs fio"):
         doctor.preflight(["cpu.sysbench", "disk.fio"], fake)
 
 

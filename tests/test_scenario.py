@@ -67,7 +67,7 @@ def test_unknown_tier() -> None:
 
 def test_param_out_of_range() -> None:
     message = error_of(GOOD.replace("params: {seconds: 1}", "params: {seconds: -3}"))
-    assert "workloads[0].params.seconds" in message and "greater than 0" in message
+    assert "workloads[0].params.seconds" in message and "greater than or equal to 1" in message
 
 
 def test_unknown_param_lists_the_workload_parameters() -> None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from bench.tiers.base import Tier
+from bench.tiers.docker import DockerTier
 from bench.tiers.host import HostTier
+from bench.tiers.kvm import KvmTier
+from bench.tiers.ns import NsTier
 
 TIERS: dict[str, type[Tier]] = {
     HostTier.name: HostTier,
+    NsTier.name: NsTier,
+    DockerTier.name: DockerTier,
+    KvmTier.name: KvmTier,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -115,6 +116,10 @@ class Instance(ABC):
         """Where disk workloads put their files, as seen inside."""
         return "/scratch"
 
+    def memory_bytes(self) -> int | None:
+        """Memory its cgroup charges to this instance, where the tier accounts it (density)."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Facts that go into every sample taken in this instance (file system, network path)."""
         return {}
@@ -124,6 +129,7 @@ class Tier(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
+    start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""
@@ -141,12 +147,31 @@ class Tier(ABC):
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
 
+    def start_many(self, specs: list[InstanceSpec]) -> list[Instance]:
+        """Start several instances, all or none. A tier whose instances are slow to start
+        (VMs) overrides this to start them in parallel."""
+        started: list[Instance] = []
+        try:
+            for spec in specs:
+                started.append(self.start(spec))
+        except BaseException:
+            for instance in started:
+                with contextlib.suppress(Exception):
+                    instance.stop()
+            raise
+        return started
+
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Once per run after the last stop: remove what `prepare` made. Idempotent."""
 
     def cleanup(self, run_id: str | None) -> list[str]:
         """Remove leftovers of a run (all runs if None) after a crash; return what was removed."""
         return []
+
+    def support_memory_bytes(self) -> int | None:
+        """Memory of the tier's own host processes (daemons, shims), for density; None if the
+        tier has none or cannot see them."""
+        return None
 
     def metadata(self) -> dict[str, Any]:
         return {}

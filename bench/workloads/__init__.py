@@ -7,6 +7,7 @@ from typing import Any
 from bench.workloads.base import Workload
 from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
+from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
 from bench.workloads.memory import Memory
 from bench.workloads.net_iperf3 import Iperf3
@@ -15,5 +16,6 @@ from bench.workloads.startup import Startup
 
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
-    for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup())
+    for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
+              DensityIdle())
 }

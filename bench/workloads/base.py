@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from bench.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
 
 
 class Params(BaseModel):
@@ -82,6 +82,10 @@ class Workload(ABC, Generic[P]):
     @abstractmethod
     def estimate_seconds(self, params: P) -> float:
         """Expected wall time of one run, for the plan's estimate and the default timeout."""
+
+    def instance_starts(self, params: P) -> int:
+        """How many instances one run starts itself (the plan adds the tier's start time)."""
+        return 0 if self.needs_instance else 1
 
     @abstractmethod
     def run(self, ctx: RunContext, params: P) -> list[Measurement]:

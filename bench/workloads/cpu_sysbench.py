@@ -13,7 +13,8 @@ from bench.workloads.base import Params, RunContext, Workload
 
 class SysbenchParams(Params):
     threads: int = Field(1, ge=0, le=1024, description="0 means one per CPU the instance sees")
-    seconds: float = Field(3.0, gt=0, le=3600)
+    seconds: int = Field(3, ge=1, le=3600,
+                         description="whole seconds: the tool takes no fractions")
     max_prime: int = Field(10000, ge=100, le=10_000_000)
 
 
@@ -54,7 +55,7 @@ class SysbenchCpu(Workload[SysbenchParams]):
         if threads == 0:
             threads = int(instance.exec(["nproc"], timeout=ctx.remaining()).stdout.strip())
         done = instance.exec(
-            ["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds:g}",
+            ["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds}",
              f"--cpu-max-prime={params.max_prime}", "run"],
             timeout=ctx.remaining(),
         )

@@ -14,7 +14,8 @@ from bench.workloads.base import Params, RunContext, Workload
 
 
 class Iperf3Params(Params):
-    seconds: float = Field(3.0, gt=0, le=3600)
+    seconds: int = Field(3, ge=1, le=3600,
+                         description="whole seconds: the tool takes no fractions")
     parallel: int = Field(1, ge=1, le=128)
     reverse: bool = False
 
@@ -56,7 +57,7 @@ class Iperf3(Workload[Iperf3Params]):
         server = ctx.peer.spawn(["iperf3", "-s", "-B", address, "-p", str(port)])
         try:
             argv = ["iperf3", "-c", address, "-p", str(port), "-J",
-                    "-t", f"{params.seconds:g}", "-P", str(params.parallel)]
+                    "-t", f"{params.seconds}", "-P", str(params.parallel)]
             if params.reverse:
                 argv.append("-R")
             while True:  # the server may still be binding: retry refused connections

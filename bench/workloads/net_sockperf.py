@@ -18,7 +18,8 @@ QUANTILES = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
 
 
 class SockperfParams(Params):
-    seconds: float = Field(2.0, gt=0, le=3600)
+    seconds: int = Field(2, ge=1, le=3600,
+                         description="whole seconds: the tool takes no fractions")
     msg_size: int = Field(64, ge=14, le=65000)
 
 
@@ -70,7 +71,7 @@ class Sockperf(Workload[SockperfParams]):
         server = ctx.peer.spawn(["sockperf", "server", "--tcp", "-i", address, "-p", str(port)])
         log = f"/tmp/sockperf-{uuid.uuid4().hex}.csv"
         argv = ["sockperf", "ping-pong", "--tcp", "-i", address, "-p", str(port),
-                "-t", f"{params.seconds:g}", "-m", str(params.msg_size), "--full-log", log]
+                "-t", f"{params.seconds}", "-m", str(params.msg_size), "--full-log", log]
         try:
             while True:  # the server may still be binding: retry refused connections
                 done = ctx.main().exec(argv, timeout=ctx.remaining())

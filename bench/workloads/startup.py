@@ -7,6 +7,10 @@ the time from the create call to that stamp is the time to the workload's first 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+from pydantic import Field
 
 from bench.errors import CommandError, ParseError
 from bench.samples import Measurement
@@ -16,7 +20,14 @@ STAMP = "/usr/local/bin/bench-stamp"
 
 
 class StartupParams(Params):
-    pass
+    cold: bool = Field(False, description="drop the host's page cache before each start")
+
+
+def drop_caches() -> None:
+    """A cold start: write back dirty pages, then drop the page cache, dentries and inodes, so
+    the start reads its image (layers, root file system, binaries) from the disk again."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def parse_stamp(text: str) -> float:
@@ -39,6 +50,8 @@ class Startup(Workload[StartupParams]):
         return 0.1
 
     def run(self, ctx: RunContext, params: StartupParams) -> list[Measurement]:
+        if params.cold:
+            drop_caches()
         instance = ctx.tier.start(ctx.new_spec("startup", [STAMP]))
         try:
             status = instance.wait(ctx.remaining())
@@ -52,7 +65,8 @@ class Startup(Workload[StartupParams]):
         stamps.setdefault("first_instruction", parse_stamp(output))
         created = stamps["create"]
         phases = {k: round((v - created) * 1e3, 4) for k, v in stamps.items()}
-        meta = {"phases_ms": phases}
+        meta = {"phases_ms": phases, "start": "cold" if params.cold else "warm",
+                **instance.metadata()}
         found = [Measurement(metric="first_instruction_ms", value=phases["first_instruction"],
                              unit="ms", direction="lower", metadata=meta)]
         if "exit" in phases:
@@ -61,4 +75,8 @@ class Startup(Workload[StartupParams]):
         if "removed" in phases:
             found.append(Measurement(metric="total_ms", value=phases["removed"], unit="ms",
                                      direction="lower", metadata=meta))
+        for phase, value in phases.items():  # the tier's own phases (created, started, ...)
+            if phase not in ("create", "first_instruction", "exit", "removed"):
+                found.append(Measurement(metric=f"phase_{phase}_ms", value=value, unit="ms",
+                                         direction="lower", metadata=meta))
         return found

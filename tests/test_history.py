@@ -1,0 +1,233 @@
+"""History on SQLite: ingest, list, trends with change points at the right run, the nightly
+check's exit status, the round trip of a run through the database, and the published site."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bench import frame, history, publish, synthetic
+from bench.cli import main
+
+from . import browser
+
+DAY = 86400.0
+SHIFT_AT = 14
+NIGHTS = 20
+
+
+def nightly(root: Path, nights: int = NIGHTS, shift_at: int | None = SHIFT_AT,
+            shift: float = 1.10) -> list[Path]:
+    """One run per night; from night `shift_at` on, every cost is `shift` times higher."""
+    paths = []
+    for night in range(nights):
+        slower = shift if shift_at is not None and night >= shift_at else 1.0
+        paths.append(synthetic.write_run(root, synthetic.Spec(
+            f"2026{night // 28 + 1:02d}{night % 28 + 1:02d}-020000-nightly-{night:02d}",
+            tiers=("host", "docker"), repetitions=5, noise=0.01, seed=night,
+            started_at=1_790_000_000 + night * DAY, shift=slower, sweep=False)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Path]]:
+    root = tmp_path_factory.mktemp("history")
+    paths = nightly(root / "results")
+    url = f"sqlite:///{root / 'history.db'}"
+    engine = history.connect(url)
+    for path in paths:
+        history.ingest_path(engine, path)
+    return url, paths
+
+
+def test_change_point_at_the_night_of_the_shift(stored: tuple[str, list[Path]]) -> None:
+    url, _ = stored
+    engine = history.connect(url)
+    assert len(history.runs(engine)) == NIGHTS
+    found = history.series(history.points(engine))
+    assert len(found) > 10
+    for s in found:
+        assert len(s.points) == NIGHTS
+        assert [c.index for c in s.changes] == [SHIFT_AT], (s.name, s.changes)
+        (change,) = s.changes
+        assert s.bad(change) == pytest.approx(0.10, abs=0.03)
+        assert str(s.points["run_id"].iloc[SHIFT_AT]).endswith(f"nightly-{SHIFT_AT:02d}")
+
+
+def test_check_alarms_only_while_the_shift_is_recent(stored: tuple[str, list[Path]]) -> None:
+    url, _ = stored
+    engine = history.connect(url)
+    found = history.series(history.points(engine))
+    recent = history.check(found, window=NIGHTS - SHIFT_AT, threshold=0.05)
+    assert len(recent) == len(found)
+    assert {a.run_id[-10:] for a in recent} == {f"nightly-{SHIFT_AT:02d}"}
+    assert history.check(found, window=2, threshold=0.05) == []  # old news by now
+    assert history.check(found, window=NIGHTS, threshold=0.2) == []  # below the threshold
+
+
+def test_no_alarm_without_a_shift(tmp_path: Path) -> None:
+    engine = history.connect(f"sqlite:///{tmp_path / 'h.db'}")
+    for path in nightly(tmp_path / "results", nights=16, shift_at=None):
+        history.ingest_path(engine, path)
+    found = history.series(history.points(engine))
+    assert found and all(s.changes == [] for s in found)
+    assert history.check(found, window=16) == []
+
+
+def test_a_faster_run_is_a_change_but_not_an_alarm(tmp_path: Path) -> None:
+    engine = history.connect(f"sqlite:///{tmp_path / 'h.db'}")
+    for path in nightly(tmp_path / "results", nights=12, shift_at=8, shift=0.85):
+        history.ingest_path(engine, path)
+    found = history.series(history.points(engine))
+    assert all([c.index for c in s.changes] == [8] for s in found)
+    assert history.check(found, window=12) == []
+
+
+def test_a_run_round_trips_through_the_database(stored: tuple[str, list[Path]]) -> None:
+    url, paths = stored
+    engine = history.connect(url)
+    original = frame.load(paths[3])
+    again = history.load(engine, original.run_id)
+    assert again.manifest == original.manifest
+    columns = ["cell", "tier", "label", "metric", "repetition", "value", "direction"]
+    a = original.frame[columns].astype(str).sort_values(columns).reset_index(drop=True)
+    b = again.frame[columns].astype(str).sort_values(columns).reset_index(drop=True)
+    assert a.equals(b)
+    phases = again.frame["meta.phases_ms"].dropna()
+    assert len(phases) and isinstance(phases.iloc[0], dict)
+    assert set(again.frame.columns) >= {"param.threads", "param.instances"}
+    # re-ingesting replaces the run instead of doubling it
+    done = history.ingest(engine, original)
+    assert done.replaced
+    assert len(history.load(engine, original.run_id).frame) == len(original.frame)
+
+
+def test_cli_ingest_list_trend_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = nightly(tmp_path / "results", nights=10, shift_at=6)
+    monkeypatch.setenv("BENCH_HISTORY_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    runner = CliRunner()
+    result = runner.invoke(main, ["history", "ingest", *map(str, paths)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ingested") == 10
+    result = runner.invoke(main, ["history", "list"])
+    assert result.exit_code == 0 and "nightly-09" in result.output
+    result = runner.invoke(main, ["history", "trend", "--tier", "host", "--format", "json"])
+    data = json.loads(result.output)
+    assert data and all(s["tier"] == "host" for s in data)
+    assert all([c["index"] for c in s["change_points"]] == [6] for s in data)
+    result = runner.invoke(main, ["history", "check", "--window", "5"])
+    assert result.exit_code == 1 and "SLOWER" in result.output
+    result = runner.invoke(main, ["history", "check", "--window", "2"])
+    assert result.exit_code == 0, result.output
+    # --db wins over the environment; a new database is empty
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    result = runner.invoke(main, ["history", "check", "--db", other, "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.output)["series"] == 0
+    result = runner.invoke(main, ["history", "list", "--db", "nosuchdriver://x"])
+    assert result.exit_code == 2 and "Cannot open the history database" in result.output
+
+
+def test_published_site(stored: tuple[str, list[Path]], tmp_path: Path) -> None:
+    url, paths = stored
+    engine = history.connect(url)
+    site = tmp_path / "site"
+    done = publish.publish(engine, site, window=NIGHTS)
+    assert done.runs == NIGHTS and done.reports_written == NIGHTS
+    index = (site / "index.html").read_text()
+    assert (site / "plotly.min.js").stat().st_size > 1_000_000
+    assert "* plotly.js v" not in index  # shared, not embedded in every page
+    for path in paths:
+        name = publish.page_name(path.name)
+        assert f'href="runs/{name}"' in index
+        assert (site / "runs" / name).exists()
+    assert "first run after the shift" in index  # the alarm table
+    again = publish.publish(engine, site)
+    assert again.reports_written == 0 and again.reports_kept == NIGHTS
+    if Path(browser.CHROMIUM).exists() or os.environ.get("CI"):
+        page = browser.render(site / "index.html", {
+            "drawn": "document.body.getAttribute('data-figures-drawn')",
+            "plots": "document.querySelectorAll('.js-plotly-plot').length"})
+        assert page.errors == [] and page.values["drawn"] == "yes"
+        assert page.values["plots"] >= 5
+
+
+def test_page_names_are_safe() -> None:
+    assert publish.page_name("20260101-quick-ab12") == "20260101-quick-ab12.html"
+    odd = publish.page_name("../../etc/passwd<x>")
+    assert "/" not in odd and "<" not in odd and odd.endswith(".html")
+    assert publish.page_name("a/b") != publish.page_name("a_b")
+
+
+def test_synthetic_nightly_medians_are_what_was_constructed(tmp_path: Path) -> None:
+    paths = nightly(tmp_path / "results", nights=2, shift_at=1, shift=1.5)
+    a, b = (frame.load(p).frame for p in paths)
+    pick = (a["tier"] == "host") & (a["metric"] == "events_per_s") & (a["param.threads"] == 1)
+    pick_b = (b["tier"] == "host") & (b["metric"] == "events_per_s") & (b["param.threads"] == 1)
+    ratio = np.median(b.loc[pick_b, "value"]) / np.median(a.loc[pick, "value"])
+    assert ratio == pytest.approx(1 / 1.5, rel=0.03)
+
+
+# -- PostgreSQL: the same history on a real server (a throwaway cluster on a unix socket) -------
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
+    if Path("/usr/lib/postgresql").exists() else None
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Iterator[str]:
+    import pwd
+    import shutil
+    import subprocess
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'psycopg[binary]')")
+    if PG_BIN is None or not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql), or not root")
+    user = pwd.getpwnam("postgres")
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    os.chown(root, user.pw_uid, user.pw_gid)
+
+    def as_postgres() -> None:
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    data = root / "data"
+    subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
+    subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
+                    "-o", f"-k {root} -c listen_addresses=''", "start"],
+                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}"
+    finally:
+        subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                        "stop"], capture_output=True, preexec_fn=as_postgres, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_same_history_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    engine = history.connect(postgres_url)
+    assert engine.dialect.name == "postgresql"
+    paths = nightly(tmp_path / "results", nights=8, shift_at=5)
+    for path in paths:
+        history.ingest_path(engine, path)
+    history.ingest_path(engine, paths[0])  # replaces
+    assert len(history.runs(engine)) == 8
+    found = history.series(history.points(engine))
+    assert found and all([c.index for c in s.changes] == [5] for s in found)
+    original = frame.load(paths[2])
+    again = history.load(engine, original.run_id)
+    assert len(again.frame) == len(original.frame)
+    assert sorted(again.frame["value"]) == sorted(original.frame["value"])
+    done = publish.publish(engine, tmp_path / "site")
+    assert done.runs == 8 and (tmp_path / "site" / "index.html").exists()
+    engine.dispose()

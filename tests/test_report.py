@@ -1,0 +1,132 @@
+"""`bench report`: one self-contained HTML file, escaped, rendered for real in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from plotly.offline import get_plotlyjs
+
+from bench import frame, synthetic
+from bench.cli import main
+from bench.report import render, write
+from bench.report.figures import PALETTE
+
+from . import browser
+
+HAVE_CHROMIUM = Path(browser.CHROMIUM).exists()
+needs_chromium = pytest.mark.skipif(
+    not HAVE_CHROMIUM and not os.environ.get("CI"),
+    reason="headless Chromium is not installed (apt-get install chromium); CI installs it")
+
+DRAWN = {
+    "drawn": "document.body.getAttribute('data-figures-drawn')",
+    "figures": "document.querySelectorAll('div.figure').length",
+    "plots": "document.querySelectorAll('div.figure.js-plotly-plot').length",
+    "overhead_points": "document.querySelectorAll('#overhead .js-plotly-plot .scatterlayer "
+                       ".points path').length",
+    "overhead_top": "document.querySelector('#overhead .js-plotly-plot')"
+                    ".getBoundingClientRect().top",
+    "overhead_bottom": "document.querySelector('#overhead .js-plotly-plot')"
+                       ".getBoundingClientRect().bottom",
+    "images": "document.querySelectorAll('img, iframe, object, embed').length",
+    "scripts": "document.scripts.length",
+    "hostile_text": f"document.body.innerText.includes({synthetic.HOSTILE[:25]!r})",
+    "diff_rows": "document.querySelectorAll('tr.diff').length",
+}
+
+
+def rgb(hex_colour: str) -> tuple[int, int, int]:
+    return (int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[frame.Run]:
+    root = tmp_path_factory.mktemp("results")
+    first = synthetic.write_run(root, synthetic.Spec("20260101-000000-syn-a", hostile=True))
+    second = synthetic.write_run(root, synthetic.Spec("20260102-000000-syn-b", seed=1,
+                                                      hostname="otherhost", shift=1.05))
+    return [frame.load(first), frame.load(second)]
+
+
+def test_self_contained_and_escaped(runs: list[frame.Run]) -> None:
+    text = render(runs[:1])
+    # plotly.js is embedded exactly once and nothing is loaded from elsewhere
+    assert text.count("* plotly.js v") == 1
+    ours = text.replace(get_plotlyjs(), "")
+    assert len(ours) < len(text) - 1_000_000
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", ours)
+    # every hostile string is escaped: it never appears raw, in HTML or in figure JSON
+    assert synthetic.HOSTILE not in text
+    assert "<script>alert" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown as text in tables
+    # the script blocks are ours: plotly.js, the template, one per figure, the loader
+    figures = text.count('data-figure="')
+    assert text.count("<script") == figures + 3
+
+
+def test_sections_and_numbers(runs: list[frame.Run]) -> None:
+    text = render(runs[:1])
+    for anchor in ("runs", "overhead", "methodology", "startup", "distributions", "sweeps",
+                   "density", "environment", "failures"):
+        assert f'id="{anchor}"' in text, anchor
+    # the docker tier costs 6% on every metric in the constructed run: its cost factors show
+    factors = [float(x) for x in re.findall(r"(\d\.\d{3})x \[", text)]
+    docker = [f for f in factors if 1.04 < f < 1.08]
+    assert len(docker) >= 20
+    assert "Buffered disk reads" in text and "TCG" not in text
+
+
+def test_several_runs_show_the_environment_diff(runs: list[frame.Run]) -> None:
+    text = render(runs)
+    assert "Differences between the runs" in text
+    diff = re.search(r"Differences between the runs \((\d+)\)", text)
+    assert diff and int(diff.group(1)) >= 2  # hostname, scenario text (seed too)
+    assert re.search(r'<tr class="diff"><td>host\.hostname</td>', text)
+
+
+@needs_chromium
+def test_renders_in_headless_chromium_with_the_overhead_chart(runs: list[frame.Run],
+                                                              tmp_path: Path) -> None:
+    path = write(runs[:1], tmp_path / "report.html")
+    page = browser.render(path, DRAWN)
+    assert page.errors == [], page.errors
+    assert page.dialogs == []  # no injected alert() ran
+    values = page.values
+    assert values["drawn"] == "yes"
+    assert values["figures"] >= 15 and values["plots"] == values["figures"]
+    assert values["overhead_points"] == 2 * 34  # ns and docker: 34 headline metrics each
+    assert values["images"] == 0 and values["hostile_text"] is True
+    assert [r for r in page.requests if not r.startswith(("file:", "data:", "about:"))] == []
+    # the overhead chart is on the first screen, its markers drawn in the tiers' colours
+    assert values["overhead_top"] < 1000
+    box = (0, int(values["overhead_top"]), 1400, min(int(values["overhead_bottom"]), 1000))
+    counts = browser.colour_counts(page.screenshot, box)
+    for tier_colour in (PALETTE[1], PALETTE[2]):  # ns, docker
+        assert counts.get(rgb(tier_colour), 0) > 500, tier_colour
+    assert len(counts) > 50  # text, axes, bars: not a blank image
+
+
+@needs_chromium
+def test_comparison_report_renders(runs: list[frame.Run], tmp_path: Path) -> None:
+    path = write(runs, tmp_path / "compare.html")
+    page = browser.render(path, DRAWN)
+    assert page.errors == [] and page.dialogs == []
+    assert page.values["drawn"] == "yes" and page.values["diff_rows"] >= 2
+
+
+def test_cli_writes_into_the_run_directory(runs: list[frame.Run], tmp_path: Path) -> None:
+    copy = tmp_path / runs[1].run_id
+    shutil.copytree(runs[1].path, copy)
+    result = CliRunner().invoke(main, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert (copy / "report.html").stat().st_size > 1_000_000
+    out = tmp_path / "two.html"
+    result = CliRunner().invoke(main, ["report", str(runs[0].path), str(copy), "-o", str(out)])
+    assert result.exit_code == 0 and out.exists()
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "No run" in result.output

@@ -1,0 +1,462 @@
+"""The docker tier for real: a real engine (dockerd started by `bench setup`), real containers,
+real limits, real traffic. Only the engine-unreachable tests point at addresses where no
+engine is."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.errors import CommandError
+from bench.image import Image
+from bench.rundir import RunDir
+from bench.tiers import docker_engine
+from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
+from bench.tiers.docker import DockerTier, import_image
+from bench.tiers.host import HostTier
+from bench.workloads.base import RunContext
+from bench.workloads.cpu_sysbench import parse_sysbench_cpu
+from bench.workloads.density import DensityIdle, meminfo
+from bench.workloads.disk_fio import Fio
+from bench.workloads.net_iperf3 import Iperf3
+from bench.workloads.net_sockperf import Sockperf
+from bench.workloads.startup import Startup
+
+BENCH = [sys.executable, "-m", "bench.cli"]
+FAMILIES = {"cpu", "memory", "disk", "network", "startup"}
+MiB = 1 << 20
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def leftovers(run_id: str) -> list[str]:
+    """What the engine still holds that carries this run's label."""
+    engine = docker_engine.connect(30)
+    label = {"label": f"bench.run={run_id}"}
+    return ([f"container {c.name}" for c in engine.containers.list(all=True, filters=label)]
+            + [f"network {n.name}" for n in engine.networks.list(filters=label)]
+            + [f"volume {v.name}" for v in engine.volumes.list(filters=label)])
+
+
+def new_run_id(what: str) -> str:
+    return f"test-{what}-{secrets.token_hex(3)}"
+
+
+def context(tier: Any, instance: Instance | None, peer: Instance | None, raw: Path,
+            seconds: float = 120) -> RunContext:
+    def spec(role: str, command: list[str] | None) -> InstanceSpec:
+        return InstanceSpec(role=role, limits=Limits(), command=command)
+
+    return RunContext(tier=tier, instance=instance, peer=peer, new_spec=spec,
+                      deadline=time.monotonic() + seconds, raw_dir=raw, run_key="t")
+
+
+def cgroup_file(instance: Any, controller: str, name: str) -> str:
+    return Path(f"/sys/fs/cgroup/{controller}/docker/{instance.container.id}/{name}").read_text()
+
+
+def cgroup_v1() -> bool:
+    return Path("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists()
+
+
+def bench(*args: str, env: dict[str, str],
+          timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BENCH, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine_up() -> None:
+    state = docker_engine.diagnose()
+    if not state.ok:  # CI's `bench setup` starts dockerd: an unreachable engine is a failure
+        pytest.fail(f"the Docker engine is unreachable: {state.reason} Fix: {state.fix}")
+
+
+@pytest.fixture(scope="module")
+def tier(engine_up: None, bench_image: Image,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerTier]:
+    run_id = new_run_id("docker")
+    work = tmp_path_factory.mktemp("docker")
+    docker_tier = DockerTier()
+    docker_tier.prepare(TierContext(run_id, bench_image, work, work))
+    yield docker_tier
+    docker_tier.finish()
+    assert not leftovers(run_id)
+
+
+@pytest.fixture(scope="module")
+def host(bench_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostTier]:
+    work = tmp_path_factory.mktemp("host")
+    host_tier = HostTier()
+    host_tier.prepare(TierContext(new_run_id("host"), bench_image, work, work))
+    yield host_tier
+    host_tier.finish()
+
+
+@pytest.fixture
+def started(tier: DockerTier) -> Iterator[list[Instance]]:
+    """Instances a test starts; stopped after it whatever happens."""
+    instances: list[Instance] = []
+    yield instances
+    for instance in instances:
+        instance.stop()
+
+
+def sysbench_events(instance: Instance, seconds: int = 1) -> float:
+    done = instance.exec(["sysbench", "cpu", "--threads=1", f"--time={seconds:g}",
+                          "--cpu-max-prime=10000", "run"], timeout=60)
+    return parse_sysbench_cpu(done.stdout)[0].value
+
+
+# -- the whole path: `bench run` on the docker tier --------------------------------------------
+
+EVERY_FAMILY = {
+    "name": "docker-families",
+    "tiers": ["docker"],
+    "require_all_tiers": True,
+    "repetitions": 1,
+    "warmup": 0,
+    "limits": {"cpus": 2, "memory_mb": 1024, "pids": 1024},
+    "workloads": [
+        {"workload": "cpu.sysbench", "params": {"seconds": 1}},
+        {"workload": "cpu.pyperf", "params": {"processes": 1, "values": 2, "warmups": 1,
+                                              "loops": 500}},
+        {"workload": "memory", "params": {"size_mb": 16, "seconds": 0.3},
+         "matrix": {"test": ["bandwidth", "latency"]}},
+        {"workload": "disk.fio", "params": {"size_mb": 16, "runtime_s": 0.5},
+         "matrix": {"rw": ["read", "randwrite"]}},
+        {"workload": "network.iperf3", "params": {"seconds": 1}},
+        {"workload": "network.sockperf", "params": {"seconds": 1}},
+        {"workload": "startup.noop", "repetitions": 3, "matrix": {"cold": [False, True]}},
+    ],
+}
+
+
+def test_bench_run_measures_every_family_in_docker(tmp_path: Path, results_dir: Path,
+                                                    engine_up: None, bench_image: Image) -> None:
+    path = tmp_path / "docker-families.yaml"
+    path.write_text(yaml.safe_dump(EVERY_FAMILY))
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir), "COLUMNS": "200"}
+    done = bench("run", "--wait", str(path), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    run = RunDir(run_path)
+    records = run.records()
+    assert records and all(r.status == "ok" for r in records), [r.error for r in records]
+    samples = run.samples()
+    from bench.workloads import WORKLOADS
+
+    assert {WORKLOADS[s.cell.workload].family for s in samples} == FAMILIES
+    assert {s.cell.tier for s in samples} == {"docker"}
+    tier_meta = run.manifest()["tier_metadata"]["docker"]
+    assert tier_meta["storage_driver"] and tier_meta["server_version"]
+    fio = next(s for s in samples if s.cell.workload == "disk.fio")
+    assert fio.metadata["scratch_fs"] == "overlay" and fio.metadata["scratch_device"]
+    iperf = next(s for s in samples if s.metric == "throughput_Gbps")
+    assert iperf.metadata["network_path"] == "veth+bridge" and iperf.value > 0.1
+    # start-up: our marks and the engine's stamps on one clock, in the order they happen
+    startups = [s for s in samples if s.metric == "first_instruction_ms"]
+    assert len(startups) == 6
+    for sample in startups:
+        p = sample.metadata["phases_ms"]
+        assert p["create"] == 0 < p["created"] <= p["start_call"] < p["first_instruction"]
+        assert p["first_instruction"] < p["exit"] <= p["exit_seen"] < p["removed"]
+        # the engine's StartedAt falls inside our start call
+        assert p["start_call"] < p["started"] <= p["start_returned"] + 1, p
+        cold = sample.cell.params["cold"]
+        assert sample.metadata["start"] == ("cold" if cold else "warm")
+        if not cold:  # ... right after runc started the process (cold, loading it takes longer)
+            assert abs(p["started"] - p["first_instruction"]) < 50, p
+    assert {"phase_created_ms", "phase_started_ms"} <= {s.metric for s in samples}
+    assert "docker" in done.stdout and "first_instruction_ms" in done.stdout
+    assert not leftovers(run.run_id), "a finished run leaves nothing on the engine"
+
+
+def test_scenario_keys_network_host_and_scratch_bind(tmp_path: Path, results_dir: Path,
+                                                     engine_up: None, bench_image: Image) -> None:
+    data = {**EVERY_FAMILY, "name": "docker-hostnet", "network": "host", "scratch": "bind",
+            "workloads": [{"workload": "disk.fio", "params": {"size_mb": 16, "runtime_s": 1}},
+                          {"workload": "network.iperf3", "params": {"seconds": 1}}]}
+    path = tmp_path / "docker-hostnet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir)}
+    done = bench("run", "--wait", str(path), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    samples = RunDir(run_path).samples()
+    fio = next(s for s in samples if s.cell.workload == "disk.fio")
+    assert fio.metadata["scratch_mode"] == "bind" and fio.metadata["scratch_fs"] != "overlay"
+    iperf = next(s for s in samples if s.metric == "throughput_Gbps")
+    assert iperf.metadata["network_path"] == "host" and iperf.value > 0.1
+    assert not leftovers(RunDir(run_path).run_id)
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+def test_half_a_cpu_halves_sysbench(tier: DockerTier, started: list[Instance]) -> None:
+    half = tier.start(InstanceSpec("cpu-half", Limits(cpus=0.5)))
+    free = tier.start(InstanceSpec("cpu-free", Limits()))
+    started += [half, free]
+    assert half.container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    ratios = []
+    for round_no in range(5):  # interleaved, alternating order: drift hits both alike
+        pair = (half, free) if round_no % 2 else (free, half)
+        events = {id(i): sysbench_events(i) for i in pair}
+        ratios.append(events[id(half)] / events[id(free)])
+    assert statistics.median(ratios) == pytest.approx(0.5, rel=0.10), ratios
+
+
+def test_memory_limit_is_enforced_by_the_oom_killer(tier: DockerTier,
+                                                    started: list[Instance]) -> None:
+    small = tier.start(InstanceSpec("mem-64m", Limits(memory_mb=64)))
+    started.append(small)
+    small.exec(["python3", "-c", "b = b'x' * (16 << 20)"], timeout=30)  # fits: runs
+    with pytest.raises(CommandError) as killed:
+        small.exec(["python3", "-c", "b = b'x' * (256 << 20)"], timeout=30)
+    assert killed.value.returncode == 137  # SIGKILL from the OOM killer
+    if cgroup_v1():
+        assert int(cgroup_file(small, "memory", "memory.limit_in_bytes")) == 64 * MiB
+        oom = dict(line.split() for line in
+                   cgroup_file(small, "memory", "memory.oom_control").splitlines())
+        assert int(oom["oom_kill"]) >= 1
+    # a command instance over its limit: the engine reports the OOM kill
+    hog = tier.start(InstanceSpec("mem-hog", Limits(memory_mb=64),
+                                  command=["python3", "-c", "b = b'x' * (256 << 20)"]))
+    started.append(hog)
+    assert hog.wait(60) == 137
+    assert hog.metadata()["oom_killed"] is True
+
+
+def test_cpuset_and_pids_limits(tier: DockerTier, started: list[Instance]) -> None:
+    pinned = tier.start(InstanceSpec("pinned", Limits(cpuset="0", pids=32)))
+    started.append(pinned)
+    assert pinned.exec(["nproc"], timeout=10).stdout.strip() == "1"
+    script = ("import subprocess\n"
+              "ps = [subprocess.Popen(['sleep', '5']) for _ in range(64)]\n")
+    with pytest.raises(CommandError) as refused:
+        pinned.exec(["python3", "-c", script], timeout=30)
+    assert "Resource temporarily unavailable" in refused.value.stderr
+    if cgroup_v1():
+        assert cgroup_file(pinned, "pids", "pids.max").strip() == "32"
+        assert cgroup_file(pinned, "cpuset", "cpuset.cpus").strip() == "0"
+
+
+@pytest.mark.parametrize(("scratch", "direction"), [("overlay", "read"), ("bind", "write")])
+def test_block_io_throttle_on_the_scratch_device(tier: DockerTier, started: list[Instance],
+                                                 tmp_path: Path, scratch: str,
+                                                 direction: str) -> None:
+    rate = 20 * MiB
+    limits = Limits(io_read_bps=rate) if direction == "read" else Limits(io_write_bps=rate)
+    box = tier.start(InstanceSpec(f"io-{direction}", limits, scratch=scratch))
+    started.append(box)
+    if scratch == "bind":
+        assert box.container.attrs["Mounts"][0]["Type"] == "volume"
+    params = Fio().parse_params({"rw": direction, "direct": True, "bs": "1m", "size_mb": 64,
+                                 "runtime_s": 3, "iodepth": 4})
+    found = Fio().run(context(tier, box, None, tmp_path), params)
+    mbps = next(m.value for m in found if m.metric == "bandwidth_MBps")
+    assert mbps == pytest.approx(rate / 1e6, rel=0.15)
+    assert box.metadata()["scratch_mode"] == scratch
+
+
+# -- network: host <-> container, in bridge and host mode ---------------------------------------
+
+@pytest.mark.parametrize("network", ["bridge", "host"])
+def test_network_throughput_host_to_container(tier: DockerTier, host: HostTier,
+                                              started: list[Instance], tmp_path: Path,
+                                              network: str) -> None:
+    box = tier.start(InstanceSpec(f"net-{network}", Limits(), network=network))
+    started.append(box)
+    address = box.address()
+    if network == "bridge":
+        assert address.split(".")[0] in ("172", "192", "10") and address != "127.0.0.1"
+    else:
+        assert address == "127.0.0.1"
+    client = host.start(InstanceSpec("client", Limits()))
+    try:
+        for reverse in (False, True):  # host -> container, then container -> host
+            params = Iperf3().parse_params({"seconds": 1, "reverse": reverse})
+            ctx = context(host, client, box, tmp_path)
+            found = Iperf3().run(ctx, params)
+            gbps = next(m.value for m in found if m.metric == "throughput_Gbps")
+            assert gbps > 0.3, (network, reverse, gbps)
+            raw = (tmp_path / ctx.raw_files[-1]).read_text()
+            assert f'"remote_host":\t"{address}"' in raw or f'"remote_host": "{address}"' in raw
+        rtt = Sockperf().run(context(host, client, box, tmp_path),
+                             Sockperf().parse_params({"seconds": 1}))
+        assert next(m.value for m in rtt if m.metric == "rtt_p50_us") > 0
+    finally:
+        client.stop()
+    assert box.metadata()["network_mode"] == network
+
+
+# -- density -------------------------------------------------------------------------------------
+
+def test_density_measures_memory_per_idle_container(tier: DockerTier, tmp_path: Path) -> None:
+    params = DensityIdle().parse_params({"instances": 4, "settle_s": 0.5})
+    found = {m.metric: m for m in DensityIdle().run(context(tier, None, None, tmp_path), params)}
+    assert set(found) == {"memory_per_instance_MB", "cgroup_memory_per_instance_MB",
+                          "support_memory_per_instance_MB"}
+    # an idle container: docker-init and `sleep`, charged a few hundred KB to a few MB
+    assert 0.05 < found["cgroup_memory_per_instance_MB"].value < 16
+    # one containerd-shim per container: a few MB of the engine's own memory each
+    assert 1 < found["support_memory_per_instance_MB"].value < 32
+    assert found["memory_per_instance_MB"].metadata["instances"] == 4
+    assert not [c for c in leftovers(tier.ctx.run_id) if "-density-" in c]
+
+
+def test_meminfo_reads_bytes() -> None:
+    parsed = meminfo("MemTotal:       24684084 kB\nMemAvailable:   100 kB\nHugePages_Total: 0\n")
+    assert parsed == {"MemTotal": 24684084 * 1024, "MemAvailable": 102400, "HugePages_Total": 0}
+
+
+# -- start-up, image, cleanup, errors ------------------------------------------------------------
+
+def test_startup_phases_from_engine_stamps(tier: DockerTier, tmp_path: Path) -> None:
+    found = Startup().run(context(tier, None, None, tmp_path),
+                          Startup().parse_params({}))
+    meta = found[0].metadata
+    p = meta["phases_ms"]
+    order = ["create", "created", "start_call", "first_instruction", "exit", "exit_seen",
+             "removed"]
+    assert [p[k] for k in order] == sorted(p[k] for k in order), p
+    assert p["start_call"] < p["started"] <= p["start_returned"] + 1, p
+    assert meta["start"] == "warm" and meta["network_path"] == "veth+bridge"
+    assert not [c for c in leftovers(tier.ctx.run_id) if "-startup-" in c]
+
+
+def test_image_is_imported_once_and_labelled(tier: DockerTier, bench_image: Image) -> None:
+    image_id, imported = import_image(tier.engine, bench_image)
+    assert not imported and image_id == tier.image_id
+    labels = tier.engine.images.get(bench_image.tag).labels
+    assert labels["bench.image.hash"] == bench_image.hash
+
+
+def test_cleanup_removes_what_a_killed_run_left(engine_up: None, bench_image: Image,
+                                                tmp_path: Path) -> None:
+    run_id = new_run_id("crash")
+    crashed = DockerTier()
+    crashed.prepare(TierContext(run_id, bench_image, tmp_path, tmp_path))
+    crashed.start(InstanceSpec("main", Limits(), scratch="bind"))
+    crashed.start(InstanceSpec("startup", Limits(), command=["sleep", "60"]))
+    # the run dies here: nothing is stopped, nothing finished
+    left = leftovers(run_id)
+    assert len(left) == 4, left  # two containers, the run's network, a scratch volume
+    env = {**os.environ, "BENCH_LOCK_PATH": str(tmp_path / "lock")}
+    done = bench("cleanup", "--run", run_id, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for thing in left:
+        assert f"docker: {thing}" in done.stdout
+    assert not leftovers(run_id)
+
+
+def test_finish_removes_everything_and_is_idempotent(engine_up: None, bench_image: Image,
+                                                     tmp_path: Path) -> None:
+    run_id = new_run_id("finish")
+    short = DockerTier()
+    short.prepare(TierContext(run_id, bench_image, tmp_path, tmp_path))
+    box = short.start(InstanceSpec("main", Limits(), scratch="bind"))
+    box.exec(["true"], timeout=10)
+    box.stop()
+    box.stop()
+    short.finish()
+    short.finish()
+    assert not leftovers(run_id)
+
+
+def test_exec_timeout_kills_the_command(tier: DockerTier, started: list[Instance]) -> None:
+    from bench.errors import CommandTimeout
+
+    box = tier.start(InstanceSpec("timeout", Limits()))
+    started.append(box)
+    began = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        box.exec(["sleep", "30"], timeout=1)
+    assert time.monotonic() - began < 10
+    assert "sleep 30" not in box.exec(["ps", "-eo", "args"], timeout=10).stdout
+
+
+def test_background_server_is_stopped(tier: DockerTier, started: list[Instance]) -> None:
+    box = tier.start(InstanceSpec("bg", Limits()))
+    started.append(box)
+    server = box.spawn(["iperf3", "-s", "-p", "5999"])
+    deadline = time.monotonic() + 10
+    while "iperf3 -s" not in box.exec(["ps", "-eo", "args"], timeout=10).stdout:
+        assert time.monotonic() < deadline, "the server never started"
+        time.sleep(0.1)
+    said = server.stop()
+    assert "Server listening on 5999" in said
+    assert "iperf3 -s" not in box.exec(["ps", "-eo", "args"], timeout=10).stdout
+
+
+def test_ensure_running_leaves_a_running_engine_alone(engine_up: None) -> None:
+    assert "already running" in DockerTier().ensure_running()[0]
+
+
+def test_unreachable_engine_says_why_and_how_to_fix(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "docker.sock"
+    monkeypatch.setenv("BENCH_DOCKER_URL", f"unix://{path}")
+    missing = DockerTier().available()
+    assert not missing.ok
+    assert f"No Docker socket at {path}" in missing.reason
+    assert "BENCH_DOCKER_URL" in missing.fix and "bench setup" in missing.fix
+    # a socket left by a daemon that died: nobody listens on it
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))
+    dead.close()
+    stale = DockerTier().available()
+    assert not stale.ok and "Nothing answers" in stale.reason and "bench setup" in stale.fix
+    # a remote engine that is not there (nothing listens on the discard port of loopback)
+    monkeypatch.setenv("BENCH_DOCKER_URL", "tcp://127.0.0.1:9")
+    remote = DockerTier().available()
+    assert not remote.ok and "127.0.0.1:9 does not answer" in remote.reason
+    assert "BENCH_DOCKER_URL" in remote.fix
+    # the user sees it in `bench doctor`, and a run that needs docker stops with it
+    env = {**os.environ, "BENCH_DOCKER_URL": f"unix://{tmp_path}/absent.sock", "COLUMNS": "250"}
+    doctor = bench("doctor", env=env)
+    row = next(line for line in doctor.stdout.splitlines() if " docker " in line)
+    assert " no " in row and "No Docker socket at" in row
+    scenario = tmp_path / "docker-only.yaml"
+    one_workload = {**EVERY_FAMILY, "workloads": EVERY_FAMILY["workloads"][:1]}
+    scenario.write_text(yaml.safe_dump(one_workload))
+    run = bench("run", str(scenario), env={**env, "BENCH_RESULTS_DIR": str(tmp_path / "r"),
+                                           "BENCH_LOCK_PATH": str(tmp_path / "lock")})
+    assert run.returncode == 2 and "Traceback" not in run.stdout + run.stderr
+    assert "docker" in run.stdout and "No Docker socket at" in run.stdout
+    assert "fix:" in run.stdout
+
+
+# -- the engine's clock ----------------------------------------------------------------------------
+
+def test_engine_time_stamps_parse_to_nanoseconds() -> None:
+    assert docker_engine.parse_engine_time("1970-01-01T00:00:01.000000001Z") == pytest.approx(
+        1.000000001, abs=1e-9)
+    assert docker_engine.parse_engine_time("2024-05-01T12:00:00.5+02:00") == pytest.approx(
+        1714557600.5)
+    assert docker_engine.parse_engine_time("0001-01-01T00:00:00Z") is None
+    with pytest.raises(ValueError):
+        docker_engine.parse_engine_time("yesterday")
+
+
+def test_engine_stamps_land_on_our_monotonic_clock() -> None:
+    before = time.monotonic()
+    wall = time.time()
+    whole = int(wall)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
+        f".{int((wall - whole) * 1e9):09d}Z"
+    converted = docker_engine.to_monotonic(stamp)
+    assert converted is not None and abs(converted - before) < 0.01
