@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from bench import analysis_cli, hostlock
+from bench import analysis_cli, hostlock, sysmount
 from bench import doctor as doctor_mod
 from bench import image as image_mod
 from bench import plan as planning
@@ -18,6 +18,7 @@ from bench import scenario as scenario_mod
 from bench.errors import BenchError
 from bench.rundir import RunDir, new_run_id
 from bench.runner import Runner, select_tiers, work_root
+from bench.runner import _sigterm_as_interrupt as sigterm_as_interrupt
 from bench.summary import print_summary
 from bench.tiers import TIERS
 from bench.tune import cli as tune_cli
@@ -66,7 +67,7 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
         for note in sweep_notes(parsed.sweep, select_tiers(parsed)[0]):
             console.print(f"[yellow]left out: {note}[/yellow]", highlight=False, markup=True)
         return
-    with hostlock.hold(resume_id or "(starting)", wait=wait):
+    with hostlock.hold(resume_id or "(starting)", wait=wait), sigterm_as_interrupt():
         _run_locked(scenario, resume_id, all_metrics)
 
 
@@ -252,6 +253,7 @@ def cleanup_leftovers(run_id: str | None) -> list[str]:
     removed = []
     cleaners = [(name, cls().cleanup) for name, cls in TIERS.items()]
     cleaners.append(("tune", tune_cli.cleanup))  # journals, cache devices
+    cleaners.append(("image", lambda run_id: image_mod.remove_dead_builds()))  # killed builds
     for name, clean in cleaners:
         try:
             removed += [f"{name}: {what}" for what in clean(run_id)]
@@ -276,6 +278,10 @@ def cleanup(run_id: str | None) -> None:
     """Remove what a killed run left behind (mounts, containers, networks, ...)."""
     with hostlock.hold("(cleanup)"):
         removed = cleanup_leftovers(run_id)
+        for work in sorted(p for p in work_root().glob(run_id or "*") if p.is_dir()):
+            if not sysmount.mounts_under(work):  # the lock is ours: no live run owns it
+                shutil.rmtree(work, ignore_errors=True)
+                removed.append(f"work directory {work}")
     for line in removed:
         console.print(f"removed {line}", highlight=False)
     console.print(f"cleanup done: {len(removed)} leftover(s) removed.")

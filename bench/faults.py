@@ -1,8 +1,10 @@
 """Named fault points for the fault-injection tests.
 
 With BENCH_FAULT_AT=<point>, a run that reaches that point writes its pid to BENCH_FAULT_MARK
-and sleeps there, so a test can signal (or kill) it at exactly that point and then check that
-nothing leaked. Without the variable a point costs one dictionary look-up.
+and sleeps there (BENCH_FAULT_WAIT seconds, default 600), so a test can signal (or kill) it at
+exactly that point and then check that nothing leaked. BENCH_FAULT_HIT=N pauses at the N-th
+time the point is reached instead of the first (e.g. after a run has taken samples). Without
+the variable a point costs one dictionary look-up.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ POINTS = ("image.build", "tier.prepared", "instance.started", "workload.running"
           "tune.applied", "cache.built")
 
 
+_hits: dict[str, int] = {}
+
+
 def point(name: str) -> None:
+    """Pause at the BENCH_FAULT_HIT-th (default: first) time the run reaches `name`."""
     if os.environ.get("BENCH_FAULT_AT") != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] != int(os.environ.get("BENCH_FAULT_HIT", "1")):
         return
     mark = os.environ.get("BENCH_FAULT_MARK")
     if mark:

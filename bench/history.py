@@ -27,20 +27,23 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     create_engine,
     delete,
     insert,
+    or_,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from bench import changepoint, methodology
+from bench import changepoint
 from bench.errors import BenchError
 from bench.frame import META_COLUMNS, Run, empty_frame
 from bench.frame import load as load_run
 from bench.rundir import RunRecord, results_dir
+from bench.summary import HEADLINE
 
 CHUNK = 20000
 
@@ -223,14 +226,14 @@ def load(engine: Engine, run_id: str) -> Run:
                         SampleRow.direction, SampleRow.timestamp, SampleRow.meta)
                  .join(CellRow, CellRow.key == SampleRow.cell)
                  .where(SampleRow.run_id == run_id).order_by(SampleRow.id))
-        data = session.execute(query).all()
+        data = [tuple(row) for row in session.execute(query)]
         records = [RunRecord(seconds=0.0, **f) for f in row.failures]
         manifest, path, host_run = row.manifest, row.path, row.run_id
     if not data:
         return Run(host_run, Path(path), manifest, empty_frame(), records)
-    frame = pd.DataFrame(data, columns=["run_id", "cell", "tier", "workload", "label", "cache",
-                                        "params", "tunables", "repetition", "metric", "value",
-                                        "unit", "direction", "timestamp", "meta"])
+    frame = pd.DataFrame.from_records(data, columns=[
+        "run_id", "cell", "tier", "workload", "label", "cache", "params", "tunables",
+        "repetition", "metric", "value", "unit", "direction", "timestamp", "meta"])
     metas = [json.loads(m) if isinstance(m, str) else {} for m in frame.pop("meta")]
     for name in META_COLUMNS:
         frame[f"meta.{name}"] = [m.get(name) for m in metas]
@@ -286,14 +289,17 @@ def points(engine: Engine, host: str | None = None, tier: str | None = None,
                           (CellRow.workload, workload), (SampleRow.metric, metric)):
         if value:
             query = query.where(column == value)
+    if not all_metrics and not metric:  # each workload's headline metrics (all for others)
+        query = query.where(or_(
+            CellRow.workload.not_in(list(HEADLINE)),
+            *(and_(CellRow.workload == w, SampleRow.metric.in_(m)) for w, m in HEADLINE.items())))
     with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).all(),
-                             columns=["host", "cell", "tier", "label", "workload", "metric",
-                                      "unit", "direction", "run_id", "started", "value"])
+        frame = pd.DataFrame.from_records(
+            [tuple(row) for row in conn.execute(query)],
+            columns=["host", "cell", "tier", "label", "workload", "metric", "unit", "direction",
+                     "run_id", "started", "value"])
     if frame.empty:
         return frame.assign(median=[], n=[]).drop(columns="value")
-    if not all_metrics and not metric:
-        frame = methodology.headline(frame)
     keys = ["host", "cell", "tier", "label", "workload", "metric", "unit", "direction", "run_id",
             "started"]
     grouped = frame.groupby(keys, observed=True, sort=False)["value"]

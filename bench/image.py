@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench import faults
 from bench.errors import ImageError
 from bench.procs import run
 
@@ -153,11 +154,33 @@ def require() -> Image:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def _build_lock(wait: bool = True) -> Iterator[bool]:
+    """Held while an image is built; with wait=False, yields False if a build is running."""
     images_dir().mkdir(parents=True, exist_ok=True)
     with open(images_dir() / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _remove_staging() -> list[str]:
+    """With the build lock held: the staging directories of builds that were killed."""
+    removed = []
+    for staging in sorted(images_dir().glob("*.build-*")):
+        shutil.rmtree(staging, ignore_errors=True)
+        removed.append(f"staging directory {staging}")
+    return removed
+
+
+def remove_dead_builds() -> list[str]:
+    """What killed image builds left (`bench cleanup`); nothing while a build is running."""
+    if not images_dir().is_dir():
+        return []
+    with _build_lock(wait=False) as held:
+        return _remove_staging() if held else []
 
 
 def build(force: bool = False, log: Any = print) -> Image:
@@ -173,8 +196,10 @@ def build(force: bool = False, log: Any = print) -> Image:
     with _build_lock():
         if not force and (final / "manifest.json").is_file():
             return Image(digest, final)
+        _remove_staging()
         staging = Path(tempfile.mkdtemp(prefix=f"{digest}.build-", dir=images_dir()))
         try:
+            faults.point("image.build")
             started = time.monotonic()
             rootfs = staging / "rootfs"
             log(f"building bench image {digest} with mmdebstrap ({data['suite']}) ...")

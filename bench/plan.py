@@ -58,6 +58,8 @@ def cells_of(scenario: Scenario, tiers: list[str]) -> list[PlannedCell]:
         warmup = override.warmup if override and override.warmup is not None \
             else scenario.warmup
         for entry in scenario.workloads:
+            if override and entry.workload in override.skip:
+                continue
             workload = WORKLOADS[entry.workload]
             for combo in entry.combinations():
                 params = workload.parse_params(combo)

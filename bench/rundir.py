@@ -79,8 +79,12 @@ class RunDir:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.manifest_path)
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            os.replace(tmp, self.manifest_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # (a full disk) the last complete manifest stays
+            raise
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())

@@ -8,6 +8,7 @@ taken; every finished run goes to the journal, so `--resume` knows what is left 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench import adaptive, hostinfo, image
+from bench import adaptive, faults, hostinfo, image
 from bench import plan as planning
 from bench.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.rundir import RunDir, RunRecord
@@ -40,6 +41,8 @@ from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
 from bench.tune.hook import TuningHook
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def work_root() -> Path:
@@ -118,6 +121,7 @@ class Runner:
             roles.insert(0, role)
             started = self.tiers[tier].start_many([self._spec(r, None) for r in roles])
             self.pool.update({(tier, r): i for r, i in zip(roles, started, strict=True)})
+            faults.point("instance.started")
         return self.pool[key]
 
     def _roles(self, tier: str) -> list[str]:
@@ -158,27 +162,71 @@ class Runner:
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        stopped: BenchError | None = None  # the results disk filled up
+        failing = False  # another error is on its way out: nothing below may mask it
         with _sigterm_as_interrupt():
             try:
                 self.tuning.start(self.workdir)
                 self._prepare_tiers(img)
+                faults.point("tier.prepared")
                 self._loop(todo, outcome)
                 self._adapt(outcome)
             except KeyboardInterrupt:
                 outcome.interrupted = True
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE:
+                    failing = True
+                    raise
+                stopped = self._results_full(exc)
+            except BaseException:
+                failing = True
+                raise
             finally:
                 try:
                     self._teardown()
-                    self.tuning.finish()
+                    self._finish_tuning(failing or stopped is not None)
                 except KeyboardInterrupt:
                     outcome.interrupted = True
                     self._teardown()
-                    self.tuning.finish()
-                status = "interrupted" if outcome.interrupted else "complete"
-                self.rundir.update_manifest(status=status, finished_at=time.time(),
-                                            tier_metadata={n: t.metadata()
-                                                           for n, t in self.tiers.items()})
+                    self._finish_tuning(failing or stopped is not None)
+                status = "interrupted" if outcome.interrupted or stopped else "complete"
+                try:
+                    self.rundir.update_manifest(status=status, finished_at=time.time(),
+                                                tier_metadata={n: t.metadata()
+                                                               for n, t in self.tiers.items()})
+                except OSError as exc:
+                    if failing or stopped is not None:
+                        self._say(f"could not mark the run {status} in "
+                                  f"{self.rundir.manifest_path}: {exc}")
+                    elif exc.errno in _NO_SPACE:
+                        stopped = self._results_full(exc)
+                    else:
+                        raise
+        if stopped is not None:
+            raise stopped
         return outcome
+
+    def _say(self, text: str) -> None:
+        self.console.print(f"[red]{text}[/red]", highlight=False)
+
+    def _finish_tuning(self, quiet: bool) -> None:
+        """Restore tunables and remove cache devices; when the run is already failing, a
+        failure to note that in the manifest (a full disk) must not hide the first error."""
+        try:
+            self.tuning.finish()
+        except OSError as exc:
+            if not quiet:
+                raise
+            self._say(f"tuning state could not be written to the manifest: {exc}")
+
+    def _results_full(self, exc: OSError) -> BenchError:
+        return BenchError(
+            f"The results directory {self.rundir.path} ran out of space ({exc.strerror}"
+            + (f": {exc.filename}" if exc.filename else "") + ") "
+            f"after {len(self.rundir.records())} run(s); the run was stopped and torn down, "
+            "and the samples written before are kept.",
+            f"free space on the file system of {self.rundir.path.parent}, then finish the run "
+            f"with `bench run --resume {self.rundir.run_id}`.")
 
     def _prepare_tiers(self, img: image.Image) -> None:
         for name in self.tier_names:
@@ -240,13 +288,17 @@ class Runner:
             peer = self._instance(cell.tier, "peer") if workload.needs_peer else None
             self.tuning.before_run(cell, self.tiers[cell.tier], instance, peer)
             ready = time.monotonic()  # the timeout is the workload's: instance starts are not
+            timeout = planned.cell.timeout_s * self.tiers[cell.tier].timeout_factor()
             ctx = RunContext(tier=self.tiers[cell.tier], instance=instance, peer=peer,
-                             new_spec=self._spec, deadline=ready + planned.cell.timeout_s,
+                             new_spec=self._spec, deadline=ready + timeout,
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
+            faults.point("workload.running")
             measurements = workload.run(ctx, params)
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                raise  # our disk is full, not the workload failing: the run stops
             status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
             stderr = getattr(exc, "stderr", "") or ""
             if isinstance(exc, CommandError | CommandTimeout):

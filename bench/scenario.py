@@ -73,6 +73,16 @@ class TierOverride(BaseModel):
     repetitions: int | None = Field(None, ge=1, le=10000,
                                     description="at most this many repetitions of each cell")
     warmup: int | None = Field(None, ge=0, le=100, description="warm-up rounds of each cell")
+    skip: list[str] = Field(default_factory=list, description="workloads not run on this tier")
+
+    @field_validator("skip")
+    @classmethod
+    def known_workloads(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in WORKLOADS:
+                raise ValueError(f"unknown workload {name!r}; allowed: "
+                                 f"{', '.join(sorted(WORKLOADS))}")
+        return names
 
 
 class Scenario(BaseModel):

@@ -71,6 +71,10 @@ def main() -> None:
         out = tmp / "big.html"
         timed("1M run: report", lambda: write([loaded], out), rows)
         rows.append(("1M run: HTML size", mib(out)))
+        from bench.tune.recommend import recommendation_html
+
+        timed("1M run: of which the tuning section (bench/tune/recommend.py)",
+              lambda: recommendation_html(big), rows)
         loaded.frame = loaded.frame.iloc[:0]  # free the memory
 
         per_night = max(1, round(args.samples / args.nights / unit))

@@ -205,6 +205,9 @@ def test_real_runs_same_and_injected_cpu_quota_slower(tmp_path: Path, results_di
     assert done.returncode == 1, done.stdout + done.stderr  # a regression fails the job
     data = json.loads(done.stdout)
     (host,) = [c for c in data["changes"] if c["tier"] == "host"]
+    print(f"same-scenario pairs (verdicts, load): {attempts}; quota run: host events/s "
+          f"{host['base_median']:.0f} -> {host['new_median']:.0f} ({host['change']:+.1%}), "
+          f"{host['verdict']}")
     assert host["verdict"] == "slower" and host["regression"]
     # half a CPU halves a one-thread sysbench: new/base about 0.5, i.e. about 100% slower
     assert 0.40 <= host["new_median"] / host["base_median"] <= 0.60, host

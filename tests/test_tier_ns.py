@@ -121,7 +121,7 @@ def test_command_is_pid1s_child_in_its_own_namespaces(tier: NsTier) -> None:
     assert status == 0, out
     fields = dict(re.findall(r"(\w+)=(\S*)", out))
     assert fields["ppid"] == "1" and fields["pid"] != "1"  # PID 1 is our init, its child runs
-    assert "bench.nsrt.zygote" in out  # ... and that init is the runtime's, not the workload
+    assert tier.init_name in out  # ... and that init is the runtime's, not the workload
     assert fields["pidns"] != host_ns("pid") and fields["netns"] != host_ns("net")
     assert re.fullmatch(r"cmd-\d+", fields["host"])
     assert sorted(fields["links"].strip(",").split(",")) == ["eth0", "lo"]
@@ -331,6 +331,49 @@ def test_start_records_every_phase_in_order(tier: NsTier) -> None:
     assert all(phases[p] <= phases[q] for p, q in itertools.pairwise(in_line)), phases
     assert phases["create"] < phases["clone"] < phases["net"] < phases["network_ready"]
     assert phases["ready"] < stamp and phases["network_ready"] < stamp < phases["exit"]
+
+
+def test_pools_serve_the_next_start_with_its_limits(tier: NsTier) -> None:
+    assert tier.metadata()["runtime"].startswith("bench-nsinit"), tier.metadata()  # gcc is here
+    limits = Limits(cpus=1, memory_mb=192, pids=64)
+    argv = ["sh", "-c", "ls /sys/class/net | tr '\\n' ,; echo; hostname"]
+    first = tier.start(InstanceSpec("pooled", limits, command=argv))
+    assert first.wait(30) == 0
+    first.stop()  # tops the pools up with a group made for these limits
+    second = tier.start(InstanceSpec("pooled", limits, command=argv))
+    try:
+        assert isinstance(second, NsInstance)
+        meta = second.metadata()
+        assert meta["netns_source"] == "pool" and meta["cgroup_source"] == "pool", meta
+        memory = second.cgroup.dir("memory")
+        limit = "memory.max" if second.cgroup.h.version == 2 else "memory.limit_in_bytes"
+        assert int((memory / limit).read_text()) == 192 * MiB
+        assert second.wait(30) == 0
+        links, host = second.output().split()
+        assert sorted(links.strip(",").split(",")) == ["eth0", "lo"]
+        assert re.fullmatch(r"pooled-\d+", host)
+        assert second.phases.stamps["net"] < second.phases.stamps["network_ready"]
+    finally:
+        second.stop()
+    assert not memory.exists(), "the pooled group goes with its instance"
+
+
+def test_python_runtime_still_starts_containers(bench_image: Image, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_NS_RUNTIME", "python")
+    run_id = f"test-nspy-{uuid.uuid4().hex[:8]}"
+    ns = NsTier()
+    ns.prepare(TierContext(run_id, bench_image, tmp_path / "ns", tmp_path))
+    try:
+        assert ns.metadata()["runtime"] == "bench (python, os.fork)"
+        status, out = run_command(ns, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; "
+                                       "echo; ls /sys/class/net | tr '\\n' ,"])
+        assert status == 0, out
+        init, links = out.split("\n")[:2]
+        assert ns.init_name in init and sorted(links.strip(",").split(",")) == ["eth0", "lo"]
+    finally:
+        ns.finish()
+    assert not leftovers(run_id)
 
 
 def test_bad_limit_fails_the_start_with_a_reason(tier: NsTier) -> None:

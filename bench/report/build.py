@@ -89,10 +89,9 @@ def _overhead_table(rows: list[analysis.OverheadRow], tiers: list[str], several:
             + "".join(lines) + "</table>")
 
 
-def _methodology(runs: list[Run]) -> str:
+def _methodology(runs: list[Run], checked: list[list[methodology.Finding]]) -> str:
     parts = []
-    for run in runs:
-        findings = methodology.check(run.manifest, run.frame)
+    for run, findings in zip(runs, checked, strict=True):
         title = f"<h3>{esc(run.run_id)}</h3>" if len(runs) > 1 else ""
         items = []
         for f in findings:
@@ -167,6 +166,7 @@ def render(runs: list[Run], plotlyjs: str = "inline") -> str:
     if emulated:
         page.add("emulated", "Emulated results",
                  f'<div class="warning"><b>{esc(emulation_banner(emulated))}</b></div>')
+    checked = [methodology.check(run.manifest, run.frame) for run in runs]
     page.add("runs", "Runs", _overview(runs))
 
     rows = [row for run in runs for row in analysis.overhead_rows(run, tiers)]
@@ -175,7 +175,7 @@ def render(runs: list[Run], plotlyjs: str = "inline") -> str:
         "<p class=muted>Only the host tier has samples: there is no overhead to show. Medians "
         "and CIs are in the table below.</p>")
     page.add("overhead", "Overhead vs host", body + _overhead_table(rows, tiers, several))
-    page.add("methodology", "Methodology warnings", _methodology(runs))
+    page.add("methodology", "Methodology warnings", _methodology(runs, checked))
 
     bars, segments = analysis.startup_phases(runs, tiers)
     fig = figures.startup(bars, segments)

@@ -147,6 +147,11 @@ class Tier(ABC):
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
 
+    def timeout_factor(self) -> float:
+        """How many times slower than the host this tier may run a workload (after prepare;
+        e.g. VMs under emulation): run timeouts are stretched by it."""
+        return 1.0
+
     def start_many(self, specs: list[InstanceSpec]) -> list[Instance]:
         """Start several instances, all or none. A tier whose instances are slow to start
         (VMs) overrides this to start them in parallel."""

@@ -1,16 +1,20 @@
 """The ns tier: the suite's own containers, made from kernel primitives and nothing else.
 
-A start (see bench/nsrt): bench hands the container's plan to its zygote, a small process that
-forks with `CLONE_NEWPID` in force, so the child is PID 1 of a new PID namespace. That init
-unshares the network namespace and wires a veth pair from the run's bridge into it, makes,
-limits and joins the instance's control group, unshares the mount, UTS, IPC and cgroup
-namespaces, sets the hostname, mounts overlayfs over the bench image with /proc, /sys and /dev,
-pivot_roots into it and cuts its capabilities (default: Docker's set) with no_new_privs. It
-reports each phase on a pipe; on bench's go it starts the command and stays as the init that
-reaps. `exec` enters a running instance with setns (bench.nsrt.init.enter).
+A start (see bench/nsrt): bench posix_spawns bench-nsinit (bench/native/nsinit.c, built on
+the host by bench.nsrt.native) with `CLONE_NEWPID` in force, so it is PID 1 of a new PID
+namespace. That init joins a network namespace from the tier's pool (made and wired to the
+run's bridge beforehand, bench.tiers.ns_pool) or unshares one while bench wires a veth pair
+into it; joins the instance's control group (from the pool, or made and limited first);
+unshares the mount, UTS, IPC and cgroup namespaces, sets the hostname, mounts overlayfs over
+the bench image with /proc, /sys and /dev, pivot_roots into it and cuts its capabilities
+(default: Docker's set) with no_new_privs. It reports each phase on a pipe; on bench's go it
+starts the command and stays as the init that reaps. Without gcc the Python runtime does the
+same: a zygote forks a Python init (bench.nsrt.zygote, bench.nsrt.init). `exec` enters a
+running instance with setns (bench.nsrt.init.enter).
 
 Settings (environment): `BENCH_NS_CAPS` = comma-separated capability names to keep
-(`all` keeps every one; default Docker's set).
+(`all` keeps every one; default Docker's set); `BENCH_NS_RUNTIME=python` = use the Python
+runtime even where gcc is installed.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from typing import Any
 
 from bench import cgroups, linuxns, procs, sysmount
 from bench.errors import BenchError, CommandTimeout
+from bench.nsrt import native
 from bench.nsrt.init import InitPlan, enter
 from bench.nsrt.rootfs import RootPlan
 from bench.nsrt.zygote import Zygote
 from bench.procs import Completed
-from bench.tiers import ns_net
+from bench.tiers import ns_net, ns_pool
 from bench.tiers.base import (
     Availability,
     Background,
@@ -84,6 +89,7 @@ class NsInstance(Instance):
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
                                      cgroups.controllers_for(spec.limits))
         self.pid = 0  # PID 1 of the container, as the host sees it
+        self.child = 0  # bench-nsinit, spawned by bench as the container's PID 1
         self.pidfd: int | None = None
         self._report: int | None = None
         self._buffer = b""
@@ -95,6 +101,9 @@ class NsInstance(Instance):
         self._spawned = 0
         self._stopped = False
         self._metadata: dict[str, Any] | None = None
+        self.sources: dict[str, str] = {}  # what came from the tier's pools, what was made
+        self._net_pooled = False
+        self._ready = False
 
     # -- start ------------------------------------------------------------------------------
     def launch(self) -> None:
@@ -108,17 +117,29 @@ class NsInstance(Instance):
         if limits.io_read_bps is not None or limits.io_write_bps is not None:
             io_device = cgroups.block_device(scratch or upper)
         flags = NAMESPACE_FLAGS
+        child_fds: dict[str, int] = {}
+        pools = self.tier.pools if self.tier.nsinit is not None else None
+        pooled_group = pools.take_group(limits) if pools is not None else None
+        if pooled_group is not None:
+            self.cgroup = pooled_group
+        self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
         if self.spec.network == "bridge":
             flags |= linuxns.CLONE_NEWNET
-            self.net = self.tier.bridge.reserve()
+            pooled_net = pools.take_net() if pools is not None else None
+            if pooled_net is not None:
+                self.net, child_fds["netns"] = pooled_net.net, pooled_net.fd
+                self._net_pooled = True
+            else:
+                self.net = self.tier.bridge.reserve()
+            self.sources["netns"] = "pool" if self._net_pooled else "made at start"
         plan = InitPlan(
             flags=flags, cgroup_join=[str(f) for f in self.cgroup.join_files],
-            cgroup_setup=[(str(p), v) for p, v in self.cgroup.setup(limits, io_device)],
+            cgroup_setup=[] if pooled_group is not None else
+            [(str(p), v) for p, v in self.cgroup.setup(limits, io_device)],
             root=RootPlan(str(self.tier.ctx.image.rootfs), str(upper), str(work), str(merged),
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps))
-        child_fds: dict[str, int] = {}
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
@@ -128,8 +149,14 @@ class NsInstance(Instance):
             self._out = (out_r, err_r)
         try:
             try:
-                self.pid = self.tier.live_zygote().start(plan, child_fds)
-                self.pidfd = os.pidfd_open(self.pid)
+                if self.tier.nsinit is not None:
+                    for fd in child_fds.values():
+                        os.set_inheritable(fd, True)
+                    self.child = native.spawn_init(self.tier.nsinit,
+                                                   native.plan_argv(plan, child_fds), ENV)
+                    self._adopt(self.child)
+                else:
+                    self._adopt(self.tier.live_zygote().start(plan, child_fds))
             finally:
                 for fd in child_fds.values():
                     os.close(fd)
@@ -137,6 +164,14 @@ class NsInstance(Instance):
             self._follow(go_w)
         finally:
             os.close(go_w)
+
+    def _adopt(self, pid: int) -> None:
+        self.pid = pid
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        with contextlib.suppress(ProcessLookupError):  # already gone: _dead says so
+            self.pidfd = os.pidfd_open(pid)
 
     def _lines(self, deadline: float) -> Iterator[tuple[str, str]]:
         """The init's report lines as (name, detail) until it closes its end or `deadline`."""
@@ -157,15 +192,18 @@ class NsInstance(Instance):
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
         bridge mode bench wires the veth in as soon as the namespace exists, while the init
         goes on, and says go then; with no network to wire, go is said at once."""
-        if self.net is None:
+        if self.net is None or self._net_pooled:
             with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
                 os.write(go_w, b"go")
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
             if name == "error":
                 raise NsStartError(f"Container {self.name} failed to start: {detail}",
                                    "check the limits against this host and run as root.")
-            self.phases.mark(name, float(detail))
-            if name == "net" and self.net is not None:
+            when, _, pid = detail.partition(" ")
+            self.phases.mark(name, float(when))
+            if name == "clone" and pid and int(pid) != self.pid:  # PID 1 is not bench's child
+                self._adopt(int(pid))
+            elif name == "net" and self.net is not None and not self._net_pooled:
                 try:
                     with open(f"/proc/{self.pid}/ns/net", "rb") as netns:
                         self.tier.bridge.wire(netns.fileno(), self.net)
@@ -176,6 +214,7 @@ class NsInstance(Instance):
                         raise
                     # the init failed meanwhile: its own error line, next, says why
             elif name == "ready":
+                self._ready = True
                 if self.spec.command is None:  # held open: `exec` enters through them
                     for ns in linuxns.NAMESPACE_FILES:
                         if ns != "net" or self.spec.network == "bridge":
@@ -264,6 +303,8 @@ class NsInstance(Instance):
                 self.phases.stamps.setdefault("exit", time.monotonic())
             os.close(self.pidfd)
             self.pidfd = None
+        if self.child:
+            self._reap_child()
         for fd in [*(self._out or ()), *([self._report] if self._report is not None else []),
                    *self.ns_fds.values()]:
             os.close(fd)
@@ -276,6 +317,21 @@ class NsInstance(Instance):
         self.tier.forget(self)
         if self.pid:
             self.phases.mark("removed")
+        if self._ready:  # top the pools up for the next start, off its path
+            self.tier.refill(self.spec)
+
+    def _reap_child(self) -> None:
+        """Collect bench's child, bench-nsinit (PID 1, or the process that forked it, which
+        ends as PID 1 ends and takes PID 1 with it if killed)."""
+        try:
+            done, _ = os.waitpid(self.child, os.WNOHANG)
+            if not done:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.child, signal.SIGKILL)
+                os.waitpid(self.child, 0)
+        except ChildProcessError:
+            pass
+        self.child = 0
 
     def scratch_dir(self) -> str:
         return "/scratch"
@@ -283,16 +339,16 @@ class NsInstance(Instance):
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:  # worked out once: the directories go with `stop`
             if self.spec.scratch == "bind":
-                fs = sysmount.filesystem_of(self.dir / "scratch")
+                fs = self.tier.filesystem_of(self.dir / "scratch")
                 scratch = {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                            "scratch_device": fs["device"]}
             else:
-                fs = sysmount.filesystem_of(self.dir / "upper")
+                fs = self.tier.filesystem_of(self.dir / "upper")
                 scratch = {"scratch_mode": "overlay", "scratch_fs": "overlay",
                            "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"]}
             network = "veth+bridge" if self.spec.network == "bridge" else "host"
             self._metadata = {"network_path": network, "network_mode": self.spec.network,
-                              **scratch}
+                              **scratch, **{f"{k}_source": v for k, v in self.sources.items()}}
         return self._metadata
 
 
@@ -307,6 +363,7 @@ class NsTier(Tier):
         self.keep_caps = linuxns.cap_numbers(self.capabilities)
         self.instances: list[NsInstance] = []
         self.counter = 0
+        self._filesystems: dict[int, dict[str, Any]] = {}  # st_dev -> sysmount.filesystem_of
 
     def available(self) -> Availability:
         if os.geteuid() != 0:
@@ -340,12 +397,55 @@ class NsTier(Tier):
         except BaseException:
             self.run_group.remove()
             raise
-        self.zygote = Zygote(self.keep_caps)
+        self.pools = ns_pool.Pools(self.hierarchies, self.run_group.rel, self.bridge)
+        self.pool_errors: list[str] = []
+        self._finishing = False
+        self.zygote: Zygote | None = None
+        self.nsinit: str | None = None
+        if os.environ.get("BENCH_NS_RUNTIME", "").strip().lower() == "python":
+            self.runtime_note = "BENCH_NS_RUNTIME=python: the Python runtime is used"
+        else:
+            built, self.runtime_note = native.build()
+            self.nsinit = str(built) if built else None
+        if self.nsinit is None:
+            self.zygote = Zygote(self.keep_caps)
+        else:
+            try:
+                self.pools.fill_nets()
+            except BaseException:
+                self.finish()
+                raise
+
+    def filesystem_of(self, path: Path) -> dict[str, Any]:
+        """sysmount.filesystem_of, once per file system (the mount table is not read on
+        every start: instances' directories all sit on the work directory's)."""
+        dev = os.stat(path).st_dev
+        if dev not in self._filesystems:
+            self._filesystems[dev] = sysmount.filesystem_of(path)
+        return self._filesystems[dev]
+
+    def refill(self, spec: InstanceSpec) -> None:
+        """Top up the pools after an instance like `spec` stopped. A failure only costs the
+        next start the work (it makes its own), and is noted in the metadata."""
+        if self.nsinit is None or self._finishing:
+            return
+        try:
+            self.pools.fill_group(spec.limits)
+            if spec.network == "bridge":
+                self.pools.fill_nets()
+        except (OSError, BenchError) as exc:
+            self.pool_errors.append(str(exc))
+
+    @property
+    def init_name(self) -> str:
+        """What PID 1's command line shows: the runtime's init, not the workload."""
+        return native.NAME if self.nsinit is not None else "bench.nsrt.zygote"
 
     def live_zygote(self) -> Zygote:
         """The zygote, started again if it died (its containers died with it)."""
-        if self.zygote.proc.poll() is not None:
-            self.zygote.close()
+        if self.zygote is None or self.zygote.proc.poll() is not None:
+            if self.zygote is not None:
+                self.zygote.close()
             self.zygote = Zygote(self.keep_caps)
         return self.zygote
 
@@ -367,9 +467,13 @@ class NsTier(Tier):
     def finish(self) -> None:
         if not hasattr(self, "bridge"):
             return
+        self._finishing = True
         for instance in list(self.instances):
             with contextlib.suppress(Exception):
                 instance.stop()
+        pools = getattr(self, "pools", None)
+        if pools is not None:
+            pools.close()
         self.bridge.remove()
         cgroups.remove_tree(self.hierarchies, self.run_group.rel)
         for root in self.hierarchies.unique_roots:  # the shared parent, once no run uses it
@@ -399,22 +503,37 @@ class NsTier(Tier):
         return removed
 
     def support_memory_bytes(self) -> int | None:
-        """The runtime's own process on the host: the zygote (its proportional set size)."""
+        """The runtime's own processes (their proportional set size): the zygote, outside
+        every container's cgroup; or, with bench-nsinit, each container's PID 1 (which its
+        cgroup charges too: there is no runtime process outside the containers)."""
         zygote = getattr(self, "zygote", None)
-        if zygote is None:
-            return None
-        try:
-            text = Path(f"/proc/{zygote.proc.pid}/smaps_rollup").read_text()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-        return None
+        pids = [zygote.proc.pid] if zygote is not None else [i.pid for i in self.instances
+                                                             if i.pid]
+        sizes = [size for size in map(_pss, pids) if size is not None]
+        return sum(sizes) if sizes else None
 
     def metadata(self) -> dict[str, Any]:
         h = getattr(self, "hierarchies", None)
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
-                "root": "overlayfs over the bench image", "runtime": "bench (python, os.fork)"}
+                "root": "overlayfs over the bench image",
+                "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
+                            else "bench (python, os.fork)"),
+                "runtime_note": getattr(self, "runtime_note", None),
+                "pools": ("network namespaces (made and wired at prepare and after a stop) and "
+                          "control groups per set of limits (made after a stop): a start "
+                          "joins them; instance metadata says which it got"
+                          if getattr(self, "nsinit", None) else None),
+                "pool_errors": getattr(self, "pool_errors", [])[-3:]}
+
+
+def _pss(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return None

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench import procs, sysmount
+from bench import faults, procs, sysmount
 from bench.errors import BenchError
 from bench.tune import journal as journal_mod
 from bench.tune.catalog import TuneError, tuning_dir
@@ -420,6 +420,7 @@ class CacheLab:
             slow = self._dm(f"{name}-delay",
                             dm_delay_table(self._sectors(loop), loop, self.spec.slow.delay_ms))
         fast = self._fast(name) if wants_fast else ""
+        faults.point("cache.built")
         built = Built(setup=name, recipe=recipe, variant=variant, top="", mount=Path(),
                       slow=slow, fast=fast)
         if recipe.kind == "plain":

@@ -174,4 +174,5 @@ def cleanup(run_id: str | None) -> list[str]:
     from bench.tune import cache
 
     removed = [f"tunable {line}" for line in recover(catalog_mod.load())]
-    return removed + [f"cache {line}" for line in cache.cleanup(run_id)]
+    removed += [f"cache {line}" for line in cache.cleanup(run_id)]
+    return removed + [f"lock {name}" for name in journal_mod.remove_dead_locks(run_id)]

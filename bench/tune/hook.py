@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import sysmount
+from bench import faults, sysmount
 from bench.errors import BenchError
 from bench.rundir import RunDir
 from bench.samples import Cell
@@ -199,6 +199,8 @@ class TuningHook:
                 self.guests[id(target)] = tuner
             self._count(tuner.set_state(inside), f" ({cell.tier} {target.spec.role})")
         self._applied[cell.key] = applied
+        if applied:
+            faults.point("tune.applied")
         if cell.cache != "none" and self.lab is not None:
             self._counters[cell.key] = self.lab.counters(cell.cache)
 

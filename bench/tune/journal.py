@@ -179,6 +179,22 @@ def is_live(session: str, directory: Path | None = None) -> bool:
     return False
 
 
+def remove_dead_locks(session: str | None = None, directory: Path | None = None) -> list[str]:
+    """Lock files of run sessions that are gone and left no journal (a run killed before it
+    wrote a tunable); `recover` only visits sessions with a journal."""
+    base = directory or state_dir()
+    if not base.is_dir():
+        return []
+    removed = []
+    for lock in sorted(base.glob(f"journal-{session or '*'}.lock")):
+        name = lock.name[len("journal-"):-len(".lock")]
+        if name != MANUAL and not (base / f"journal-{name}.jsonl").exists() \
+                and not is_live(name, base):
+            lock.unlink(missing_ok=True)
+            removed.append(lock.name)
+    return removed
+
+
 def live_sessions(directory: Path | None = None) -> list[str]:
     base = directory or state_dir()
     if not base.is_dir():

@@ -1,0 +1,148 @@
+"""libvirt XML for the kvm tier's domains and networks, built with ElementTree (never by string
+formatting of user input). Every domain carries <metadata> naming the bench run and role, which
+is how `cleanup` recognises ours."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Literal
+
+METADATA_NS = "urn:x-bench:kvm:1"
+METADATA_PREFIX = "bench"
+CacheMode = Literal["none", "writethrough", "writeback", "directsync", "unsafe", "default"]
+CACHE_MODES: tuple[CacheMode, ...] = ("none", "writethrough", "writeback", "directsync",
+                                      "unsafe", "default")
+QUOTA_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str
+    domain_type: Literal["kvm", "qemu"]
+    run_id: str
+    role: str
+    vcpus: int
+    memory_mb: int
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    console_log: Path
+    root_disk: Path | None = None  # qcow2 overlay
+    scratch_disk: Path | None = None  # raw file on the host's file system
+    disk_cache: CacheMode = "none"
+    network: str | None = None
+    cpuset: tuple[int, ...] = ()
+    cpu_quota: float | None = None  # in CPUs, for all vCPUs together (fractional limits)
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    agent: bool = True
+    host_cpu: bool = True  # under KVM: the host's CPU (host-passthrough), else QEMU's default
+
+    @property
+    def io_mode(self) -> str:
+        """io='native' needs O_DIRECT, i.e. a cache mode that bypasses the host's page cache."""
+        return "native" if self.disk_cache in ("none", "directsync") else "threads"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _disk(devices: ET.Element, path: Path, fmt: str, target: str, cache: str, io: str,
+          read_bps: int | None = None, write_bps: int | None = None) -> None:
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=fmt, cache=cache, io=io, discard="unmap")
+    _sub(disk, "source", file=str(path))
+    _sub(disk, "target", dev=target, bus="virtio")
+    if read_bps or write_bps:
+        tune = _sub(disk, "iotune")
+        if read_bps:
+            _sub(tune, "read_bytes_sec", str(read_bps))
+        if write_bps:
+            _sub(tune, "write_bytes_sec", str(write_bps))
+
+
+def domain_xml(cfg: DomainConfig) -> str:
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    dom = ET.Element("domain", type=cfg.domain_type)
+    _sub(dom, "name", cfg.name)
+    meta = _sub(dom, "metadata")
+    ET.SubElement(meta, f"{{{METADATA_NS}}}instance", {"run": cfg.run_id, "role": cfg.role})
+    _sub(dom, "memory", str(cfg.memory_mb), unit="MiB")
+    _sub(dom, "vcpu", str(cfg.vcpus), placement="static")
+    if cfg.cpuset or cfg.cpu_quota:
+        tune = _sub(dom, "cputune")
+        for index in range(cfg.vcpus) if cfg.cpuset else ():
+            _sub(tune, "vcpupin", vcpu=str(index), cpuset=str(cfg.cpuset[index % len(cfg.cpuset)]))
+        if cfg.cpuset:
+            _sub(tune, "emulatorpin", cpuset=",".join(str(c) for c in cfg.cpuset))
+        if cfg.cpu_quota:
+            _sub(tune, "global_period", str(QUOTA_PERIOD_US))
+            _sub(tune, "global_quota", str(round(cfg.cpu_quota * QUOTA_PERIOD_US)))
+    os_ = _sub(dom, "os")
+    _sub(os_, "type", "hvm", arch="x86_64")
+    _sub(os_, "kernel", str(cfg.kernel))
+    _sub(os_, "initrd", str(cfg.initrd))
+    _sub(os_, "cmdline", cfg.cmdline)
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    # KVM: the host's CPU as it is. TCG: QEMU's default model (qemu64); `-cpu max` offers
+    # AVX2 too, whose emulation in QEMU 7.2 broke systemd and mount in guests here.
+    if cfg.domain_type == "kvm" and cfg.host_cpu:
+        _sub(dom, "cpu", mode="host-passthrough")
+    _sub(dom, "clock", offset="utc")
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        _sub(dom, event, "destroy")
+    devices = _sub(dom, "devices")
+    if cfg.root_disk is not None:
+        _disk(devices, cfg.root_disk, "qcow2", "vda", cfg.disk_cache, cfg.io_mode)
+    if cfg.scratch_disk is not None:
+        _disk(devices, cfg.scratch_disk, "raw", "vdb", cfg.disk_cache, cfg.io_mode,
+              cfg.io_read_bps, cfg.io_write_bps)
+    if cfg.network is not None:
+        nic = _sub(devices, "interface", type="network")
+        _sub(nic, "source", network=cfg.network)
+        _sub(nic, "model", type="virtio")
+    serial = _sub(devices, "serial", type="file")
+    _sub(serial, "source", path=str(cfg.console_log))
+    _sub(serial, "target", port="0")
+    if cfg.agent:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+    _sub(devices, "memballoon", model="none")  # guest RAM stays what the limit says
+    # QEMU runs as root for our domains (bench runs as root): the run's disks may sit in
+    # directories only root can reach, and libvirt need not chown them back and forth
+    label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
+    _sub(label, "label", "+0:+0")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def domain_metadata(xml: str) -> dict[str, str] | None:
+    """The run and role a domain's XML names, or None if it is not one of ours."""
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 (libvirt's own XML)
+    except ET.ParseError:
+        return None
+    found = root.find(f"metadata/{{{METADATA_NS}}}instance")
+    return dict(found.attrib) if found is not None else None
+
+
+def network_xml(name: str, bridge: str, subnet: IPv4Network) -> str:
+    """A NAT network with DHCP: guests reach each other and the host, and nothing else needs
+    to be routed to them."""
+    hosts = list(subnet.hosts())
+    net = ET.Element("network")
+    _sub(net, "name", name)
+    _sub(net, "forward", mode="nat")
+    _sub(net, "bridge", name=bridge, stp="off", delay="0")
+    ip = _sub(net, "ip", address=str(hosts[0]), netmask=str(subnet.netmask))
+    dhcp = _sub(ip, "dhcp")
+    _sub(dhcp, "range", start=str(hosts[9]), end=str(hosts[-2]))
+    return ET.tostring(net, encoding="unicode")

@@ -1,0 +1,457 @@
+"""The kvm tier for real: libvirt (started by `bench setup`), real guests booted from the bench
+image, real traffic. On this machine kind KVM is unusable (kvm_pvm), so the guests are TCG:
+the tests check that this is detected and said, and that a hung KVM boot is cut off."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+
+from bench import plan as planning
+from bench import scenario as scenario_mod
+from bench.errors import BenchError, CommandTimeout, ScenarioError
+from bench.image import Image
+from bench.rundir import RunDir
+from bench.summary import print_summary
+from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
+from bench.tiers.host import HostTier
+from bench.tiers.kvm import NETWORK_PREFIX, KvmInstance, KvmTier, run_is_live
+from bench.vm import accel, clock, domxml, libvirtd
+from bench.vm import guest as guest_mod
+from bench.vm.domxml import DomainConfig
+from bench.workloads import WORKLOADS
+from bench.workloads.base import RunContext
+from bench.workloads.net_iperf3 import Iperf3
+
+DATA = Path(__file__).parent / "data"
+BENCH = [sys.executable, "-m", "bench.cli"]
+FAMILIES = {"cpu", "memory", "disk", "network", "startup", "density"}
+LIMITS = Limits(cpus=2, memory_mb=1024)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+def new_run_id(what: str) -> str:
+    return f"test-{what}-{secrets.token_hex(3)}"
+
+
+def leftovers(run_id: str) -> list[str]:
+    """What libvirt and the disk still hold of this run."""
+    conn = libvirtd.connect()
+    try:
+        found = [f"domain {d.name()}" for d in conn.listAllDomains(0)
+                 if (domxml.domain_metadata(d.XMLDesc(0)) or {}).get("run") == run_id]
+        found += [f"network {n.name()}" for n in conn.listAllNetworks()
+                  if n.name() == f"{NETWORK_PREFIX}{run_id}"]
+    finally:
+        conn.close()
+    work = Path(os.environ["BENCH_WORK_DIR"]) / run_id / "kvm" / "vm"
+    if work.exists() and any(work.iterdir()):
+        found.append(f"files in {work}")
+    return found
+
+
+def context(tier: Any, instance: Instance | None, peer: Instance | None, raw: Path,
+            seconds: float = 300) -> RunContext:
+    def spec(role: str, command: list[str] | None) -> InstanceSpec:
+        return InstanceSpec(role=role, limits=LIMITS, command=command)
+
+    return RunContext(tier=tier, instance=instance, peer=peer, new_spec=spec,
+                      deadline=time.monotonic() + seconds, raw_dir=raw, run_key="t")
+
+
+def prepared(bench_image: Image, run_id: str, raw: Path) -> KvmTier:
+    work = Path(os.environ["BENCH_WORK_DIR"]) / run_id / "kvm"
+    work.mkdir(parents=True)
+    tier = KvmTier()
+    tier.prepare(TierContext(run_id, bench_image, work, raw))
+    return tier
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", autouse=True)
+def work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Guests' disks live under BENCH_WORK_DIR; pytest's directories are private (0700), which
+    QEMU must cope with."""
+    path = tmp_path_factory.mktemp("kvm-work")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_WORK_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def libvirt_up() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the kvm tier needs root")
+    availability = KvmTier().available()
+    if not availability.ok:  # CI's `bench setup` starts libvirtd: unavailable is a failure
+        pytest.fail(f"the kvm tier is unavailable: {availability.reason} "
+                    f"Fix: {availability.fix}")
+
+
+@pytest.fixture(scope="module")
+def guest(libvirt_up: None, bench_image: Image,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KvmTier, KvmInstance]]:
+    """One prepared tier with one running guest, shared by the tests that need a live one."""
+    run_id = new_run_id("kvm")
+    tier = prepared(bench_image, run_id, tmp_path_factory.mktemp("kvm-raw"))
+    try:
+        main = tier.start(InstanceSpec(role="main", limits=LIMITS))
+        assert isinstance(main, KvmInstance)
+        yield tier, main
+        main.stop()
+    finally:
+        tier.finish()
+    assert not leftovers(run_id)
+
+
+# -- pure parts: XML, acceleration decisions, clocks, plans ------------------------------------
+
+def test_domain_xml_carries_the_scenario_limits(tmp_path: Path) -> None:
+    cfg = DomainConfig(name="bench-r-main-1", domain_type="qemu", run_id="r", role="main",
+                       vcpus=2, memory_mb=1536, kernel=tmp_path / "vmlinuz",
+                       initrd=tmp_path / "initrd.img", cmdline="console=ttyS0 root=/dev/vda",
+                       console_log=tmp_path / "console.log", root_disk=tmp_path / "root.qcow2",
+                       scratch_disk=tmp_path / "scratch.raw", disk_cache="none",
+                       network="bench-kvm-r", cpuset=(0, 1), cpu_quota=1.5,
+                       io_read_bps=10 << 20, io_write_bps=5 << 20)
+    import xml.etree.ElementTree as ET
+
+    dom = ET.fromstring(domxml.domain_xml(cfg))
+    assert dom.get("type") == "qemu" and dom.find("cpu") is None  # TCG: QEMU's default CPU
+    assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "1536"
+    pins = {p.get("vcpu"): p.get("cpuset") for p in dom.iterfind("cputune/vcpupin")}
+    assert pins == {"0": "0", "1": "1"}
+    assert dom.findtext("cputune/global_quota") == "150000"
+    disks = {d.find("target").get("dev"): d for d in dom.iterfind("devices/disk")}  # type: ignore[union-attr]
+    assert disks["vda"].find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    scratch = disks["vdb"]
+    assert scratch.find("driver").get("cache") == "none"  # type: ignore[union-attr]
+    assert scratch.find("driver").get("io") == "native"  # type: ignore[union-attr]
+    assert scratch.findtext("iotune/read_bytes_sec") == str(10 << 20)
+    assert dom.find("devices/interface/source").get("network") == "bench-kvm-r"  # type: ignore[union-attr]
+    assert dom.find("devices/serial/source").get("path") == str(tmp_path / "console.log")  # type: ignore[union-attr]
+    assert dom.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"  # type: ignore[union-attr]
+    assert domxml.domain_metadata(domxml.domain_xml(cfg)) == {"run": "r", "role": "main"}
+    assert dom.findtext("seclabel/label") == "+0:+0"  # QEMU as root: private work dirs work
+    kvm = ET.fromstring(domxml.domain_xml(DomainConfig(**{**cfg.__dict__,
+                                                          "domain_type": "kvm"})))
+    assert kvm.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
+    assert domxml.domain_metadata("<domain><name>not-ours</name></domain>") is None
+
+
+def test_acceleration_needs_flags_modules_and_a_booting_probe(tmp_path: Path) -> None:
+    modules = tmp_path / "module"
+    for name in ("kvm", "kvm_pvm"):
+        (modules / name).mkdir(parents=True)
+    dev = tmp_path / "kvm"
+    dev.touch()
+    probed: list[bool] = []
+
+    def probe(result: bool) -> Any:
+        def run() -> tuple[bool, str]:
+            probed.append(result)
+            return result, "probe said so"
+        return run
+
+    pvm = accel.detect("auto", probe(True), "flags\t: fpu sse2\n", modules, dev)
+    assert pvm.accelerator == "tcg" and "kvm_pvm" in pvm.reason and not probed
+    no_module = accel.detect("auto", probe(True), "flags\t: fpu vmx\n", modules, dev)
+    assert no_module.accelerator == "tcg" and "kvm_intel" in no_module.reason
+    (modules / "kvm_intel").mkdir()
+    hung = accel.detect("auto", probe(False), "flags\t: fpu vmx\n", modules, dev)
+    assert hung.accelerator == "tcg" and "did not boot" in hung.reason and probed == [False]
+    good = accel.detect("auto", probe(True), "flags\t: fpu vmx\n", modules, dev)
+    assert good.accelerator == "kvm" and good.domain_type == "kvm" and not good.emulated
+    forced = accel.detect("tcg", probe(True), "flags\t: fpu vmx\n", modules, dev)
+    assert forced.accelerator == "tcg" and probed == [False, True]
+
+
+def test_guest_clock_is_carried_to_the_host_clock() -> None:
+    assert clock.timer_list_now((DATA / "kvm-timer-list.txt").read_text()) == 62.25545938
+    host = iter([10.0, 10.1, 20.0, 20.02, 30.0, 30.5])
+    guest_now = iter([5.0, 15.0, 25.0])
+    sync = clock.sync(lambda: next(guest_now), rounds=3, clock=lambda: next(host))
+    assert sync.uncertainty_s == pytest.approx(0.01)  # the tightest round trip wins
+    assert sync.offset_s == pytest.approx(20.01 - 15.0)
+    assert sync.to_host(1.0) == pytest.approx(6.01)
+    events = clock.console_events((DATA / "kvm-console.log").read_text(errors="replace"))
+    assert events["kernel_started"] == 0.0
+    assert events["initramfs_started"] == pytest.approx(5.332175)
+    assert events["init_started"] == pytest.approx(16.154509)
+
+
+def test_tier_overrides_thin_one_tier_and_leave_the_rest() -> None:
+    base = yaml.safe_load(Path(scenario_mod.scenario_dir() / "quick.yaml").read_text())
+    base["tiers"] = ["host", "kvm"]
+    base.pop("tier_overrides", None)
+    plain = scenario_mod.parse(yaml.safe_dump(base), "plain")
+    thin = scenario_mod.parse(yaml.safe_dump(
+        {**base, "tier_overrides": {"kvm": {"repetitions": 1, "warmup": 0,
+                                            "skip": ["cpu.pyperf"]}}}), "thin")
+    before, after = planning.expand(plain, ["host", "kvm"]), planning.expand(thin, ["host", "kvm"])
+    host_runs = sorted(r.key for r in before.runs if r.cell.cell.tier == "host")
+    assert host_runs == sorted(r.key for r in after.runs if r.cell.cell.tier == "host")
+    kvm = [r for r in after.runs if r.cell.cell.tier == "kvm"]
+    assert len(kvm) == len([c for c in after.cells if c.cell.tier == "kvm"])
+    assert all(r.repetition == 0 for r in kvm)
+    assert {r.cell.cell.workload for r in kvm} == \
+        {c.cell.workload for c in before.cells if c.cell.tier == "kvm"} - {"cpu.pyperf"}
+    startup = next(c for c in after.cells if c.cell.tier == "kvm"
+                   and c.cell.workload == "startup.noop")
+    assert startup.estimate_s >= KvmTier.start_estimate_s  # a boot is in the estimate
+    with pytest.raises(ScenarioError, match=r"tier_overrides.*unknown tier 'vmware'"):
+        scenario_mod.parse(yaml.safe_dump({**base, "tier_overrides": {"vmware": {}}}), "bad")
+    with pytest.raises(ScenarioError, match=r"tier_overrides\.kvm\.skip.*unknown workload"):
+        scenario_mod.parse(yaml.safe_dump({**base, "tier_overrides": {"kvm": {"skip": ["x"]}}}),
+                           "bad")
+
+
+# -- on this host ------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_acceleration_here_says_tcg_and_why(libvirt_up: None) -> None:
+    problem, seen = accel.host_checks()
+    if problem is None:
+        pytest.skip(f"this host looks KVM-capable ({seen}); the probe decides")
+    tier = KvmTier()
+    found = accel.detect("auto", lambda: pytest.fail("no probe without vmx/svm"))  # type: ignore[arg-type, return-value]
+    assert found.accelerator == "tcg" and found.emulated and problem in found.reason
+    assert "vmx or svm" in found.reason or "kvm_intel" in found.reason
+    assert "TCG" in tier.available().reason
+
+
+@pytest.mark.integration
+def test_a_hung_kvm_boot_is_destroyed_at_the_probe_timeout(
+        libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
+    run_id = new_run_id("probe")
+    tier = prepared(bench_image, run_id, tmp_path)
+    capable = accel.host_checks()[0] is None
+    try:
+        tier.probe_timeout = 8
+        booted, detail = tier.probe_kvm()  # the guests' own CPU model (host-passthrough)
+        assert booted == capable, detail
+        # QEMU's default CPU model gets further on kvm_pvm: QEMU starts and the kernel hangs
+        started = time.monotonic()
+        booted, detail = tier.probe_kvm(host_cpu=False)
+        took = time.monotonic() - started
+        if capable:
+            assert booted and took < 8, detail  # real KVM boots a kernel in a second or two
+        else:
+            assert not booted, detail
+            if "had not finished init after 8 s" in detail:  # it hung, and was cut off
+                assert 8 <= took < 8 + 6, f"the hung probe lived {took:.1f} s (timeout 8 s)"
+            else:
+                assert "would not start" in detail, detail
+        assert not [d for d in leftovers(run_id) if d.startswith("domain")]
+    finally:
+        tier.finish()
+    assert not leftovers(run_id)
+
+
+@pytest.mark.integration
+def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
+        libvirt_up: None, bench_image: Image, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_KVM_CMDLINE_EXTRA", "init=/bin/false")  # the kernel panics
+    monkeypatch.setenv("BENCH_KVM_BOOT_TIMEOUT", "20")
+    run_id = new_run_id("never")
+    tier = prepared(bench_image, run_id, tmp_path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BenchError) as caught:
+            tier.start(InstanceSpec(role="main", limits=LIMITS))
+        took = time.monotonic() - started
+        assert 20 <= took < 20 + 15, took
+        message = str(caught.value)
+        assert "20 s boot timeout" in message and "destroyed" in message
+        assert "BENCH_KVM_BOOT_TIMEOUT" in message  # the fix names the knob
+        assert leftovers(run_id) == [f"network {NETWORK_PREFIX}{run_id}"], \
+            "the guest and its disks are gone at once; the run's network stays until finish()"
+        consoles = list(tmp_path.glob("kvm-*-failed-boot-console.log"))
+        assert consoles and consoles[0].stat().st_size > 0, "its console is kept in raw/"
+    finally:
+        tier.finish()
+    assert not leftovers(run_id)
+
+
+@pytest.mark.integration
+def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
+        libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
+    dead_id, live_id = new_run_id("dead"), new_run_id("live")
+    dead = prepared(bench_image, dead_id, tmp_path)
+    live = prepared(bench_image, live_id, tmp_path)
+    try:
+        instance = dead._new_instance(InstanceSpec(role="main", limits=LIMITS))
+        instance.launch()  # QEMU runs; then the bench process "dies":
+        assert dead._lock is not None
+        dead._lock.close()
+        dead._lock = None
+        assert not run_is_live(dead_id) and run_is_live(live_id)
+        assert len(leftovers(dead_id)) == 3  # domain, network, disk files
+        removed = KvmTier().cleanup(None)
+        assert f"domain {instance.name}" in removed
+        assert f"network {NETWORK_PREFIX}{dead_id}" in removed
+        assert not leftovers(dead_id)
+        assert leftovers(live_id) == [f"network {NETWORK_PREFIX}{live_id}"], \
+            "a run that is still going keeps its network"
+    finally:
+        dead.finish()
+        live.finish()
+    assert not leftovers(live_id)
+
+
+@pytest.mark.integration
+def test_guest_phases_are_on_the_host_clock_in_boot_order(
+        guest: tuple[KvmTier, KvmInstance]) -> None:
+    _, main = guest
+    p = main.phases.stamps
+    order = ["create", "defined", "start_call", "start_returned", "kernel_started",
+             "initramfs_started", "init_started", "ready", "network_ready"]
+    assert [p[k] for k in order] == sorted(p[k] for k in order), p
+    assert p["start_call"] <= p["qemu_process"] + 0.02 <= p["start_returned"] + 0.04
+    assert p["kernel_started"] - p["start_returned"] < 15  # firmware + loading the kernel
+    assert main.sync is not None and main.sync.uncertainty_s < 0.5
+    first = main.sync.offset_s
+    main._sync_clock()  # a second reading later: the two clocks run at the same rate
+    assert abs(main.sync.offset_s - first) < 0.1 + main.sync.uncertainty_s
+    meta = main.metadata()
+    assert meta["accelerator"] == main.tier.acceleration.accelerator
+    assert meta["disk_cache"] == "none" and meta["scratch_fs"].startswith("ext4")
+    assert meta["vcpus"] == 2 and meta["memory_mb"] == 1024
+    mounts = main.exec(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "/scratch"], 60).stdout.split()
+    assert mounts == ["/dev/vdb", "ext4"]
+    assert int(main.exec(["nproc"], 60).stdout) == 2
+
+
+@pytest.mark.integration
+def test_exec_timeout_kills_the_command_and_its_children(
+        guest: tuple[KvmTier, KvmInstance]) -> None:
+    _, main = guest
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        main.exec(["sh", "-c", "sleep 300 & sleep 301"], timeout=3)
+    assert time.monotonic() - started < 3 + 10
+    left = main.exec(["sh", "-c", "pgrep -a sleep || true"], 60).stdout
+    assert "sleep 30" not in left, left
+    server = main.spawn(["sleep", "302"])
+    assert "sleep 302" in main.exec(["pgrep", "-a", "sleep"], 60).stdout
+    server.stop()
+    assert "sleep 302" not in main.exec(["sh", "-c", "pgrep -a sleep || true"], 60).stdout
+    main.exec(["sh", "-c", "echo hello > /tmp/bench-file"], 60)
+    assert main.read_file("/tmp/bench-file") == b"hello\n"
+
+
+@pytest.mark.integration
+def test_network_from_the_host_to_a_guest(guest: tuple[KvmTier, KvmInstance], bench_image: Image,
+                                          tmp_path: Path) -> None:
+    tier, main = guest
+    host = HostTier()
+    work = Path(os.environ["BENCH_WORK_DIR"]) / "host-client"
+    host.prepare(TierContext(new_run_id("host"), bench_image, work, tmp_path))
+    try:
+        client = host.start(InstanceSpec(role="main", limits=Limits()))
+        found = Iperf3().run(context(tier, client, main, tmp_path),
+                             Iperf3().parse_params({"seconds": 1}))
+    finally:
+        host.finish()
+    throughput = next(m for m in found if m.metric == "throughput_Gbps")
+    assert throughput.value > 0.01, "host -> guest over the run's NAT bridge"
+
+
+@pytest.mark.integration
+def test_guest_memory_is_its_qemu_process(guest: tuple[KvmTier, KvmInstance]) -> None:
+    tier, main = guest
+    pss = main.memory_bytes()
+    assert pss is not None and 30 << 20 < pss < (1024 + 512) << 20, pss
+    support = tier.support_memory_bytes()
+    assert support is not None and support > 5 << 20  # libvirtd, virtlogd, dnsmasq
+
+
+# -- the whole path: `bench run` on the kvm tier -----------------------------------------------
+
+EVERY_FAMILY = {
+    "name": "kvm-families",
+    "tiers": ["kvm"],
+    "require_all_tiers": True,
+    "repetitions": 1,
+    "warmup": 0,
+    "limits": {"cpus": 2, "memory_mb": 1024},
+    "workloads": [
+        {"workload": "cpu.sysbench", "params": {"seconds": 1}},
+        {"workload": "memory", "params": {"size_mb": 16, "seconds": 0.3, "test": "bandwidth"}},
+        {"workload": "disk.fio", "params": {"size_mb": 16, "runtime_s": 0.5, "rw": "randread"}},
+        {"workload": "network.iperf3", "params": {"seconds": 1}},
+        {"workload": "startup.noop"},
+        {"workload": "density.idle", "params": {"instances": 1, "settle_s": 1}},
+    ],
+}
+
+
+@pytest.mark.integration
+def test_bench_run_measures_every_family_in_guests(tmp_path: Path, results_dir: Path,
+                                                   libvirt_up: None, bench_image: Image) -> None:
+    path = tmp_path / "kvm-families.yaml"
+    path.write_text(yaml.safe_dump(EVERY_FAMILY))
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(results_dir), "COLUMNS": "200"}
+    done = subprocess.run([*BENCH, "run", "--wait", str(path)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_path,) = [p for p in results_dir.iterdir() if p.is_dir()]
+    run = RunDir(run_path)
+    records = run.records()
+    assert records and all(r.status == "ok" for r in records), [r.error for r in records]
+    samples = run.samples()
+    assert {WORKLOADS[s.cell.workload].family for s in samples} == FAMILIES
+    accelerator = run.manifest()["tier_metadata"]["kvm"]["accelerator"]
+    assert all(s.metadata["accelerator"] == accelerator for s in samples)
+    iperf = next(s for s in samples if s.metric == "throughput_Gbps")
+    assert iperf.value > 0.01 and "NAT bridge" in iperf.metadata["network_path"]
+    fio = next(s for s in samples if s.cell.workload == "disk.fio")
+    assert fio.metadata["disk_cache"] == "none" and fio.metadata["scratch_backing_fs"]
+    start = next(s for s in samples if s.metric == "first_instruction_ms")
+    p = start.metadata["phases_ms"]
+    assert p["create"] == 0 < p["start_call"] < p["start_returned"] < p["kernel_started"]
+    assert p["kernel_started"] < p["ready"] <= p["exec_call"] < p["first_instruction"]
+    assert p["first_instruction"] < p["exit"] <= p["shutdown"] <= p["removed"]
+    density = next(s for s in samples if s.metric == "cgroup_memory_per_instance_MB")
+    assert 30 < density.value < 1024 + 512  # the idle guest's QEMU process (PSS)
+    if accelerator == "tcg":  # the summary says so, in words nobody can miss
+        words = " ".join(done.stdout.replace("│", " ").split())
+        assert "EMULATED: tier kvm" in words and "say nothing about KVM overhead" in words
+    assert not leftovers(run.run_id)
+
+
+def test_summary_banner_names_the_emulated_tier(results_dir: Path) -> None:
+    from bench.samples import Cell, Sample
+
+    rundir = RunDir.create("banner-test")
+    rundir.write_manifest({"run_id": "banner-test", "tiers": ["kvm"]})
+    rundir.add_sample(Sample(run_id="banner-test", cell=Cell(tier="kvm", workload="cpu.sysbench"),
+                             repetition=0, metric="events_per_s", value=400.0, unit="1/s",
+                             direction="higher", timestamp=time.time(),
+                             metadata={"accelerator": "tcg"}))
+    console = Console(record=True, width=400)
+    print_summary(rundir, console)
+    text = console.export_text()
+    assert "EMULATED: tier kvm" in text and "say nothing about KVM overhead" in text
+
+
+def test_guest_recipe_is_derived_from_the_image(bench_image: Image) -> None:
+    data = guest_mod.recipe(bench_image)
+    assert data["image"] == bench_image.hash
+    assert "qemu-guest-agent" in data["packages"] and "linux-image-cloud-amd64" in data["packages"]
+    assert "/scratch" in data["files"]["etc/fstab"]
+    assert guest_mod.recipe_hash(data) != guest_mod.recipe_hash({**data, "image": "other"})
+
