@@ -693,7 +693,7 @@ def _undo(state: dict[str, Any]) -> list[str]:
     return removed
 
 
-def _remove_zram(number: int, timeout: float = 15.0) -> bool:
+def _remove_zram(number: int, timeout: float = 60.0) -> bool:
     """Reset and remove zramN; a lazily unmounted file system may hold it for a moment."""
     if not Path(f"/sys/block/zram{number}").exists():
         return False
