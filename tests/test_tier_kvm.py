@@ -25,7 +25,7 @@ from bench.rundir import RunDir
 from bench.summary import print_summary
 from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
 from bench.tiers.host import HostTier
-from bench.tiers.kvm import NETWORK_PREFIX, KvmInstance, KvmTier, run_is_live
+from bench.tiers.kvm import NETWORK_PREFIX, KvmInstance, KvmTier, lock_path, run_is_live
 from bench.vm import accel, clock, domxml, libvirtd
 from bench.vm import guest as guest_mod
 from bench.vm.domxml import DomainConfig
@@ -306,6 +306,7 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
         assert not leftovers(dead_id)
         assert leftovers(live_id) == [f"network {NETWORK_PREFIX}{live_id}"], \
             "a run that is still going keeps its network"
+        assert not lock_path(dead_id).exists() and lock_path(live_id).exists()
     finally:
         dead.finish()
         live.finish()
@@ -330,8 +331,10 @@ def test_guest_phases_are_on_the_host_clock_in_boot_order(
     assert meta["accelerator"] == main.tier.acceleration.accelerator
     assert meta["disk_cache"] == "none" and meta["scratch_fs"].startswith("ext4")
     assert meta["vcpus"] == 2 and meta["memory_mb"] == 1024
-    mounts = main.exec(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "/scratch"], 60).stdout.split()
-    assert mounts == ["/dev/vdb", "ext4"]
+    # /scratch is the second virtio disk, mounted on first use
+    mounts = main.exec(["sh", "-c", "ls /scratch >/dev/null && findmnt -n -o SOURCE,FSTYPE "
+                        "/scratch"], 60).stdout.splitlines()
+    assert ["/dev/vdb", "ext4"] in [line.split() for line in mounts], mounts
     assert int(main.exec(["nproc"], 60).stdout) == 2
 
 

@@ -383,6 +383,8 @@ class KvmInstance(Instance):
             found["vcpu_pinning"] = list(self.config.cpuset)
         if self.config.cpu_quota:
             found["cpu_quota"] = self.config.cpu_quota
+        if self.config.io_read_bps or self.config.io_write_bps:
+            found["io_limit"] = "QEMU iotune on the scratch disk (/dev/vdb)"
         if self.sync is not None:
             found["clock_sync_uncertainty_ms"] = round(self.sync.uncertainty_s * 1e3, 3)
         return found
@@ -648,6 +650,10 @@ class KvmTier(Tier):
             if any(files.iterdir()):
                 removed.append(f"files {files}")
             shutil.rmtree(files, ignore_errors=True)
+        own = self.ctx.run_id if hasattr(self, "ctx") else None
+        for lock in sorted(lock_path("*").parent.glob(f"{run_id or '*'}.lock")):
+            if lock.stem != own and wanted(lock.stem) and not run_is_live(lock.stem):
+                lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
     def support_memory_bytes(self) -> int | None:
