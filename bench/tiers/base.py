@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bench import procs
 from bench.image import Image
 from bench.procs import Completed
 
@@ -75,6 +77,18 @@ class Background(ABC):
     @abstractmethod
     def stop(self) -> str:
         """Stop it and return what it printed."""
+
+
+class ProcessBackground(Background):
+    """A server run as a host process (in the instance's namespaces or root), logging to a file."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    def stop(self) -> str:
+        procs.terminate(self.proc)
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 class Instance(ABC):

@@ -18,6 +18,7 @@ from bench.tiers.base import (
     Background,
     Instance,
     InstanceSpec,
+    ProcessBackground,
     Tier,
     TierContext,
 )
@@ -32,16 +33,6 @@ def _chroot_into(root: Path) -> Any:
         os.chdir("/")
 
     return enter
-
-
-class HostBackground(Background):
-    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-
-    def stop(self) -> str:
-        procs.terminate(self.proc)
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 class HostInstance(Instance):
@@ -73,7 +64,7 @@ class HostInstance(Instance):
         self._spawned += 1
         log = self.workdir / f"{self.spec.role}-bg-{self._spawned}.log"
         proc = procs.spawn(argv, env=ENV, preexec=_chroot_into(self.root), stdout_path=str(log))
-        return HostBackground(proc, log)
+        return ProcessBackground(proc, log)
 
     def address(self) -> str:
         return "127.0.0.1"

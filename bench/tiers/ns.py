@@ -24,7 +24,6 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ from bench.tiers.base import (
     Instance,
     InstanceSpec,
     Limits,
+    ProcessBackground,
     Tier,
     TierContext,
 )
@@ -68,16 +68,6 @@ def capabilities_from_env() -> frozenset[str]:
         return frozenset(linuxns.CAPABILITIES[: linuxns.last_cap() + 1])
     return frozenset(name.strip().upper().removeprefix("CAP_") for name in raw.split(",")
                      if name.strip())
-
-
-class NsBackground(Background):
-    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
-        self.proc = proc
-        self.log = log
-
-    def stop(self) -> str:
-        procs.terminate(self.proc)
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 class NsInstance(Instance):
@@ -246,7 +236,7 @@ class NsInstance(Instance):
         self._spawned += 1
         log = self.dir / f"bg-{self._spawned}.log"
         proc = procs.spawn(argv, env=ENV, preexec=self._preexec(), stdout_path=str(log))
-        return NsBackground(proc, log)
+        return ProcessBackground(proc, log)
 
     def address(self) -> str:
         return self.net["address"] if self.net else "127.0.0.1"

@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ from typing import Any
 
 from bench import sysmount
 from bench.errors import ImageError
-from bench.image import Image
+from bench.image import Image, recipe_hash
 from bench.procs import run
 
 GUEST_RECIPE_VERSION = 1  # bump when the build steps below change
@@ -106,11 +105,6 @@ def recipe(img: Image) -> dict[str, Any]:
         "masked": sorted(MASKED_UNITS),
         "cmdline": CMDLINE,
     }
-
-
-def recipe_hash(data: dict[str, Any]) -> str:
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
