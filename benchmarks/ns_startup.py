@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import image
+from bench.core import image
 from bench.tiers.base import InstanceSpec, Limits, NetworkMode, TierContext
-from bench.tiers.ns import NsTier
+from bench.tiers.ns.tier import NsTier
 from bench.workloads.startup import STAMP, parse_stamp
 
 UNSHARE = ["unshare", "--fork", "--pid", "--mount-proc", "--uts", "--ipc", "--net", "--mount"]

@@ -6,7 +6,7 @@
                 samples into SQLite, then `bench publish` (index with trends and change points,
                 one report per run) and a second publish (the index only: reports exist)
 
-Usage:  python benchmarks/report_scale.py [--run RUN_DIR] [--samples 1000000] [--nights 200]
+Usage:  python -m benchmarks.report_scale [--run RUN_DIR] [--samples 1000000] [--nights 200]
 The constructed data go to a temporary directory that is removed at the end.
 """
 
@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import frame, history, publish, synthetic
-from bench.report import write
+from bench.analysis import frame, history
+from bench.report import publish, write
+from tests import synthetic
 
 TIERS = ("host", "ns", "docker", "kvm")
 EXTRA = 32  # extra cpu cells per tier, so a run has many cells

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import image as image_mod
-from bench.image import Image
+from bench.core import image as image_mod
+from bench.core.image import Image
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import adaptive, plan, scenario, stats
-from bench.image import Image
-from bench.rundir import RunDir, RunRecord
-from bench.samples import Sample
-from bench.summary import HEADLINE
+from bench.analysis import stats
+from bench.analysis.summary import HEADLINE
+from bench.core.image import Image
+from bench.core.rundir import RunDir, RunRecord
+from bench.core.samples import Sample
+from bench.run import adaptive, plan, scenario
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench import scenario
-from bench.errors import ScenarioError
-from bench.samples import read_samples
+from bench.core.errors import ScenarioError
+from bench.core.samples import read_samples
+from bench.run import scenario
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
                     st.floats(allow_nan=True, allow_infinity=True),

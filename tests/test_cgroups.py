@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import cgroups
-from bench.cgroups import Cgroup, Hierarchies
+from bench.kernel import cgroups
+from bench.kernel.cgroups import Cgroup, Hierarchies
 from bench.tiers.base import Limits
 
 MiB = 1 << 20

@@ -17,10 +17,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from bench import compare, frame, synthetic
-from bench.cli import main
-from bench.image import Image
+from bench.analysis import compare, frame
+from bench.cli.main import main
+from bench.core.image import Image
 from bench.tiers import TIERS
+from tests import synthetic
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 

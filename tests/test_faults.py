@@ -1,5 +1,5 @@
 """The fault-injection matrix, for real: `bench run` is interrupted (SIGINT), terminated (SIGTERM)
-or killed (SIGKILL) at named points (bench/faults.py) on every available tier; dockerd and
+or killed (SIGKILL) at named points (bench/core/faults.py) on every available tier; dockerd and
 libvirtd die mid-run; a workload hangs; a tool is missing or vanishes; the results disk fills up.
 
 After each fault: the samples taken so far parse; `bench cleanup` (or the start-up check of the
@@ -27,11 +27,12 @@ import psutil
 import pytest
 import yaml
 
-from bench import cgroups, sysmount
-from bench.image import Image
-from bench.rundir import RunDir
-from bench.tiers import TIERS, ns_net
-from bench.tiers.ns import CGROUP_ROOT
+from bench.core.image import Image
+from bench.core.rundir import RunDir
+from bench.kernel import cgroups, sysmount
+from bench.tiers import TIERS
+from bench.tiers.ns import net as ns_net
+from bench.tiers.ns.tier import CGROUP_ROOT
 from bench.tune import catalog as catalog_mod
 from bench.tune.sysfs import HostFs
 from bench.tune.tuner import Tuner
@@ -555,7 +556,7 @@ def test_leaks_sees_what_a_killed_run_left(lab: Lab, bench_image: Image) -> None
 
 
 def test_every_fault_point_is_placed_once() -> None:
-    from bench import faults
+    from bench.core import faults
 
     source = "".join(p.read_text() for p in (REPO / "bench").rglob("*.py"))
     for name in faults.POINTS:

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bench import frame, history, publish, synthetic
-from bench.cli import main
+from bench.analysis import frame, history
+from bench.cli.main import main
+from bench.report import publish
+from tests import synthetic
 
 from . import browser
 

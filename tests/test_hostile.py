@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import synthetic
-from bench.image import Image
+from bench.core.image import Image
+from tests import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 PWNED = Path(f"/tmp/pwned-{uuid.uuid4().hex[:8]}")

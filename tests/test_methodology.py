@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import frame, methodology, synthetic
-from bench.rundir import RunDir
-from bench.summary import print_methodology
+from bench.analysis import frame, methodology
+from bench.analysis.summary import print_methodology
+from bench.core.rundir import RunDir
+from tests import synthetic
 
 
 def codes(findings: list[methodology.Finding]) -> set[str]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.errors import ParseError
+from bench.core.errors import ParseError
 from bench.workloads.cpu_pyperf import parse_pyperf_json
 from bench.workloads.cpu_sysbench import parse_sysbench_cpu
 from bench.workloads.disk_fio import parse_fio_json

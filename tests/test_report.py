@@ -11,10 +11,11 @@ import pytest
 from click.testing import CliRunner
 from plotly.offline import get_plotlyjs
 
-from bench import frame, synthetic
-from bench.cli import main
+from bench.analysis import frame
+from bench.cli.main import main
 from bench.report import render, write
 from bench.report.figures import PALETTE
+from tests import synthetic
 
 from . import browser
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import scenario, sysmount
-from bench.image import Image
-from bench.rundir import RunDir
+from bench.core.image import Image
+from bench.core.rundir import RunDir
+from bench.kernel import sysmount
+from bench.run import scenario
 
 pytestmark = pytest.mark.integration
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -209,8 +210,8 @@ def test_doctor_and_list(results_dir: Path, bench_image: Image) -> None:
 
 
 def test_preflight_names_a_tool_missing_from_the_image(tmp_path: Path, bench_image: Image) -> None:
-    from bench import doctor
-    from bench.errors import BenchError
+    from bench.cli import doctor
+    from bench.core.errors import BenchError
 
     fake = Image("fakehash", tmp_path)
     (tmp_path / "rootfs/usr/bin").mkdir(parents=True)
@@ -223,7 +224,7 @@ def test_preflight_names_a_tool_missing_from_the_image(tmp_path: Path, bench_ima
 
 def test_a_second_run_refuses_while_one_holds_the_host(tmp_path: Path, results_dir: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench import hostlock
+    from bench.core import hostlock
 
     monkeypatch.setenv("BENCH_LOCK_PATH", str(tmp_path / "bench.lock"))
     env = env_for(results_dir)

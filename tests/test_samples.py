@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.samples import Cell, Sample, append_jsonl, read_samples
+from bench.core.samples import Cell, Sample, append_jsonl, read_samples
 
 
 def sample(rep: int = 0, value: float = 1.0) -> Sample:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import plan, scenario
-from bench.errors import ScenarioError
+from bench.core.errors import ScenarioError
+from bench.run import plan, scenario
 
 GOOD = """
 name: t

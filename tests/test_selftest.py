@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import cgroups
-from bench.image import Image
+from bench.core.image import Image
+from bench.kernel import cgroups
 from bench.tiers import TIERS
 
 pytestmark = pytest.mark.integration

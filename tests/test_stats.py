@@ -1,4 +1,4 @@
-"""Statistics on constructed data with known answers (bench/stats.py, bench/changepoint.py)."""
+"""Statistics on constructed data with known answers (analysis/stats.py, changepoint.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import changepoint, stats
+from bench.analysis import changepoint, stats
 
 SEEDS = 200
 

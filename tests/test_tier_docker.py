@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.errors import CommandError
-from bench.image import Image
-from bench.rundir import RunDir
-from bench.tiers import docker_engine
+from bench.core.errors import CommandError
+from bench.core.image import Image
+from bench.core.rundir import RunDir
 from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
-from bench.tiers.docker import DockerTier, import_image
+from bench.tiers.docker import engine as docker_engine
+from bench.tiers.docker.tier import DockerTier, import_image
 from bench.tiers.host import HostTier
 from bench.workloads.base import RunContext
 from bench.workloads.cpu_sysbench import parse_sysbench_cpu
@@ -342,7 +342,7 @@ def test_image_is_imported_once_and_labelled(tier: DockerTier, bench_image: Imag
     image_id, imported = import_image(tier.engine, bench_image)
     assert not imported and image_id == tier.image_id
     labels = tier.engine.images.get(bench_image.tag).labels
-    assert labels["bench.image.hash"] == bench_image.hash
+    assert labels["bench.core.image.hash"] == bench_image.hash
 
 
 def test_cleanup_removes_what_a_killed_run_left(engine_up: None, bench_image: Image,
@@ -378,7 +378,7 @@ def test_finish_removes_everything_and_is_idempotent(engine_up: None, bench_imag
 
 
 def test_exec_timeout_kills_the_command(tier: DockerTier, started: list[Instance]) -> None:
-    from bench.errors import CommandTimeout
+    from bench.core.errors import CommandTimeout
 
     box = tier.start(InstanceSpec("timeout", Limits()))
     started.append(box)

@@ -17,18 +17,18 @@ import pytest
 import yaml
 from rich.console import Console
 
-from bench import plan as planning
-from bench import scenario as scenario_mod
-from bench.errors import BenchError, CommandTimeout, ScenarioError
-from bench.image import Image
-from bench.rundir import RunDir
-from bench.summary import print_summary
+from bench.analysis.summary import print_summary
+from bench.core.errors import BenchError, CommandTimeout, ScenarioError
+from bench.core.image import Image
+from bench.core.rundir import RunDir
+from bench.run import plan as planning
+from bench.run import scenario as scenario_mod
 from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
 from bench.tiers.host import HostTier
-from bench.tiers.kvm import NETWORK_PREFIX, KvmInstance, KvmTier, lock_path, run_is_live
-from bench.vm import accel, clock, domxml, libvirtd
-from bench.vm import guest as guest_mod
-from bench.vm.domxml import DomainConfig
+from bench.tiers.kvm import accel, clock, domxml, libvirtd
+from bench.tiers.kvm import guest as guest_mod
+from bench.tiers.kvm.domxml import DomainConfig
+from bench.tiers.kvm.tier import NETWORK_PREFIX, KvmInstance, KvmTier, lock_path, run_is_live
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from bench.workloads.net_iperf3 import Iperf3
@@ -437,7 +437,7 @@ def test_bench_run_measures_every_family_in_guests(tmp_path: Path, results_dir: 
 
 
 def test_summary_banner_names_the_emulated_tier(results_dir: Path) -> None:
-    from bench.samples import Cell, Sample
+    from bench.core.samples import Cell, Sample
 
     rundir = RunDir.create("banner-test")
     rundir.write_manifest({"run_id": "banner-test", "tiers": ["kvm"]})

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import cgroups, linuxns, sysmount
-from bench.errors import CommandError
-from bench.image import Image
-from bench.rundir import RunDir
-from bench.tiers import ns_net
+from bench.core.errors import CommandError
+from bench.core.image import Image
+from bench.core.rundir import RunDir
+from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
-from bench.tiers.ns import CGROUP_ROOT, NsInstance, NsTier
+from bench.tiers.ns import net as ns_net
+from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import scenario as scenario_mod
-from bench.errors import ScenarioError
-from bench.rundir import RunDir
-from bench.samples import Cell, Sample
+from bench.core.errors import ScenarioError
+from bench.core.rundir import RunDir
+from bench.core.samples import Cell, Sample
+from bench.run import scenario as scenario_mod
 from bench.tune import cache, recommend
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
@@ -370,7 +370,7 @@ sweep:
     assert {"block.read_ahead_kb": 4096} in settings  # the catalog's default sweep
     assert {"vm.swappiness": 10} in settings
     assert len(settings) == 1 + 2 + 3 + 2
-    from bench import plan
+    from bench.run import plan
 
     cells = plan.cells_of(scen, ["host"])
     assert len(cells) == 2 * len(settings)
@@ -536,7 +536,7 @@ def test_recommend_refuses_a_run_without_a_sweep(results_dir: Path) -> None:
     rundir.add_sample(Sample(run_id=rundir.run_id, cell=Cell(tier="host", workload="memory"),
                              repetition=0, metric="copy_MBps", value=1.0, unit="MB/s",
                              direction="higher", timestamp=time.time()))
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     with pytest.raises(BenchError, match="swept no tunable or cache setup"):
         recommend.analyse(rundir)
@@ -557,8 +557,8 @@ class MemoryGuest:
         self.calls: list[list[str]] = []
 
     def exec(self, argv: list[str], timeout: float) -> object:
-        from bench.errors import CommandError
-        from bench.procs import Completed
+        from bench.core.errors import CommandError
+        from bench.core.procs import Completed
 
         self.calls.append(argv)
         if argv[0] == "cat":

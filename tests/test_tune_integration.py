@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.image import Image
+from bench.core.image import Image
 from bench.tiers import TIERS
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod

@@ -1,6 +1,6 @@
-/* bench-nsinit: the ns tier's container side, in C (bench/nsrt/native.py builds it on the host).
+/* bench-nsinit: the ns tier's container side, in C (bench/tiers/ns/runtime/native.py builds it on the host).
  *
- * bench posix_spawns it with a plan on its command line (bench/nsrt/native.py: plan_argv):
+ * bench posix_spawns it with a plan on its command line (bench/tiers/ns/runtime/native.py: plan_argv):
  *
  *   bench-nsinit REPORT GO STDOUT STDERR NETNS FLAGS HOSTNAME CAPMASK LOWER UPPER WORK MERGED SCRATCH
  *                NSTEPS (KIND PATH VALUE)... NJOIN PATH... [-- COMMAND...]
@@ -11,7 +11,7 @@
  * session. bench spawns it as PID 1 of a new PID namespace (it unshared CLONE_NEWPID for its
  * children first); started outside one, it unshares the PID namespace itself and forks PID 1,
  * then waits for it and exits with its status.
- * PID 1 reports each phase on REPORT as `name CLOCK_MONOTONIC-seconds` (see bench/nsrt/init.py,
+ * PID 1 reports each phase on REPORT as `name CLOCK_MONOTONIC-seconds` (see bench/tiers/ns/runtime/init.py,
  * the Python runtime it mirrors; `clone` carries the init's host PID too; a pooled network
  * namespace adds `network_ready` as it is joined), builds the container around itself, waits
  * for bench's `go` on GO, starts COMMAND and reaps. Lines are stamped as each phase ends and
@@ -208,7 +208,7 @@ int main(int argc, char **argv) {
     double clone_time = now();
     int spawned_as_init = getpid() == 1;  /* bench spawned us into a new PID namespace */
     if (argc < 16) {
-        fprintf(stderr, "bench-nsinit: a plan from bench/nsrt/native.py expected\n");
+        fprintf(stderr, "bench-nsinit: a plan from bench/tiers/ns/runtime/native.py expected\n");
         return 2;
     }
     report_fd = atoi(argv[1]);

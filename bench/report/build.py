@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import methodology
-from bench.frame import Run
-from bench.report import analysis, figures
+from bench.analysis import methodology
+from bench.analysis.frame import Run
+from bench.analysis.summary import emulation_banner
+from bench.report import figures
+from bench.report import tables as analysis
 from bench.report.page import Page, esc
-from bench.summary import emulation_banner
 from bench.tune.recommend import recommendation_html
 
 MAX_HEATMAPS = 40

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench import stats
-from bench.report.analysis import BASELINE, OverheadRow, PhaseBar, axis_sort_key, swept_axes
+from bench.analysis import stats
+from bench.report.tables import BASELINE, OverheadRow, PhaseBar, axis_sort_key, swept_axes
 
 RAW_POINTS_MAX = 4000  # above this many samples in a figure, boxes are drawn from quantiles
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from bench.tiers.base import Tier
-from bench.tiers.docker import DockerTier
+from bench.tiers.docker.tier import DockerTier
 from bench.tiers.host import HostTier
-from bench.tiers.kvm import KvmTier
-from bench.tiers.ns import NsTier
+from bench.tiers.kvm.tier import KvmTier
+from bench.tiers.ns.tier import NsTier
 
 TIERS: dict[str, type[Tier]] = {
     HostTier.name: HostTier,

@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench import procs
-from bench.image import Image
-from bench.procs import Completed
+from bench.core import procs
+from bench.core.image import Image
+from bench.core.procs import Completed
 
 NetworkMode = Literal["bridge", "host"]
 ScratchMode = Literal["overlay", "bind"]

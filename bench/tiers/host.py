@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import procs, sysmount
-from bench.errors import CommandTimeout
-from bench.procs import Completed
+from bench.core import procs
+from bench.core.errors import CommandTimeout
+from bench.core.procs import Completed
+from bench.kernel import sysmount
 from bench.tiers.base import (
     Availability,
     Background,

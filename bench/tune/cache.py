@@ -27,8 +27,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench import faults, procs, sysmount
-from bench.errors import BenchError
+from bench.core import faults, procs
+from bench.core.errors import BenchError
+from bench.kernel import sysmount
 from bench.tune import journal as journal_mod
 from bench.tune.catalog import TuneError, tuning_dir
 

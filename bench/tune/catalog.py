@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 Value = int | str | list[int]
 Scope = Literal["host-global", "per-device", "per-netns", "guest-local"]

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import faults, sysmount
-from bench.errors import BenchError
-from bench.rundir import RunDir
-from bench.samples import Cell
-from bench.scenario import Scenario
+from bench.core import faults
+from bench.core.errors import BenchError
+from bench.core.rundir import RunDir
+from bench.core.samples import Cell
+from bench.kernel import sysmount
+from bench.run.scenario import Scenario
 from bench.tiers.base import Instance, Tier
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod

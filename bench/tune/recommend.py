@@ -31,10 +31,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as sps
 
-from bench.errors import BenchError
-from bench.rundir import RunDir
-from bench.samples import Sample
-from bench.summary import HEADLINE
+from bench.analysis.summary import HEADLINE
+from bench.core.errors import BenchError
+from bench.core.rundir import RunDir
+from bench.core.samples import Sample
 from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import Catalog, Tunable
 from bench.tune.tuner import key_text

@@ -30,7 +30,7 @@ from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import TuneError, Value
 
 if TYPE_CHECKING:
-    from bench.plan import PlannedCell
+    from bench.run.plan import PlannedCell
 
 CACHE_TIERS = ("host",)  # tiers whose scratch a cache device can be mounted over
 

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.tune.catalog import Tunable, TuneError
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.tune import journal as journal_mod
 from bench.tune.catalog import Catalog, Tunable, TuneError, Value
 from bench.tune.journal import Entry, Journal, MemoryJournal

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from bench.samples import Measurement
+from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
 Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
@@ -47,7 +47,7 @@ class RunContext:
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            from bench.errors import CommandTimeout
+            from bench.core.errors import CommandTimeout
 
             raise CommandTimeout(["(run)"], 0.0)
         return left

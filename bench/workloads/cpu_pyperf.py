@@ -8,9 +8,9 @@ import uuid
 import pyperf
 from pydantic import Field
 
-from bench.errors import ParseError
-from bench.image import PYBENCH_PATH
-from bench.samples import Measurement
+from bench.core.errors import ParseError
+from bench.core.image import PYBENCH_PATH
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 

@@ -6,8 +6,8 @@ import re
 
 from pydantic import Field
 
-from bench.errors import ParseError
-from bench.samples import Measurement
+from bench.core.errors import ParseError
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 

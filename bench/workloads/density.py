@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bench.samples import Measurement
+from bench.core.samples import Measurement
 from bench.tiers.base import Instance
 from bench.workloads.base import Params, RunContext, Workload
 

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from bench.errors import ParseError
-from bench.samples import Measurement
+from bench.core.errors import ParseError
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 

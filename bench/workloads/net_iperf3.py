@@ -8,8 +8,8 @@ import time
 
 from pydantic import Field
 
-from bench.errors import CommandError, ParseError
-from bench.samples import Measurement
+from bench.core.errors import CommandError, ParseError
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 

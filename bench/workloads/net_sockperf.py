@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 from pydantic import Field
 
-from bench.errors import CommandError, ParseError
-from bench.samples import Measurement
+from bench.core.errors import CommandError, ParseError
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 HEADER = "packet, txTime(sec), rxTime(sec)"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bench.errors import CommandError, ParseError
-from bench.samples import Measurement
+from bench.core.errors import CommandError, ParseError
+from bench.core.samples import Measurement
 from bench.workloads.base import Params, RunContext, Workload
 
 STAMP = "/usr/local/bin/bench-stamp"

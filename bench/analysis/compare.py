@@ -1,0 +1,210 @@
+"""`bench compare BASE NEW`: per cell and metric, the change with its CI and a verdict.
+
+The verdict comes from `stats.compare` (Mann-Whitney U at alpha *and* a minimum effect size);
+a "slower" verdict whose slowdown exceeds the threshold is a regression, and any regression
+makes the command exit 1, so a CI job fails on a real slowdown and not on noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from bench.analysis import methodology, stats
+from bench.analysis.frame import Run
+
+FORMATS = ("table", "json", "markdown", "junit")
+
+
+@dataclass
+class Change:
+    tier: str
+    label: str
+    metric: str
+    unit: str
+    comparison: stats.Comparison
+    regression: bool
+
+    @property
+    def verdict(self) -> str:
+        return self.comparison.verdict
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.comparison
+
+        def num(value: float) -> float | None:
+            return None if math.isnan(value) else value
+
+        return {
+            "tier": self.tier, "cell": self.label, "metric": self.metric, "unit": self.unit,
+            "direction": c.direction, "base_median": num(c.base.median),
+            "base_ci": [num(c.base.low), num(c.base.high)], "base_n": c.base.n,
+            "new_median": num(c.new.median), "new_ci": [num(c.new.low), num(c.new.high)],
+            "new_n": c.new.n, "change": num(c.change),
+            "ratio_ci": [num(c.ratio.low), num(c.ratio.high)], "p_value": c.p_value,
+            "slowdown": num(c.slowdown), "verdict": c.verdict, "regression": self.regression,
+            "note": c.note,
+        }
+
+
+@dataclass
+class Report:
+    base: str
+    new: str
+    threshold: float
+    changes: list[Change]
+    only_base: list[str]
+    only_new: list[str]
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.regression]
+
+
+def compare(base: Run, new: Run, threshold: float = 0.05, all_metrics: bool = False,
+            alpha: float = stats.ALPHA, min_effect: float = stats.MIN_EFFECT) -> Report:
+    a, b = base.frame, new.frame
+    if not all_metrics:
+        a, b = methodology.headline(a), methodology.headline(b)
+    keys = ["cell", "metric"]
+    groups_a = {k: g for k, g in a.groupby(keys, observed=True)} if not a.empty else {}
+    groups_b = {k: g for k, g in b.groupby(keys, observed=True)} if not b.empty else {}
+    changes = []
+    for key in sorted(set(groups_a) & set(groups_b), key=lambda k: _order(groups_a[k])):
+        ga, gb = groups_a[key], groups_b[key]
+        first = ga.iloc[0]
+        direction = first["direction"]
+        result = stats.compare(ga["value"].to_numpy(float), gb["value"].to_numpy(float),
+                               direction, alpha=alpha, min_effect=min_effect)
+        regression = result.verdict == "slower" and result.slowdown > threshold
+        changes.append(Change(str(first["tier"]), str(first["label"]), str(key[1]),
+                              str(first["unit"]), result, regression))
+
+    def names(groups: dict[Any, Any], keys_: set[Any]) -> list[str]:
+        return sorted(f"{g.iloc[0]['tier']}: {g.iloc[0]['label']} {k[1]}"
+                      for k, g in groups.items() if k in keys_)
+
+    return Report(base.run_id, new.run_id, threshold, changes,
+                  names(groups_a, set(groups_a) - set(groups_b)),
+                  names(groups_b, set(groups_b) - set(groups_a)))
+
+
+def _order(group: Any) -> tuple[str, str, str]:
+    row = group.iloc[0]
+    return (str(row["tier"]), str(row["label"]), str(row["metric"]))
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if magnitude >= 10 else f"{value:.3g}"
+
+
+def _change_text(c: stats.Comparison) -> str:
+    if math.isnan(c.ratio.median):
+        return "-"
+    low = "-" if math.isnan(c.ratio.low) else f"{c.ratio.low - 1:+.1%}"
+    high = "-" if math.isnan(c.ratio.high) else f"{c.ratio.high - 1:+.1%}"
+    return f"{c.change:+.1%} [{low}, {high}]"
+
+
+def _summary_line(report: Report) -> str:
+    counts = {v: sum(1 for c in report.changes if c.verdict == v)
+              for v in ("slower", "faster", "same")}
+    verdict = (f"{len(report.regressions)} regression(s) beyond {report.threshold:.0%}"
+               if report.regressions else f"no regression beyond {report.threshold:.0%}")
+    return (f"{len(report.changes)} metrics compared: {counts['slower']} slower, "
+            f"{counts['faster']} faster, {counts['same']} same; {verdict}.")
+
+
+def as_table(report: Report) -> Table:
+    table = Table(title=f"{report.base} -> {report.new}")
+    for name in ("tier", "cell", "metric", "base median", "new median", "change [95% CI]",
+                 "p", "verdict"):
+        table.add_column(name, justify="right" if "median" in name or name == "p" else "left")
+    colours = {"slower": "red", "faster": "green", "same": ""}
+    for ch in report.changes:
+        c = ch.comparison
+        verdict = Text(c.verdict + (" REGRESSION" if ch.regression else ""),
+                       style=colours[c.verdict])
+        if c.note:
+            verdict.append(f" ({c.note})", style="dim")
+        table.add_row(Text(ch.tier), Text(ch.label), Text(ch.metric),
+                      Text(f"{_fmt(c.base.median)} {ch.unit}"),
+                      Text(f"{_fmt(c.new.median)} {ch.unit}"), _change_text(c),
+                      f"{c.p_value:.3g}", verdict)
+    table.caption = _summary_line(report)
+    return table
+
+
+def as_json(report: Report) -> str:
+    return json.dumps({
+        "base": report.base, "new": report.new, "threshold": report.threshold,
+        "regressions": len(report.regressions), "summary": _summary_line(report),
+        "changes": [c.as_dict() for c in report.changes],
+        "only_in_base": report.only_base, "only_in_new": report.only_new,
+    }, indent=2)
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def as_markdown(report: Report) -> str:
+    lines = [f"### bench compare: `{_md(report.base)}` → `{_md(report.new)}`", "",
+             _summary_line(report), "",
+             "| tier | cell | metric | base | new | change [95% CI] | p | verdict |",
+             "|---|---|---|---:|---:|---|---:|---|"]
+    for ch in report.changes:
+        c = ch.comparison
+        verdict = f"**{c.verdict}**" if c.verdict != "same" else "same"
+        if ch.regression:
+            verdict += " ❌ regression"
+        lines.append(f"| {_md(ch.tier)} | {_md(ch.label)} | {_md(ch.metric)} | "
+                     f"{_fmt(c.base.median)} {_md(ch.unit)} | {_fmt(c.new.median)} {_md(ch.unit)} "
+                     f"| {_change_text(c)} | {c.p_value:.3g} | {verdict} |")
+    for title, items in (("only in base", report.only_base), ("only in new", report.only_new)):
+        if items:
+            lines += ["", f"{title}: " + ", ".join(_md(i) for i in items)]
+    return "\n".join(lines) + "\n"
+
+
+def as_junit(report: Report) -> str:
+    """JUnit XML: one test case per metric, a failure per regression."""
+    suite = ET.Element("testsuite", name=f"bench compare {report.base} -> {report.new}",
+                       tests=str(len(report.changes)), failures=str(len(report.regressions)),
+                       errors="0", skipped="0")
+    for ch in report.changes:
+        case = ET.SubElement(suite, "testcase", classname=f"bench.{ch.tier}.{ch.label}",
+                             name=ch.metric)
+        c = ch.comparison
+        detail = (f"{ch.tier} {ch.label} {ch.metric}: {_fmt(c.base.median)} -> "
+                  f"{_fmt(c.new.median)} {ch.unit}, change {_change_text(c)}, p={c.p_value:.3g}, "
+                  f"verdict {c.verdict}")
+        if ch.regression:
+            failure = ET.SubElement(case, "failure", type="regression",
+                                    message=f"slower by {c.slowdown:.1%} (threshold "
+                                            f"{report.threshold:.0%})")
+            failure.text = detail
+        else:
+            ET.SubElement(case, "system-out").text = detail
+    suites = ET.Element("testsuites")
+    suites.append(suite)
+    ET.indent(suites)
+    text = ET.tostring(suites, encoding="unicode")
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{text}\n'
+
+
+def render(report: Report, fmt: str) -> str | Table:
+    if fmt == "table":
+        return as_table(report)
+    return {"json": as_json, "markdown": as_markdown, "junit": as_junit}[fmt](report)

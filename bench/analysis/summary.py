@@ -1,0 +1,119 @@
+"""The end-of-run summary: per cell and metric, the median with its 95% CI and the ratio to host."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from bench.analysis import stats
+from bench.core.rundir import RunDir
+from bench.core.samples import Sample
+
+HEADLINE = {
+    "cpu.sysbench": ("events_per_s",),
+    "cpu.pyperf": ("time_per_call_us",),
+    "memory": ("copy_MBps", "load_latency_ns"),
+    "disk.fio": ("bandwidth_MBps", "iops", "clat_p99_us"),
+    "network.iperf3": ("throughput_Gbps",),
+    "network.sockperf": ("rtt_p50_us", "rtt_p99_us"),
+    "startup.noop": ("first_instruction_ms", "total_ms"),
+}
+BASELINE_TIER = "host"
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def group(samples: list[Sample]) -> dict[tuple[str, str, str, str], list[float]]:
+    """(label, metric, tier, unit) -> values, in a stable order."""
+    groups: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for s in samples:
+        groups[(s.cell.label, s.metric, s.cell.tier, s.unit)].append(s.value)
+    return groups
+
+
+def table(rundir: RunDir, all_metrics: bool = False) -> Table:
+    samples = rundir.samples()
+    groups = group(samples)
+    workloads = {s.cell.label: s.cell.workload for s in samples}
+    tiers = list(dict.fromkeys(rundir.manifest().get("tiers", [])))
+    out = Table(title=f"run {rundir.run_id}: median and 95% CI per cell", show_lines=False)
+    for name in ("workload", "metric", "tier", "median", "95% CI", "n", "unit", "vs host"):
+        out.add_column(name, justify="right" if name in ("median", "n") else "left")
+    order = sorted({(k[0], k[1]) for k in groups})
+    for label, metric in order:
+        if not all_metrics and metric not in HEADLINE.get(workloads[label], (metric,)):
+            continue
+        base = next((v for k, v in groups.items()
+                     if k[0] == label and k[1] == metric and k[2] == BASELINE_TIER), None)
+        for tier in tiers:
+            key = next((k for k in groups if k[:3] == (label, metric, tier)), None)
+            if key is None:
+                continue
+            est = stats.median_ci(groups[key])
+            ratio = "-"
+            if base is not None and tier != BASELINE_TIER:
+                r = stats.ratio_ci(groups[key], base)
+                ratio = f"{r.median:.3f} [{_fmt(r.low)}, {_fmt(r.high)}]"
+            out.add_row(Text(label), Text(metric), Text(tier), _fmt(est.median),
+                        f"[{_fmt(est.low)}, {_fmt(est.high)}]", str(est.n), key[3], ratio)
+    return out
+
+
+def failures(rundir: RunDir) -> list[str]:
+    return [f"{r.cell} rep {r.repetition}: {r.status}: {r.error}"
+            for r in rundir.records() if r.status != "ok"]
+
+
+def emulation_banner(tiers: list[str]) -> str:
+    """The warning shown above every summary and report of a run with emulated VMs."""
+    return (f"EMULATED: tier {', '.join(tiers)} ran its virtual machines under TCG (QEMU's "
+            "software emulation) because KVM is unusable on this host. These numbers are "
+            "emulation costs, several times a real VM's, and say nothing about KVM overhead.")
+
+
+def emulated_tiers(samples: list[Sample]) -> list[str]:
+    return sorted({s.cell.tier for s in samples if s.metadata.get("accelerator") == "tcg"})
+
+
+def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
+    console.print(table(rundir, all_metrics))
+    emulated = emulated_tiers(rundir.samples())
+    if emulated:
+        console.print(Panel(emulation_banner(emulated), style="bold red"))
+    manifest = rundir.manifest()
+    for tier, reason in manifest.get("skipped_tiers", {}).items():
+        console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]")
+    print_methodology(rundir, console)
+    failed = failures(rundir)
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) failed[/red] (details in runs.jsonl):")
+        for line in failed[:10]:
+            console.print(f"  {line}", markup=False)
+
+
+def print_methodology(rundir: RunDir, console: Console) -> None:
+    """The methodology checks (bench/analysis/methodology.py) of a run, one line each."""
+    from bench.analysis import (
+        frame,
+        methodology,  # they import HEADLINE from here
+    )
+
+    findings = methodology.check(rundir.manifest(), frame.read_frame(rundir.samples_path))
+    for finding in findings:
+        colour = "yellow" if finding.severity == "warning" else "cyan"
+        console.print(f"[{colour}]{finding.severity}:[/{colour}] ", end="")
+        console.print(finding.text(limit=3), markup=False, highlight=False)

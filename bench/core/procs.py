@@ -1,0 +1,114 @@
+"""Run commands as argv lists (never a shell string); a timeout kills the whole process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from bench.core.errors import CommandError, CommandTimeout
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+    preexec: Callable[[], None] | None = None,
+    cwd: str | None = None,
+) -> Completed:
+    """Run argv to completion. On timeout the process group is killed and CommandTimeout raised."""
+    argv = [str(a) for a in argv]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env) if env is not None else None,
+        start_new_session=preexec is None,
+        preexec_fn=_with_setsid(preexec) if preexec else None,
+        cwd=cwd,
+    )
+    try:
+        out, err = proc.communicate(input_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise CommandTimeout(argv, timeout or 0.0, err) from None
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    done = Completed(argv, proc.returncode, out, err, time.perf_counter() - start)
+    if check and proc.returncode != 0:
+        raise CommandError(argv, proc.returncode, err or out)
+    return done
+
+
+def _with_setsid(preexec: Callable[[], None]) -> Callable[[], None]:
+    def wrapped() -> None:
+        os.setsid()
+        preexec()
+
+    return wrapped
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+    stdout_path: str | None = None,
+) -> subprocess.Popen[str]:
+    """Start argv in the background in its own process group (stop it with `terminate`)."""
+    out = open(stdout_path, "w") if stdout_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(env) if env is not None else None,
+            preexec_fn=_with_setsid(preexec) if preexec else os.setsid,
+        )
+    finally:
+        if stdout_path and not isinstance(out, int):
+            out.close()
+
+
+def terminate(proc: subprocess.Popen[str], grace: float = 3.0) -> None:
+    """SIGTERM the process group, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.wait()

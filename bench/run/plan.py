@@ -1,0 +1,104 @@
+"""Expand a scenario into a plan: cells x repetitions, interleaved in a seeded random order.
+
+Each round runs every cell once, shuffled; warm-up rounds come first and their samples are
+discarded. Interleaving spreads slow drifts of the machine over all cells instead of one.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from bench.core.samples import Cell
+from bench.run.scenario import Scenario, WorkloadEntry
+from bench.tiers import TIERS
+from bench.tune.sweep import spread
+from bench.workloads import WORKLOADS
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    cell: Cell
+    entry: WorkloadEntry
+    params: dict[str, Any]
+    repetitions: int
+    estimate_s: float
+    timeout_s: float
+    warmup: int = 1  # warm-up rounds of this cell (the scenario's, or its tier override's)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    index: int
+    cell: PlannedCell
+    repetition: int  # negative for warm-ups
+    key: str
+
+    @property
+    def warmup(self) -> bool:
+        return self.repetition < 0
+
+
+@dataclass
+class Plan:
+    cells: list[PlannedCell]
+    runs: list[PlannedRun]
+    skipped_tiers: dict[str, str]
+
+    def estimate_seconds(self) -> float:
+        return sum(run.cell.estimate_s for run in self.runs)
+
+
+def cells_of(scenario: Scenario, tiers: list[str]) -> list[PlannedCell]:
+    cells = []
+    for tier in tiers:
+        override = scenario.tier_overrides.get(tier)
+        most = override.repetitions if override and override.repetitions else None
+        warmup = override.warmup if override and override.warmup is not None \
+            else scenario.warmup
+        for entry in scenario.workloads:
+            if override and entry.workload in override.skip:
+                continue
+            workload = WORKLOADS[entry.workload]
+            for combo in entry.combinations():
+                params = workload.parse_params(combo)
+                estimate = workload.estimate_seconds(params) + \
+                    workload.instance_starts(params) * TIERS[tier].start_estimate_s
+                cells.append(PlannedCell(
+                    cell=Cell(tier=tier, workload=entry.workload, params=combo),
+                    entry=entry,
+                    params=combo,
+                    repetitions=min(entry.repetitions or scenario.repetitions, most or 10**9),
+                    estimate_s=estimate,
+                    timeout_s=entry.timeout_s or max(60.0, estimate * 5 + 30),
+                    warmup=warmup,
+                ))
+    return spread(cells, scenario.sweep)  # x tunables/cache setups of `sweep:` (if any)
+
+
+def expand(scenario: Scenario, tiers: list[str], skipped: dict[str, str] | None = None) -> Plan:
+    cells = cells_of(scenario, tiers)
+    rng = random.Random(scenario.seed)
+    runs: list[PlannedRun] = []
+    # round r runs a cell's warm-up or repetition r - (its warm-ups), while it has one left
+    rounds = max((c.warmup + c.repetitions for c in cells), default=0)
+    for round_no in range(rounds):
+        due = [c for c in cells if round_no < c.warmup + c.repetitions]
+        rng.shuffle(due)
+        for planned in due:
+            repetition = round_no - planned.warmup
+            key = f"{planned.cell.key}#{repetition}"
+            runs.append(PlannedRun(len(runs), planned, repetition, key))
+    return Plan(cells, runs, dict(skipped or {}))
+
+
+def add_round(plan: Plan, due: list[tuple[PlannedCell, int]], seed: int) -> list[PlannedRun]:
+    """Append one more round for `due` (cell, repetition) pairs, shuffled (adaptive repetitions)."""
+    rng = random.Random(f"{seed}:{len(plan.runs)}")
+    order = list(due)
+    rng.shuffle(order)
+    added = [PlannedRun(len(plan.runs) + i, planned, repetition, f"{planned.cell.key}#{repetition}")
+             for i, (planned, repetition) in enumerate(order)]
+    plan.runs.extend(added)
+    return added

@@ -1,0 +1,473 @@
+"""The docker tier: Docker containers through the docker SDK, on a local or remote engine.
+
+The bench image's root is imported once per image hash as `bench-image:<hash>` (no registry
+needed). A long-lived instance is a container running `sleep infinity` under docker-init, driven
+by `exec`; a command instance (start-up) is create + start of the command itself, with the
+engine's own StartedAt/FinishedAt converted to our CLOCK_MONOTONIC. Every container, network
+and volume carries the label `bench.run=<run id>`, which `cleanup` finds after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import itertools
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+
+from bench.core import image as image_mod
+from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
+from bench.core.image import Image
+from bench.core.procs import Completed
+from bench.kernel import sysmount
+from bench.tiers.base import (
+    Availability,
+    Background,
+    Instance,
+    InstanceSpec,
+    Tier,
+    TierContext,
+)
+from bench.tiers.docker import engine as engine_mod
+
+RUN_LABEL = "bench.run"
+ROLE_LABEL = "bench.role"
+HASH_LABEL = "bench.core.image.hash"
+IMAGE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
+KEEPALIVE = ["sleep", "infinity"]
+# A background server: record its pid, then become it with its output in a log. The script is a
+# constant; the server's argv arrives as positional parameters, never inside the script text.
+SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
+
+
+def import_image(engine: docker.DockerClient, img: Image, log: Any = None) -> tuple[str, bool]:
+    """`bench-image:<hash>` on the engine, imported from the image's root if absent.
+
+    Returns (image id, whether it was imported now). A lock keeps two bench processes on this
+    host from importing the same image at once.
+    """
+    lock_path = image_mod.images_dir() / ".docker-import.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(ImageNotFound):
+            found = engine.images.get(img.tag)
+            if (found.labels or {}).get(HASH_LABEL) == img.hash:
+                return str(found.id), False
+        if log:
+            log(f"docker: importing the bench image as {img.tag} ...")
+        changes = [f"LABEL {HASH_LABEL}={img.hash}",
+                   f"LABEL bench.core.image.suite={img.manifest['recipe']['suite']}",
+                   "LABEL bench.managed=true",
+                   *[f"ENV {pair}" for pair in IMAGE_ENV], "WORKDIR /"]
+        tar = subprocess.Popen(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(img.rootfs), "-c", "."],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        assert tar.stdout is not None
+        out = tar.stdout
+
+        def chunks() -> Iterator[bytes]:
+            while block := out.read(1 << 20):
+                yield block
+
+        repository, tag = img.tag.split(":", 1)
+        saved = engine.api.timeout
+        engine.api.timeout = 1800
+        try:
+            result = engine.api.import_image_from_stream(
+                chunks(), repository=repository, tag=tag, changes=changes)
+        finally:
+            engine.api.timeout = saved
+            tar.stdout.close()
+            _, err = tar.communicate()
+        if tar.returncode != 0:
+            raise BenchError(f"tar of {img.rootfs} failed ({tar.returncode}): "
+                             f"{err.decode()[-300:]}",
+                             "rebuild the image with `bench image build --force`.")
+        if '"error"' in str(result):
+            raise BenchError(f"The engine refused the bench image: {str(result)[-300:]}",
+                             "see the engine's log (docker info, /var/log/bench-dockerd.log).")
+        return str(engine.images.get(img.tag).id), True
+
+
+def _demuxed(output: Any) -> tuple[str, str]:
+    """(stdout, stderr) of an `exec_run(..., demux=True)`, as text."""
+    out, err = output if isinstance(output, tuple) else (output, None)
+    return ((out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
+
+
+def throttle_device(path: str | Path) -> str:
+    """The whole-disk block device under `path`, for blkio throttling (cgroup v1 and v2 take
+    whole disks, not partitions)."""
+    st = os.stat(path)
+    sysdir = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not sysdir.exists():
+        fs = sysmount.filesystem_of(path)
+        raise BenchError(
+            f"{path} is on {fs['fstype']} ({fs['device']}), not on a block device, so a block "
+            "I/O limit has no device to throttle.",
+            "drop io_read_bps/io_write_bps from the scenario's limits, or put Docker's root "
+            "(DockerRootDir) on a disk.")
+    real = sysdir.resolve()
+    if (real / "partition").exists():
+        real = real.parent
+    device = Path("/dev") / real.name
+    if not device.exists():
+        raise BenchError(f"No device node {device} for the disk under {path}.",
+                         f"create it (mknod) or run on the host that owns {device}.")
+    return str(device)
+
+
+class DockerBackground(Background):
+    """A server started by a detached exec; stopped by its pid, inside the container."""
+
+    def __init__(self, instance: DockerInstance, exec_id: str, pidfile: str, logfile: str) -> None:
+        self.instance = instance
+        self.exec_id = exec_id
+        self.pidfile = pidfile
+        self.logfile = logfile
+        self.stopped = False
+
+    def _running(self) -> bool:
+        return bool(self.instance.engine.api.exec_inspect(self.exec_id).get("Running"))
+
+    def stop(self) -> str:
+        if self.stopped:
+            return ""
+        self.stopped = True
+        container = self.instance.container
+        deadline = time.monotonic() + 5
+        pid = ""
+        while not pid and self._running() and time.monotonic() < deadline:
+            done = container.exec_run(["cat", self.pidfile], demux=True)
+            pid = _demuxed(done.output)[0].strip() if done.exit_code == 0 else ""
+            if not pid:
+                time.sleep(0.05)
+        if pid:
+            for signal_name, grace in (("TERM", 3.0), ("KILL", 3.0)):
+                container.exec_run(["kill", f"-{signal_name}", pid])
+                until = time.monotonic() + grace
+                while self._running() and time.monotonic() < until:
+                    time.sleep(0.05)
+                if not self._running():
+                    break
+        try:
+            text = self.instance.read_file(self.logfile).decode(errors="replace")
+        except BenchError:
+            text = ""
+        container.exec_run(["rm", "-f", self.pidfile, self.logfile])
+        return text
+
+
+class DockerInstance(Instance):
+    def __init__(self, spec: InstanceSpec, tier: DockerTier, name: str) -> None:
+        super().__init__(spec)
+        self.tier = tier
+        self.engine = tier.engine
+        self.name = name
+        self.volume: str | None = None
+        self._container: Container | None = None
+        self._output = ""
+        self._spawned = itertools.count(1)
+        self._stopped = False
+        self.facts: dict[str, Any] = {}
+
+    @property
+    def container(self) -> Container:
+        if self._container is None:
+            raise BenchError(f"Container {self.name} was never created.", "see the error before.")
+        return self._container
+
+    # -- start ------------------------------------------------------------------------------
+    def create_and_start(self) -> None:
+        spec = self.spec
+        labels = {RUN_LABEL: self.tier.ctx.run_id, ROLE_LABEL: spec.role, "bench.tier": "docker"}
+        options: dict[str, Any] = {
+            "name": self.name, "labels": labels, "detach": True,
+            "hostname": f"bench-{spec.role}",
+        }
+        options |= self.tier.limit_options(spec)
+        if spec.network == "host":
+            options["network_mode"] = "host"
+        else:
+            options["network"] = self.tier.network_name
+        if spec.scratch == "bind":
+            self.volume = f"{self.name}-scratch"
+            self.engine.volumes.create(self.volume, labels=labels)
+            options["volumes"] = {self.volume: {"bind": "/scratch", "mode": "rw"}}
+        if spec.command is None:
+            command, options["init"] = KEEPALIVE, True
+        else:
+            command = spec.command
+        self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        self.phases.mark("create")
+        self._container = self.engine.containers.create(self.tier.image_id, command, **options)
+        self.phases.mark("created")
+        self.phases.mark("start_call")
+        self.container.start()
+        self.phases.mark("start_returned")
+        if spec.command is None:
+            self.container.reload()
+            self._engine_phase("started", "StartedAt")
+            self.phases.mark("ready")
+
+    def _engine_phase(self, phase: str, field: str) -> None:
+        """Put the engine's own time stamp of a state change on our clock (local engines)."""
+        if engine_mod.is_remote():
+            return
+        stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
+        if stamp is not None:
+            self.phases.mark(phase, stamp)
+
+    # -- the Instance contract ----------------------------------------------------------------
+    def exec(self, argv: list[str], timeout: float) -> Completed:
+        wrapped = ["timeout", "--kill-after=2", f"{max(timeout, 0.1):.3f}", *argv]
+        started = time.perf_counter()
+        api = self.engine.api
+        saved = api.timeout
+        api.timeout = int(timeout) + 30  # the HTTP read waits for the command: give it room
+        try:
+            done = self.container.exec_run(wrapped, demux=True)
+        except (requests.exceptions.RequestException, APIError) as exc:
+            raise CommandError(argv, -1, f"docker exec failed: {exc}") from exc
+        finally:
+            api.timeout = saved
+        seconds = time.perf_counter() - started
+        out, err = _demuxed(done.output)
+        status = int(done.exit_code if done.exit_code is not None else -1)
+        if status in TIMEOUT_STATUS and seconds >= timeout * 0.98:
+            raise CommandTimeout(argv, timeout, err)
+        if status != 0:
+            raise CommandError(argv, status, err or out)
+        return Completed(list(argv), status, out, err, seconds)
+
+    def spawn(self, argv: list[str]) -> Background:
+        n = next(self._spawned)
+        pidfile, logfile = f"/tmp/bench-bg-{n}.pid", f"/tmp/bench-bg-{n}.log"
+        exec_id = self.engine.api.exec_create(
+            self.container.id, ["sh", "-c", SPAWN_SCRIPT, "sh", pidfile, logfile, *argv])["Id"]
+        self.engine.api.exec_start(exec_id, detach=True)
+        return DockerBackground(self, exec_id, pidfile, logfile)
+
+    def address(self) -> str:
+        if self.spec.network == "host":
+            return "127.0.0.1"
+        self.container.reload()
+        networks = self.container.attrs["NetworkSettings"]["Networks"]
+        address = str(networks.get(self.tier.network_name, {}).get("IPAddress") or "")
+        if not address:
+            raise BenchError(f"Container {self.name} has no address on {self.tier.network_name}.",
+                             "see `docker inspect` of it and the engine's log.")
+        return address
+
+    def wait(self, timeout: float) -> int:
+        assert self.spec.command is not None, "wait() is for instances started with a command"
+        try:
+            result = self.container.wait(timeout=timeout)
+        except requests.exceptions.RequestException:
+            with contextlib.suppress(DockerException):
+                self.container.kill()
+            raise CommandTimeout(self.spec.command, timeout) from None
+        self.phases.mark("exit_seen")
+        self.container.reload()
+        self._engine_phase("started", "StartedAt")
+        self._engine_phase("exit", "FinishedAt")
+        self.facts["oom_killed"] = bool(self.container.attrs["State"].get("OOMKilled"))
+        self._output = self.container.logs(stdout=True, stderr=True).decode(errors="replace")
+        return int(result.get("StatusCode", -1))
+
+    def output(self) -> str:
+        return self._output
+
+    def read_file(self, path: str) -> bytes:
+        try:
+            stream, _ = self.container.get_archive(path)
+        except NotFound as exc:
+            raise BenchError(f"No file {path} in container {self.name}.", "see raw/.") from exc
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            member = next((m for m in archive.getmembers() if m.isfile()), None)
+            data = archive.extractfile(member) if member is not None else None
+            if data is None:
+                raise BenchError(f"{path} in container {self.name} is not a file.", "see raw/.")
+            return data.read()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._container is not None:
+            with contextlib.suppress(NotFound):
+                self._container.remove(force=True)
+            if self.spec.command is not None:
+                self.phases.mark("removed")
+        if self.volume is not None:
+            with contextlib.suppress(NotFound):
+                self.engine.volumes.get(self.volume).remove(force=True)
+
+    def metadata(self) -> dict[str, Any]:
+        network = ({"network_path": "host"} if self.spec.network == "host" else
+                   {"network_path": "veth+bridge", "docker_network": self.tier.network_name})
+        return {**network, "network_mode": self.spec.network,
+                **self.tier.scratch_facts(self.spec.scratch), **self.facts}
+
+    def memory_bytes(self) -> int | None:
+        """What the container's memory cgroup charges it (its page cache included)."""
+        cid = self.container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}/memory.usage_in_bytes",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/memory.current",
+                     f"/sys/fs/cgroup/docker/{cid}/memory.current"):
+            with contextlib.suppress(OSError, ValueError):
+                return int(Path(path).read_text())
+        stats = self.container.stats(stream=False)  # a remote engine: ask it
+        assert isinstance(stats, dict)
+        usage = stats.get("memory_stats", {}).get("usage")
+        return int(usage) if usage is not None else None
+
+
+class DockerTier(Tier):
+    name = "docker"
+    description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
+                   f"${engine_mod.URL_ENV}); image imported from the bench image")
+    packages = ("docker.io",)
+
+    def __init__(self) -> None:
+        self._engine: docker.DockerClient | None = None
+        self.image_id = ""
+        self.network_name = ""
+        self._fresh_image = False
+        self._facts: dict[str, Any] = {}
+        self._seq = itertools.count(1)
+
+    @property
+    def engine(self) -> docker.DockerClient:
+        if self._engine is None:
+            self._engine = engine_mod.client()
+        return self._engine
+
+    def ensure_running(self) -> list[str]:
+        return engine_mod.ensure_running()
+
+    def available(self) -> Availability:
+        return engine_mod.diagnose()
+
+    # -- per run ------------------------------------------------------------------------------
+    def prepare(self, ctx: TierContext) -> None:
+        super().prepare(ctx)
+        self.image_id, self._fresh_image = import_image(self.engine, ctx.image)
+        self.network_name = f"bench-{ctx.run_id}"
+        labels = {RUN_LABEL: ctx.run_id, "bench.tier": "docker"}
+        try:
+            self.engine.networks.create(self.network_name, driver="bridge", labels=labels)
+        except APIError as exc:
+            raise TierUnavailable(f"Docker could not create network {self.network_name}: {exc}",
+                                  "run `bench cleanup`; check the engine's log.") from exc
+        self._facts = engine_mod.engine_facts(self.engine)
+        self._facts["image_imported_this_run"] = self._fresh_image
+
+    def take_fresh_image(self) -> bool:
+        """True once: for the first container created from an image imported by this run."""
+        fresh, self._fresh_image = self._fresh_image, False
+        return fresh
+
+    def start(self, spec: InstanceSpec) -> Instance:
+        name = f"bench-{self.ctx.run_id}-{spec.role}-{next(self._seq)}"
+        instance = DockerInstance(spec, self, name)
+        try:
+            instance.create_and_start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                instance.stop()
+            raise
+        return instance
+
+    def finish(self) -> None:
+        if hasattr(self, "ctx") and self._engine is not None:
+            self.cleanup(self.ctx.run_id)
+
+    def cleanup(self, run_id: str | None) -> list[str]:
+        if self._engine is None and not engine_mod.diagnose().ok:
+            return []  # no engine, nothing it could still hold
+        label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+        removed = []
+        for container in self.engine.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(NotFound):
+                container.remove(force=True)
+                removed.append(f"container {container.name}")
+        for network in self.engine.networks.list(filters={"label": label}):
+            with contextlib.suppress(NotFound):
+                network.remove()
+                removed.append(f"network {network.name}")
+        for volume in self.engine.volumes.list(filters={"label": label}):
+            with contextlib.suppress(NotFound):
+                volume.remove(force=True)
+                removed.append(f"volume {volume.name}")
+        return removed
+
+    def support_memory_bytes(self) -> int | None:
+        """Proportional set size of dockerd, containerd and the per-container shims."""
+        if engine_mod.is_remote():
+            return None
+        return int(engine_mod.support_memory()["pss_bytes"])
+
+    # -- limits and storage -------------------------------------------------------------------
+    def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
+        limits = spec.limits
+        options: dict[str, Any] = {}
+        if limits.cpus is not None:
+            options["nano_cpus"] = int(limits.cpus * 1e9)
+        if limits.cpuset is not None:
+            options["cpuset_cpus"] = limits.cpuset
+        if limits.memory_mb is not None:
+            options["mem_limit"] = f"{limits.memory_mb}m"
+            options["memswap_limit"] = f"{limits.memory_mb}m"  # no swap beyond the limit
+        if limits.pids is not None:
+            options["pids_limit"] = limits.pids
+        if limits.io_read_bps is not None or limits.io_write_bps is not None:
+            device = self.scratch_device()
+            if limits.io_read_bps is not None:
+                options["device_read_bps"] = [{"Path": device, "Rate": limits.io_read_bps}]
+            if limits.io_write_bps is not None:
+                options["device_write_bps"] = [{"Path": device, "Rate": limits.io_write_bps}]
+        return options
+
+    def docker_root(self) -> str:
+        return str(self._facts.get("docker_root") or self.engine.info()["DockerRootDir"])
+
+    def scratch_device(self) -> str:
+        """The disk both scratch modes live on: the container layer and local volumes are both
+        under the engine's DockerRootDir."""
+        if engine_mod.is_remote():
+            raise BenchError(
+                "Block I/O limits need the engine's disk, which is on another host "
+                f"(${engine_mod.URL_ENV}).",
+                "run bench on the engine's host, or drop io_read_bps/io_write_bps.")
+        return throttle_device(self.docker_root())
+
+    def scratch_facts(self, mode: str) -> dict[str, str]:
+        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        if engine_mod.is_remote():
+            return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
+                    else "volume", "scratch_device": "remote"}
+        fs = sysmount.filesystem_of(self.docker_root())
+        if mode == "overlay":
+            return {"scratch_mode": "overlay", "scratch_fs": "overlay",
+                    "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
+                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+        return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
+                "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}

@@ -1,0 +1,215 @@
+"""Networking of the `ns` tier, like Docker's default bridge: one bridge per run with a /24 and
+NAT to the outside, and one veth pair per container (host end on the bridge, `eth0` inside).
+
+Links are made over netlink (pyroute2); NAT and forwarding rules with iptables argv. Every link
+carries the alias `bench:<run-id>` and every rule the comment `bench:<run-id>`, so `cleanup`
+finds what a killed run left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from bench.core import procs
+from bench.core.errors import BenchError, CommandError
+from bench.kernel import linuxns
+from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
+
+POOL = ipaddress.IPv4Network("10.213.0.0/16")  # carved into one /24 per run
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+LINK_PREFIX = "bn"
+
+
+class NetworkError(BenchError):
+    """The bridge, a veth pair or a NAT rule could not be made."""
+
+
+def tag(run_id: str) -> str:
+    """A short id for link names (at most 15 characters): 6 hex digits of the run id's hash."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:6]
+
+
+def label(run_id: str) -> str:
+    return f"bench:{run_id}"
+
+
+@contextlib.contextmanager
+def in_netns(ns_fd: int) -> Iterator[None]:
+    """Run the block with this thread in another network namespace (setns is per thread)."""
+    with open("/proc/thread-self/ns/net", "rb") as home:
+        linuxns.setns(ns_fd, linuxns.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            linuxns.setns(home.fileno(), linuxns.CLONE_NEWNET)
+
+
+def _iptables(*args: str) -> None:
+    procs.run(["iptables", "-w", "5", *args], timeout=30)
+
+
+def _rules(run_id: str | None) -> list[tuple[str, list[str]]]:
+    """(table, iptables -D arguments) of every rule whose comment names the run (or any run)."""
+    found = []
+    for table in ("nat", "filter"):
+        try:
+            listing = procs.run(["iptables", "-w", "5", "-t", table, "-S"], timeout=30).stdout
+        except (CommandError, OSError):
+            continue
+        for line in listing.splitlines():
+            if not line.startswith("-A "):
+                continue
+            words = shlex.split(line)
+            comment = words[words.index("--comment") + 1] if "--comment" in words else ""
+            if comment == label(run_id) if run_id else comment.startswith("bench:"):
+                found.append((table, ["-D", *words[1:]]))
+    return found
+
+
+class Bridge:
+    """The run's bridge, subnet and NAT; hands out veth pairs to containers."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.name = f"{LINK_PREFIX}{tag(run_id)}br"
+        self.ipr = IPRoute()
+        self.netlink = Netlink()
+        self.subnet = self._free_subnet()
+        hosts = list(self.subnet.hosts())
+        self.gateway = str(hosts[0])
+        self.free = [str(h) for h in reversed(hosts[1:])]
+        self.counter = 0
+        self.forward_was: str | None = None
+        self.index = 0
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for msg in self.ipr.get_addr(family=2):
+            used.append(ipaddress.ip_interface(
+                f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}").network)
+        for msg in self.ipr.get_routes(family=2):
+            dst = msg.get_attr("RTA_DST")
+            if dst:
+                used.append(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
+        subnets: list[ipaddress.IPv4Network] = list(POOL.subnets(new_prefix=24))
+        start = int(tag(self.run_id), 16) % len(subnets)
+        for net in subnets[start:] + subnets[:start]:
+            if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+                return net
+        raise NetworkError(f"Every /24 of {POOL} is in use on this host.",
+                           "run `bench cleanup` to remove old bench bridges.")
+
+    def create(self) -> None:
+        try:
+            self.ipr.link("add", ifname=self.name, kind="bridge")
+            index = self.index = self.ipr.link_lookup(ifname=self.name)[0]
+            self.ipr.link("set", index=index, ifalias=label(self.run_id))
+            self.ipr.addr("add", index=index, address=self.gateway,
+                          prefixlen=self.subnet.prefixlen)
+            self.ipr.link("set", index=index, state="up")
+            if IP_FORWARD.read_text().strip() != "1":
+                self.forward_was = IP_FORWARD.read_text().strip()
+                IP_FORWARD.write_text("1")
+            comment = ["-m", "comment", "--comment", label(self.run_id)]
+            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", str(self.subnet), "!", "-o",
+                      self.name, "-j", "MASQUERADE", *comment)
+            _iptables("-I", "FORWARD", "-i", self.name, "-j", "ACCEPT", *comment)
+            _iptables("-I", "FORWARD", "-o", self.name, "-j", "ACCEPT", *comment)
+        except Exception as exc:
+            self.remove()
+            raise NetworkError(f"Making the bridge {self.name} failed: {exc}",
+                               "check that iproute2 and iptables work here (`bench doctor`).") \
+                from exc
+
+    def reserve(self) -> dict[str, Any]:
+        """A name and an address for the next container's veth: `wire` makes the pair and
+        `release` deletes it."""
+        if not self.free:
+            raise NetworkError(f"The bridge {self.name} has no free address left.",
+                               "start fewer instances at once.")
+        self.counter += 1
+        return {"host_end": f"{LINK_PREFIX}{tag(self.run_id)}v{self.counter}",
+                "master": self.index, "address": self.free.pop(),
+                "prefixlen": self.subnet.prefixlen, "gateway": self.gateway}
+
+    def wire(self, ns_fd: int, net: dict[str, Any]) -> None:
+        """Give the network namespace `ns_fd` an `eth0` on the bridge, as `reserve` planned."""
+        self.netlink.add_veth(net["host_end"], net["master"], "eth0", ns_fd)
+        with in_netns(ns_fd):
+            inner = Netlink()  # a socket stays in the namespace it was made in
+        try:
+            inner.add_address(PEER_INDEX, net["address"], net["prefixlen"])
+            inner.link_up(PEER_INDEX)
+            inner.link_up(LOOPBACK_INDEX)
+            inner.add_default_route(net["gateway"])
+        finally:
+            inner.close()
+
+    def release(self, host_end: str, address: str) -> None:
+        """Delete the pair (deleting one end deletes both) and return the address."""
+        with contextlib.suppress(OSError):
+            self.netlink.delete_link(host_end)
+        if address not in self.free:
+            self.free.append(address)
+
+    def remove(self) -> None:
+        for table, args in _rules(self.run_id):
+            with contextlib.suppress(CommandError, OSError):
+                _iptables("-t", table, *args)
+        for index in self.ipr.link_lookup(ifname=self.name):
+            with contextlib.suppress(Exception):
+                self.ipr.link("del", index=index)
+        if self.forward_was is not None and not _bench_bridges():
+            IP_FORWARD.write_text(self.forward_was)
+            self.forward_was = None
+        self.ipr.close()
+        self.netlink.close()
+
+
+def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
+    """(index, name) of the run's links (every run's, for None): those named with its tag,
+    the tags of every run being read off the bridges that carry a `bench:` alias."""
+    with IPRoute() as ipr:
+        links = [(msg["index"], msg.get_attr("IFLA_IFNAME") or "",
+                  msg.get_attr("IFLA_IFALIAS") or "") for msg in ipr.get_links()]
+    if run_id:
+        tags = {tag(run_id)}
+    else:
+        tags = {name[len(LINK_PREFIX):-2] for _, name, alias in links
+                if alias.startswith("bench:") and name.startswith(LINK_PREFIX)
+                and name.endswith("br")}
+    return [(index, name) for index, name, _ in links
+            if any(name.startswith(f"{LINK_PREFIX}{t}") for t in tags)]
+
+
+def _bench_bridges() -> list[str]:
+    return [name for _, name in _bench_links(None) if name.endswith("br")]
+
+
+def cleanup(run_id: str | None) -> list[str]:
+    """Remove the veths, bridges and NAT rules a run (or every run) left behind."""
+    removed = []
+    for table, args in _rules(run_id):
+        with contextlib.suppress(CommandError, OSError):
+            _iptables("-t", table, *args)
+            removed.append(f"iptables -t {table} {' '.join(args[1:])}")
+    links = _bench_links(run_id)
+    with IPRoute() as ipr:
+        for index, name in sorted(links, key=lambda link: link[1].endswith("br")):
+            with contextlib.suppress(Exception):
+                ipr.link("del", index=index)
+                removed.append(f"link {name}")
+    return removed
+
+
+def host_netns_id() -> str:
+    return os.readlink("/proc/self/ns/net")

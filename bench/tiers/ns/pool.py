@@ -1,0 +1,111 @@
+"""The ns tier's pools: work taken off the start path and done beforehand, between starts.
+
+- network namespaces, each already wired to the run's bridge (veth, address, route, lo up):
+  a start's PID 1 joins one with setns instead of making one with unshare (1-2 ms);
+- control groups, made and limited for a given set of limits: a start's PID 1 only joins.
+
+Both are filled when the tier is prepared (network namespaces) and topped up when an instance
+stops (teardown, off the next start's path). A start that finds its pool empty makes its own,
+as without pools; each instance's metadata says which it got. Everything here carries the run
+id like the rest of the tier: pooled groups sit under the run's group, pooled veths are named
+and labelled by the run, and a pooled namespace lives only as long as bench holds its
+descriptor, so a killed bench leaves nothing but what `bench cleanup` already removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from bench.kernel import cgroups, linuxns
+from bench.tiers.base import Limits
+from bench.tiers.ns.net import Bridge
+
+NETNS_POOL = 2  # namespaces kept ready
+CGROUP_POOL = 1  # groups kept ready per set of limits
+
+
+@dataclass
+class PooledNet:
+    fd: int  # holds the namespace alive
+    net: dict[str, Any]  # Bridge.reserve()'s plan, already wired
+
+
+def new_netns() -> int:
+    """A new, empty network namespace as a descriptor (this thread stays where it was)."""
+    with open("/proc/thread-self/ns/net", "rb") as home:
+        linuxns.unshare(linuxns.CLONE_NEWNET)
+        try:
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            linuxns.setns(home.fileno(), linuxns.CLONE_NEWNET)
+
+
+def limits_key(limits: Limits) -> tuple[Any, ...] | None:
+    """What makes two instances' groups interchangeable; None: not pooled (I/O limits need the
+    instance's own block device)."""
+    if limits.io_read_bps is not None or limits.io_write_bps is not None:
+        return None
+    return (limits.cpus, limits.cpuset, limits.memory_mb, limits.pids)
+
+
+class Pools:
+    def __init__(self, hierarchies: cgroups.Hierarchies, run_rel: str, bridge: Bridge) -> None:
+        self.hierarchies = hierarchies
+        self.run_rel = run_rel
+        self.bridge = bridge
+        self.nets: list[PooledNet] = []
+        self.groups: dict[tuple[Any, ...], list[cgroups.Cgroup]] = {}
+        self.made = 0
+
+    # -- network namespaces -----------------------------------------------------------------
+    def fill_nets(self) -> None:
+        while len(self.nets) < NETNS_POOL and len(self.bridge.free) > NETNS_POOL:
+            fd = new_netns()
+            try:
+                net = self.bridge.reserve()
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                self.bridge.wire(fd, net)
+            except BaseException:
+                os.close(fd)
+                self.bridge.release(net["host_end"], net["address"])
+                raise
+            self.nets.append(PooledNet(fd, net))
+
+    def take_net(self) -> PooledNet | None:
+        return self.nets.pop(0) if self.nets else None
+
+    # -- control groups ---------------------------------------------------------------------
+    def fill_group(self, limits: Limits) -> None:
+        key = limits_key(limits)
+        if key is None:
+            return
+        ready = self.groups.setdefault(key, [])
+        while len(ready) < CGROUP_POOL:
+            self.made += 1
+            group = cgroups.Cgroup(self.hierarchies, f"{self.run_rel}/pool-{self.made}",
+                                   cgroups.controllers_for(limits))
+            group.create(limits)
+            ready.append(group)
+
+    def take_group(self, limits: Limits) -> cgroups.Cgroup | None:
+        key = limits_key(limits)
+        ready = self.groups.get(key) if key is not None else None
+        return ready.pop(0) if ready else None
+
+    # -- the end ----------------------------------------------------------------------------
+    def close(self) -> None:
+        for pooled in self.nets:
+            os.close(pooled.fd)  # the namespace goes, and the veth with it
+            self.bridge.release(pooled.net["host_end"], pooled.net["address"])
+        self.nets.clear()
+        for ready in self.groups.values():
+            for group in ready:
+                with contextlib.suppress(OSError):
+                    group.remove()
+        self.groups.clear()
