@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from bench.analysis import stats
-from bench.analysis.summary import HEADLINE
 from bench.core.image import Image
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
 from bench.run import adaptive, plan, scenario
+from bench.workloads import HEADLINE
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.core.limits import Limits
 from bench.kernel import cgroups
 from bench.kernel.cgroups import Cgroup, Hierarchies
-from bench.tiers.base import Limits
 
 MiB = 1 << 20
 LIMITS = Limits(cpus=0.5, cpuset="0", memory_mb=64, pids=32, io_read_bps=20 * MiB,

@@ -20,8 +20,9 @@ import yaml
 
 from bench.core.errors import CommandError
 from bench.core.image import Image
+from bench.core.limits import Limits
 from bench.core.rundir import RunDir
-from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
+from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.docker import engine as docker_engine
 from bench.tiers.docker.tier import DockerTier, import_image
 from bench.tiers.host import HostTier

@@ -20,10 +20,11 @@ from rich.console import Console
 from bench.analysis.summary import print_summary
 from bench.core.errors import BenchError, CommandTimeout, ScenarioError
 from bench.core.image import Image
+from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.run import plan as planning
 from bench.run import scenario as scenario_mod
-from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
+from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.host import HostTier
 from bench.tiers.kvm import accel, clock, domxml, libvirtd
 from bench.tiers.kvm import guest as guest_mod

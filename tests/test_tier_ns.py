@@ -23,9 +23,10 @@ import yaml
 
 from bench.core.errors import CommandError
 from bench.core.image import Image
+from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.kernel import cgroups, linuxns, sysmount
-from bench.tiers.base import Instance, InstanceSpec, Limits, TierContext
+from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.ns import net as ns_net
 from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
 

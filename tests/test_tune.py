@@ -548,7 +548,8 @@ class MemoryGuest:
     reached only through the Instance calls the hook uses (exec of cat/test/the writer)."""
 
     def __init__(self) -> None:
-        from bench.tiers.base import InstanceSpec, Limits
+        from bench.core.limits import Limits
+        from bench.tiers.base import InstanceSpec
 
         self.spec = InstanceSpec(role="main", limits=Limits())
         self.files = {"/proc/sys/vm/dirty_background_ratio": "10\n",

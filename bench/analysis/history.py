@@ -41,9 +41,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from bench.analysis import changepoint
 from bench.analysis.frame import META_COLUMNS, Run, empty_frame
 from bench.analysis.frame import load as load_run
-from bench.analysis.summary import HEADLINE
 from bench.core.errors import BenchError
 from bench.core.rundir import RunRecord, results_dir
+from bench.workloads import HEADLINE
 
 CHUNK = 20000
 

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import stats
-from bench.analysis.summary import HEADLINE
-from bench.workloads import WORKLOADS
+from bench.workloads import HEADLINE, WORKLOADS
 
 NOISY_CV = 0.10  # pyperf warns when the standard deviation exceeds 10% of the mean
 MIN_REPETITIONS = 5  # below this a 95% bootstrap CI of a median is little more than min..max

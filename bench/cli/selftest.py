@@ -31,9 +31,10 @@ from typing import Any
 
 from bench.core import image, procs
 from bench.core.errors import BenchError
+from bench.core.limits import Limits
 from bench.kernel import cgroups
 from bench.tiers import get as get_tier
-from bench.tiers.base import Instance, InstanceSpec, Limits, Tier, TierContext
+from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
 from bench.workloads.cpu_sysbench import parse_sysbench_cpu
 from bench.workloads.disk_fio import parse_fio_json
 from bench.workloads.net_iperf3 import parse_iperf3_json

@@ -21,12 +21,9 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench.core.errors import BenchError
-
-if TYPE_CHECKING:  # bench.tiers imports this module
-    from bench.tiers.base import Limits
+from bench.core.limits import Limits
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "blkio", "pids")
 V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids", "io")

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from bench.analysis import stats
-from bench.analysis.summary import HEADLINE
 from bench.core.rundir import RunDir
 from bench.run.plan import PlannedCell
 from bench.run.scenario import Scenario
+from bench.workloads import HEADLINE
 
 DEFAULT_MAX_FACTOR = 10
 

@@ -6,6 +6,7 @@ discarded. Interleaving spreads slow drifts of the machine over all cells instea
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from bench.core.samples import Cell
 from bench.run.scenario import Scenario, WorkloadEntry
 from bench.tiers import TIERS
-from bench.tune.sweep import spread
+from bench.tune.sweep import SweepSpec, axes
 from bench.workloads import WORKLOADS
 
 
@@ -102,3 +103,15 @@ def add_round(plan: Plan, due: list[tuple[PlannedCell, int]], seed: int) -> list
              for i, (planned, repetition) in enumerate(order)]
     plan.runs.extend(added)
     return added
+
+
+def spread(cells: list[PlannedCell], spec: SweepSpec | None) -> list[PlannedCell]:
+    """Each planned cell once per (tunables, cache) of the sweep; unchanged without a sweep."""
+    if spec is None:
+        return cells
+    out = []
+    for planned in cells:
+        for tunables, cache in axes(spec, planned.cell.tier)[0]:
+            cell = planned.cell.model_copy(update={"tunables": dict(tunables), "cache": cache})
+            out.append(dataclasses.replace(planned, cell=cell))
+    return out

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bench.core.errors import ScenarioError
+from bench.core.limits import Limits, NetworkMode, ScratchMode
 from bench.tiers import TIERS
-from bench.tiers.base import Limits, NetworkMode, ScratchMode
 from bench.tune.sweep import SweepSpec
 from bench.workloads import WORKLOADS
 

@@ -8,29 +8,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, ClassVar
 
 from bench.core import procs
 from bench.core.image import Image
+from bench.core.limits import Limits, NetworkMode, ScratchMode
 from bench.core.procs import Completed
-
-NetworkMode = Literal["bridge", "host"]
-ScratchMode = Literal["overlay", "bind"]
-
-
-class Limits(BaseModel):
-    """Resource limits applied identically on every tier that isolates (the host tier has none)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cpus: float | None = Field(None, gt=0, le=1024, description="CPU quota in CPUs (CFS quota)")
-    cpuset: str | None = Field(None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-    memory_mb: int | None = Field(None, ge=16, le=1 << 22)
-    pids: int | None = Field(None, ge=8, le=1 << 22)
-    io_read_bps: int | None = Field(None, ge=1 << 16)
-    io_write_bps: int | None = Field(None, ge=1 << 16)
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats as sps
 
-from bench.analysis.summary import HEADLINE
 from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
 from bench.core.samples import Sample
 from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import Catalog, Tunable
 from bench.tune.tuner import key_text
+from bench.workloads import HEADLINE
 
 Verdict = Literal["adopt", "no evidence", "harmful"]
 # bandwidth and IOPS of one fio job carry the same information: judge disk by MB/s and p99

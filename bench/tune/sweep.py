@@ -20,17 +20,13 @@ holds only what differs from the host as found; `{}` is the baseline.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import TuneError, Value
-
-if TYPE_CHECKING:
-    from bench.run.plan import PlannedCell
 
 CACHE_TIERS = ("host",)  # tiers whose scratch a cache device can be mounted over
 
@@ -178,18 +174,6 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
     return [(s, c) for c in caches for s in settings], notes
 
 
-def spread(cells: list[PlannedCell], spec: SweepSpec | None) -> list[PlannedCell]:
-    """Each planned cell once per (tunables, cache) of the sweep; unchanged without a sweep."""
-    if spec is None:
-        return cells
-    out = []
-    for planned in cells:
-        for tunables, cache in axes(spec, planned.cell.tier)[0]:
-            cell = planned.cell.model_copy(update={"tunables": dict(tunables), "cache": cache})
-            out.append(dataclasses.replace(planned, cell=cell))
-    return out
-
-
 def notes(spec: SweepSpec | None, tiers: list[str]) -> list[str]:
     """Why settings or cache setups were left out, per tier (for the console and manifest)."""
     if spec is None:
@@ -200,4 +184,4 @@ def notes(spec: SweepSpec | None, tiers: list[str]) -> list[str]:
     return found
 
 
-__all__ = ["CACHE_TIERS", "SweepSpec", "TuneError", "axes", "notes", "spread"]
+__all__ = ["CACHE_TIERS", "SweepSpec", "TuneError", "axes", "notes"]

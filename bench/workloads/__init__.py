@@ -19,3 +19,7 @@ WORKLOADS: dict[str, Workload[Any]] = {
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
               DensityIdle())
 }
+
+# workload name -> its headline metrics, for readers of stored runs (analysis, history)
+HEADLINE: dict[str, tuple[str, ...]] = {name: w.headline for name, w in WORKLOADS.items()
+                                        if w.headline}

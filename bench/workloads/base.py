@@ -70,6 +70,8 @@ class RunContext:
 class Workload(ABC, Generic[P]):
     name: ClassVar[str]
     family: ClassVar[Family]
+    # the metrics a reader looks at first (summary, verdicts, adaptive repetitions); () = all
+    headline: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str]
     params_model: type[P]
     needs_peer: ClassVar[bool] = False

@@ -45,6 +45,7 @@ def parse_pyperf_json(text: str) -> list[Measurement]:
 class PyperfMicro(Workload[PyperfParams]):
     name = "cpu.pyperf"
     family = "cpu"
+    headline = ("time_per_call_us",)
     description = "pyperf: a dict/str/float/json Python micro-benchmark, time per call"
     params_model = PyperfParams
     tools = ("python3",)

@@ -42,6 +42,7 @@ def parse_sysbench_cpu(text: str) -> list[Measurement]:
 class SysbenchCpu(Workload[SysbenchParams]):
     name = "cpu.sysbench"
     family = "cpu"
+    headline = ("events_per_s",)
     description = "sysbench cpu: prime search, events/s (threads=1 or 0 for all CPUs)"
     params_model = SysbenchParams
     tools = ("sysbench", "nproc")

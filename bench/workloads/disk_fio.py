@@ -66,6 +66,7 @@ def parse_fio_json(text: str, rw: str) -> list[Measurement]:
 class Fio(Workload[FioParams]):
     name = "disk.fio"
     family = "disk"
+    headline = ("bandwidth_MBps", "iops", "clat_p99_us")
     description = "fio: sequential MB/s, random IOPS and latency percentiles; direct or buffered"
     params_model = FioParams
     tools = ("fio",)

@@ -36,6 +36,7 @@ def parse_memprobe(text: str) -> list[Measurement]:
 class Memory(Workload[MemoryParams]):
     name = "memory"
     family = "memory"
+    headline = ("copy_MBps", "load_latency_ns")
     description = "bench-memprobe: memcpy bandwidth (MB/s) or pointer-chase latency (ns)"
     params_model = MemoryParams
     tools = ("bench-memprobe",)

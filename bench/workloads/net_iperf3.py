@@ -42,6 +42,7 @@ def parse_iperf3_json(text: str) -> list[Measurement]:
 class Iperf3(Workload[Iperf3Params]):
     name = "network.iperf3"
     family = "network"
+    headline = ("throughput_Gbps",)
     description = "iperf3 -J: TCP throughput from a client instance to a server instance"
     params_model = Iperf3Params
     tools = ("iperf3",)

@@ -56,6 +56,7 @@ def parse_sockperf_log(text: str) -> list[Measurement]:
 class Sockperf(Workload[SockperfParams]):
     name = "network.sockperf"
     family = "network"
+    headline = ("rtt_p50_us", "rtt_p99_us")
     description = "sockperf ping-pong over TCP: request/response round-trip time percentiles"
     params_model = SockperfParams
     tools = ("sockperf",)

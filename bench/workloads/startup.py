@@ -41,6 +41,7 @@ def parse_stamp(text: str) -> float:
 class Startup(Workload[StartupParams]):
     name = "startup.noop"
     family = "startup"
+    headline = ("first_instruction_ms", "total_ms")
     description = "start a no-op instance: time to its first instruction, to exit, to removal"
     params_model = StartupParams
     tools = ("bench-stamp",)

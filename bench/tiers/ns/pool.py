@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from bench.core.limits import Limits
 from bench.kernel import cgroups, linuxns
-from bench.tiers.base import Limits
 from bench.tiers.ns.net import Bridge
 
 NETNS_POOL = 2  # namespaces kept ready

@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.core import procs
 from bench.core.errors import BenchError, CommandTimeout
+from bench.core.limits import Limits
 from bench.core.procs import Completed
 from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import (
@@ -38,7 +39,6 @@ from bench.tiers.base import (
     Background,
     Instance,
     InstanceSpec,
-    Limits,
     ProcessBackground,
     Tier,
     TierContext,
