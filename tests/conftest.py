@@ -14,6 +14,23 @@ from bench.core.image import Image
 DATA = Path(__file__).parent / "data"
 
 
+def required_parts() -> set[str]:
+    """Parts whose absence fails a test instead of skipping it (BENCH_REQUIRE=host,ns,...).
+
+    CI sets it to everything it installs, so a green run cannot hide a part that never ran."""
+    return {p.strip() for p in os.environ.get("BENCH_REQUIRE", "").split(",") if p.strip()}
+
+
+def need(part: str, available: bool, reason: str = "") -> None:
+    """Skip the calling test when `part` is missing, or fail it when the part is required."""
+    if available:
+        return
+    message = f"{part} is not available here" + (f": {reason}" if reason else "")
+    if part in required_parts():
+        pytest.fail(f"required part missing (BENCH_REQUIRE): {message}", pytrace=False)
+    pytest.skip(message)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="integration tests need root")
