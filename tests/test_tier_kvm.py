@@ -33,6 +33,7 @@ from bench.tiers.kvm.tier import NETWORK_PREFIX, KvmInstance, KvmTier, lock_path
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from bench.workloads.net_iperf3 import Iperf3
+from tests.parts import need
 
 DATA = Path(__file__).parent / "data"
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -93,12 +94,9 @@ def work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def libvirt_up() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the kvm tier needs root")
+    need("root", os.geteuid() == 0, "the kvm tier needs root")
     availability = KvmTier().available()
-    if not availability.ok:  # CI's `bench setup` starts libvirtd: unavailable is a failure
-        pytest.fail(f"the kvm tier is unavailable: {availability.reason} "
-                    f"Fix: {availability.fix}")
+    need("kvm", availability.ok, f"{availability.reason} Fix: {availability.fix}")
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +220,7 @@ def test_tier_overrides_thin_one_tier_and_leave_the_rest() -> None:
 # -- on this host ------------------------------------------------------------------------------
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_acceleration_here_says_tcg_and_why(libvirt_up: None) -> None:
     problem, seen = accel.host_checks()
     if problem is None:
@@ -234,6 +233,7 @@ def test_acceleration_here_says_tcg_and_why(libvirt_up: None) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_a_hung_kvm_boot_is_destroyed_at_the_probe_timeout(
         libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
     run_id = new_run_id("probe")
@@ -262,6 +262,7 @@ def test_a_hung_kvm_boot_is_destroyed_at_the_probe_timeout(
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
         libvirt_up: None, bench_image: Image, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,6 +289,7 @@ def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
         libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
     dead_id, live_id = new_run_id("dead"), new_run_id("live")
@@ -315,6 +317,7 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_guest_phases_are_on_the_host_clock_in_boot_order(
         guest: tuple[KvmTier, KvmInstance]) -> None:
     _, main = guest
@@ -340,6 +343,7 @@ def test_guest_phases_are_on_the_host_clock_in_boot_order(
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_exec_timeout_kills_the_command_and_its_children(
         guest: tuple[KvmTier, KvmInstance]) -> None:
     _, main = guest
@@ -358,6 +362,7 @@ def test_exec_timeout_kills_the_command_and_its_children(
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_network_from_the_host_to_a_guest(guest: tuple[KvmTier, KvmInstance], bench_image: Image,
                                           tmp_path: Path) -> None:
     tier, main = guest
@@ -375,6 +380,7 @@ def test_network_from_the_host_to_a_guest(guest: tuple[KvmTier, KvmInstance], be
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_guest_memory_is_its_qemu_process(guest: tuple[KvmTier, KvmInstance]) -> None:
     tier, main = guest
     pss = main.memory_bytes()
@@ -404,6 +410,7 @@ EVERY_FAMILY = {
 
 
 @pytest.mark.integration
+@pytest.mark.part("kvm")
 def test_bench_run_measures_every_family_in_guests(tmp_path: Path, results_dir: Path,
                                                    libvirt_up: None, bench_image: Image) -> None:
     path = tmp_path / "kvm-families.yaml"

@@ -30,7 +30,7 @@ from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.ns import net as ns_net
 from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.part("ns")]
 MiB = 1 << 20
 BENCH = [sys.executable, "-m", "bench.cli"]
 DOCKER_CAPS_MASK = sum(1 << linuxns.CAPABILITIES.index(c) for c in linuxns.DOCKER_DEFAULT_CAPS)
