@@ -61,6 +61,19 @@ def _tunables() -> dict[str, str]:
             if not v.startswith(("unavailable", "unreadable"))}
 
 
+def _opaque() -> set[int]:
+    """Processes whose root even root may not read (the sandbox's own init, say)."""
+    found = set()
+    for pid in psutil.pids():
+        try:
+            os.readlink(f"/proc/{pid}/root")
+        except PermissionError:
+            found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
 def _zram() -> set[str]:
     return {p.name for p in Path("/sys/block").glob("zram*")}
 
@@ -74,6 +87,7 @@ class Lab:
     tunables: dict[str, str] = field(default_factory=dict)
     zram: set[str] = field(default_factory=set)  # zram devices as found
     zram_made: set[str] = field(default_factory=set)  # those a run's cache state listed
+    opaque: set[int] = field(default_factory=_opaque)  # unreadable before the test began
 
     @property
     def results(self) -> Path:
@@ -153,10 +167,12 @@ def leaks(run_id: str, lab: Lab | None = None) -> list[str]:
     for root in cgroups.detect().unique_roots:
         if (root / CGROUP_ROOT / run_id).exists():
             found.append(f"cgroup {root / CGROUP_ROOT / run_id}")
+    opaque = lab.opaque if lab else _opaque()
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.pid == os.getpid():
+        if proc.pid == os.getpid() or proc.pid in opaque:
             continue
-        # a process that ends while we read it is gone: not a leftover, not a probe error
+        # a process that ends while we read it is gone: not a leftover, not a probe error; one
+        # we cannot read (and could read, or did not exist, before) fails the probe
         with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError,
                                  ProcessLookupError):
             cgroup = Path(f"/proc/{proc.pid}/cgroup").read_text()
@@ -420,13 +436,16 @@ def private_dockerd(lab: Lab) -> Iterator[daemons.Private]:
 @pytest.mark.part("docker")
 def test_dockerd_dying_mid_run_is_recorded_and_cleaned_up(
         lab: Lab, bench_image: Image, private_dockerd: daemons.Private) -> None:
-    machine = _pids("dockerd")
+    machine = [pid for pid in _pids("dockerd") if pid != private_dockerd.pid]
     scenario = write_scenario(lab, tiny("docker"))
     with paused_at(lab, scenario, "workload.running", wait=2) as proc:
-        killed = private_dockerd.kill()
+        label = f"label=bench.run={the_run(lab).run_id}"
+        ours = _lines(["docker", "-H", private_dockerd.url, "ps", "-q", "--filter", label])
+        assert ours and not _lines(["docker", "ps", "-q", "--filter", label]), \
+            "the run's container is on the private engine, not on the machine's"
+        private_dockerd.kill()
         out, err = proc.communicate(timeout=300)
-    assert killed not in machine and set(machine) <= set(_pids("dockerd")), \
-        "only the private dockerd died"
+    assert machine and set(machine) <= set(_pids("dockerd")), "the machine's dockerd lives on"
     assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
     run = the_run(lab)
     failed = [r for r in run.records() if r.status != "ok"]
@@ -578,13 +597,17 @@ def private_libvirtd(kvm_lab: Lab) -> Iterator[daemons.Private]:
 @pytest.mark.part("kvm")
 def test_libvirtd_dying_mid_run_is_recorded_and_cleaned_up(
         kvm_lab: Lab, bench_image: Image, private_libvirtd: daemons.Private) -> None:
-    machine = _pids("libvirtd")
+    machine = [pid for pid in _pids("libvirtd") if pid != private_libvirtd.pid]
     scenario = write_scenario(kvm_lab, tiny("kvm"))
     with paused_at(kvm_lab, scenario, "workload.running", wait=2) as proc:
-        killed = private_libvirtd.kill()
+        run_id = the_run(kvm_lab).run_id
+        ours = _lines(["virsh", "-c", private_libvirtd.url, "list", "--name"])
+        theirs = _lines(["virsh", "-c", "qemu:///system", "list", "--name"])
+        assert any(run_id in name for name in ours), "the guest runs under the private libvirtd"
+        assert not any(run_id in name for name in theirs), "and not under the machine's"
+        private_libvirtd.kill()
         out, err = proc.communicate(timeout=600)
-    assert killed not in machine and set(machine) <= set(_pids("libvirtd")), \
-        "only the private libvirtd died"
+    assert machine and set(machine) <= set(_pids("libvirtd")), "the machine's libvirtd lives on"
     assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
     run = the_run(kvm_lab)
     assert [r for r in run.records() if r.status != "ok"], out[-3000:]
