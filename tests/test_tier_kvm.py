@@ -282,7 +282,10 @@ def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
         assert leftovers(run_id) == [f"network {NETWORK_PREFIX}{run_id}"], \
             "the guest and its disks are gone at once; the run's network stays until finish()"
         consoles = list(tmp_path.glob("kvm-*-failed-boot-console.log"))
-        assert consoles and consoles[0].stat().st_size > 0, "its console is kept in raw/"
+        assert consoles, "its console is kept in raw/"
+        console = consoles[0].read_text(errors="replace")
+        # init=/bin/false exits at once: the kernel panics, and the kept console says so
+        assert "Kernel panic" in console and "kill init" in console, console[-2000:]
     finally:
         tier.finish()
     assert not leftovers(run_id)
@@ -376,7 +379,8 @@ def test_network_from_the_host_to_a_guest(guest: tuple[KvmTier, KvmInstance], be
     finally:
         host.finish()
     throughput = next(m for m in found if m.metric == "throughput_Gbps")
-    assert throughput.value > 0.01, "host -> guest over the run's NAT bridge"
+    # host -> guest over the run's NAT bridge: 1.5 Gbit/s seen under TCG, far more than 0.1
+    assert throughput.value > 0.1, throughput
 
 
 @pytest.mark.integration
@@ -428,7 +432,7 @@ def test_bench_run_measures_every_family_in_guests(tmp_path: Path, results_dir: 
     accelerator = run.manifest()["tier_metadata"]["kvm"]["accelerator"]
     assert all(s.metadata["accelerator"] == accelerator for s in samples)
     iperf = next(s for s in samples if s.metric == "throughput_Gbps")
-    assert iperf.value > 0.01 and "NAT bridge" in iperf.metadata["network_path"]
+    assert iperf.value > 0.1 and "NAT bridge" in iperf.metadata["network_path"]
     fio = next(s for s in samples if s.cell.workload == "disk.fio")
     assert fio.metadata["disk_cache"] == "none" and fio.metadata["scratch_backing_fs"]
     start = next(s for s in samples if s.metric == "first_instruction_ms")
