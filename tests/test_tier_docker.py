@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.analysis.paired import check_ratio, paired_ratio
 from bench.core.errors import CommandError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -213,12 +213,11 @@ def test_half_a_cpu_halves_sysbench(tier: DockerTier, started: list[Instance]) -
     free = tier.start(InstanceSpec("cpu-free", Limits()))
     started += [half, free]
     assert half.container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
-    ratios = []
-    for round_no in range(5):  # interleaved, alternating order: drift hits both alike
-        pair = (half, free) if round_no % 2 else (free, half)
-        events = {id(i): sysbench_events(i) for i in pair}
-        ratios.append(events[id(half)] / events[id(free)])
-    assert statistics.median(ratios) == pytest.approx(0.5, rel=0.10), ratios
+    # interleaved pairs (ABBA), a ratio per pair; one bounded retry, reported
+    check = check_ratio(lambda: paired_ratio(lambda: sysbench_events(half),
+                                             lambda: sysbench_events(free), pairs=5), 0.5, 0.10)
+    print(check.describe())
+    assert check.ok, check.describe()
 
 
 def test_memory_limit_is_enforced_by_the_oom_killer(tier: DockerTier,
