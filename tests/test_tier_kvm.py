@@ -4,6 +4,7 @@ the tests check that this is detected and said, and that a hung KVM boot is cut 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -39,6 +40,10 @@ DATA = Path(__file__).parent / "data"
 BENCH = [sys.executable, "-m", "bench.cli"]
 FAMILIES = {"cpu", "memory", "disk", "network", "startup", "density"}
 LIMITS = Limits(cpus=2, memory_mb=1024)
+MiB = 1 << 20
+# the shared guest carries every limit the tier maps (a fractional CPU count is whole vCPUs
+# plus a CFS quota; disk limits are iotune on /scratch), so one boot proves them all
+GUEST_LIMITS = Limits(cpus=1.5, memory_mb=1024, io_read_bps=8 * MiB, io_write_bps=4 * MiB)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -106,7 +111,7 @@ def guest(libvirt_up: None, bench_image: Image,
     run_id = new_run_id("kvm")
     tier = prepared(bench_image, run_id, tmp_path_factory.mktemp("kvm-raw"))
     try:
-        main = tier.start(InstanceSpec(role="main", limits=LIMITS))
+        main = tier.start(InstanceSpec(role="main", limits=GUEST_LIMITS))
         assert isinstance(main, KvmInstance)
         yield tier, main
         main.stop()
@@ -343,6 +348,49 @@ def test_guest_phases_are_on_the_host_clock_in_boot_order(
                         "/scratch"], 60).stdout.splitlines()
     assert ["/dev/vdb", "ext4"] in [line.split() for line in mounts], mounts
     assert int(main.exec(["nproc"], 60).stdout) == 2
+
+
+def _fio_in_guest(main: KvmInstance, rw: str) -> float:
+    """fio's own bandwidth (bytes/s) for 3 s of direct 1 MiB IO on the guest's /scratch."""
+    out = main.exec(["fio", "--name=limit", "--filename=/scratch/limit", f"--rw={rw}",
+                     "--bs=1m", "--direct=1", "--size=8m", "--runtime=3", "--time_based",
+                     "--ioengine=libaio", "--iodepth=4", "--output-format=json"], 180).stdout
+    side = "read" if "read" in rw else "write"
+    return float(json.loads(out[out.find("{"):])["jobs"][0][side]["bw_bytes"])
+
+
+@pytest.mark.integration
+@pytest.mark.part("kvm")
+def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInstance]) -> None:
+    _, main = guest
+    # vCPUs: 1.5 CPUs is two vCPUs (and a quota, below)
+    assert int(main.exec(["nproc"], 60).stdout) == 2
+    # memory: the guest's kernel sees the 1024 MiB, less what it reserves for itself
+    meminfo = dict(line.split(":", 1) for line in
+                   main.read_file("/proc/meminfo").decode().splitlines())
+    total_mib = int(meminfo["MemTotal"].split()[0]) / 1024
+    assert 850 < total_mib <= 1024, total_mib
+    # CPU quota: the domain's cgroup on the host allows 1.5 CPUs per period
+    assert main.pid is not None
+    lines = Path(f"/proc/{main.pid}/cgroup").read_text().splitlines()
+    (cpu_path,) = [line.split(":", 2)[2] for line in lines
+                   if "cpu" in line.split(":", 2)[1].split(",")] or \
+        [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    domain_dir = Path("/sys/fs/cgroup/cpu,cpuacct" if Path("/sys/fs/cgroup/cpu,cpuacct").is_dir()
+                      else "/sys/fs/cgroup/cpu") / cpu_path.strip("/")
+    while domain_dir.name in ("emulator", "vcpu0", "vcpu1", "iothread1"):
+        domain_dir = domain_dir.parent
+    quota = int((domain_dir / "cpu.cfs_quota_us").read_text())
+    period = int((domain_dir / "cpu.cfs_period_us").read_text())
+    assert quota / period == pytest.approx(1.5), (domain_dir, quota, period)
+    # disk: fio inside the guest runs at the iotune rates (QEMU throttles /scratch)
+    assert main.domain is not None
+    tune = main.domain.blockIoTune("vdb", 0)
+    assert tune["read_bytes_sec"] == 8 * MiB and tune["write_bytes_sec"] == 4 * MiB
+    written = _fio_in_guest(main, "write")
+    read = _fio_in_guest(main, "read")
+    assert written == pytest.approx(4 * MiB, rel=0.15), written / MiB
+    assert read == pytest.approx(8 * MiB, rel=0.15), read / MiB
 
 
 @pytest.mark.integration
