@@ -343,7 +343,7 @@ def test_image_is_imported_once_and_labelled(tier: DockerTier, bench_image: Imag
     image_id, imported = import_image(tier.engine, bench_image)
     assert not imported and image_id == tier.image_id
     labels = tier.engine.images.get(bench_image.tag).labels
-    assert labels["bench.core.image.hash"] == bench_image.hash
+    assert labels["bench.image.hash"] == bench_image.hash
 
 
 def test_cleanup_removes_what_a_killed_run_left(engine_up: None, bench_image: Image,

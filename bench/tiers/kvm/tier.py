@@ -48,14 +48,14 @@ import shutil
 import time
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import libvirt
 import psutil
 
 from bench.core import image as image_mod
 from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
+from bench.core.lazy import lazy
 from bench.core.settings import settings
 from bench.tiers.base import (
     Availability,
@@ -72,6 +72,12 @@ from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance, console_tail
 from bench.tiers.kvm.net import NETWORK_PREFIX
 from bench.tiers.kvm.runlock import hold_run_lock, lock_path, run_is_live
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 PROBE_CMDLINE = "console=ttyS0 panic=-1 rdinit=/bench-kvm-probe-absent"
 PROBE_MARKS = ("Freeing unused kernel", "Kernel panic")  # the kernel got through its init
