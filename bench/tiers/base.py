@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -127,6 +128,15 @@ class Tier(ABC):
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
+    # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
+    # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);
+    # "": not at all
+    cache_devices: ClassVar[str] = ""
+
+    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+        raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""

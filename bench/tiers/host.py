@@ -107,6 +107,7 @@ class HostInstance(Instance):
 class HostTier(Tier):
     name = "host"
     description = "bare metal: the bench image's root through chroot, no isolation, no limits"
+    cache_devices = "host"
 
     def available(self) -> Availability:
         if os.geteuid() != 0:

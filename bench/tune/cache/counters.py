@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 STAT_FIELDS = ("read_ios", "read_merges", "read_sectors", "read_ticks_ms", "write_ios",
@@ -11,9 +12,13 @@ STAT_FIELDS = ("read_ios", "read_merges", "read_sectors", "read_ticks_ms", "writ
                "time_in_queue_ms")
 
 
-def block_stat(name: str, root: Path = Path("/")) -> dict[str, int]:
+def _read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def block_stat(name: str, read: Callable[[str], str] = _read) -> dict[str, int]:
     """/sys/block/NAME/stat as named counters."""
-    text = (root / "sys/block" / name / "stat").read_text()
+    text = read(f"/sys/block/{name}/stat")
     return {k: int(v) for k, v in zip(STAT_FIELDS, text.split(), strict=False)}
 
 
@@ -39,14 +44,14 @@ def parse_dm_writecache_status(text: str) -> dict[str, int]:
     return dict(zip(names, (int(x) for x in fields[i:i + 4]), strict=True))
 
 
-def bcache_counters(bcache_dir: Path) -> dict[str, int]:
+def bcache_counters(bcache_dir: Path, read: Callable[[str], str] = _read) -> dict[str, int]:
     """Hit and dirty counters of /sys/block/bcacheN/bcache."""
     found = {}
     for name in ("cache_hits", "cache_misses", "cache_bypass_hits", "cache_bypass_misses"):
         with contextlib.suppress(OSError, ValueError):
-            found[name] = int((bcache_dir / "stats_total" / name).read_text())
+            found[name] = int(read(str(bcache_dir / "stats_total" / name)))
     with contextlib.suppress(OSError):
-        found["dirty_bytes"] = _human_bytes((bcache_dir / "dirty_data").read_text())
+        found["dirty_bytes"] = _human_bytes(read(str(bcache_dir / "dirty_data")))
     return found
 
 

@@ -19,6 +19,7 @@ from bench.kernel import sysmount
 from bench.tune import journal as journal_mod
 from bench.tune.cache.probe import BLKIO, MODULES, Probe, unavailable_reason
 from bench.tune.cache.recipes import Recipe, device_spec, setups
+from bench.tune.cache.shell import LocalShell, Shell
 from bench.tune.catalog import TuneError
 
 SECTOR = 512
@@ -93,6 +94,7 @@ class DeviceBuilder:
         self.built: dict[str, Built] = {}
         self.log = log
         self.state: dict[str, Any] = {"run_id": run_id, "dir": str(self.dir), "made": []}
+        self.shell: Shell = LocalShell()
 
     # the state file: a list of things made, removed in reverse order
     def _made(self, kind: str, **what: Any) -> None:
@@ -212,12 +214,12 @@ class DeviceBuilder:
 
     def _dm(self, label: str, table: str) -> str:
         name = f"bench-{self.run_id}-{label}"
-        procs.run(["dmsetup", "create", name, "--table", table], timeout=60)
+        self.shell.run(["dmsetup", "create", name, "--table", table], timeout=60)
         self._made("dm", name=name)
         return f"/dev/mapper/{name}"
 
     def _sectors(self, dev: str) -> int:
-        return int(procs.run(["blockdev", "--getsz", dev], timeout=30).stdout.strip())
+        return int(self.shell.run(["blockdev", "--getsz", dev], timeout=30).strip())
 
     def _dm_cache(self, built: Built, options: dict[str, Any]) -> None:
         meta_sectors = int(options.get("metadata_mb", 16)) * (1 << 20) // SECTOR
@@ -225,8 +227,8 @@ class DeviceBuilder:
         meta = self._dm(f"{built.setup}-cmeta", f"0 {meta_sectors} linear {built.fast} 0")
         data = self._dm(f"{built.setup}-cdata",
                         f"0 {fast_sectors - meta_sectors} linear {built.fast} {meta_sectors}")
-        procs.run(["dd", "if=/dev/zero", f"of={meta}", "bs=1M", "count=1", "oflag=direct"],
-                  timeout=60)
+        self.shell.run(["dd", "if=/dev/zero", f"of={meta}", "bs=1M", "count=1", "oflag=direct"],
+                       timeout=60)
         table = dm_cache_table(self._sectors(built.slow), meta, data, built.slow,
                                int(options.get("chunk_kb", 64)), str(options["cache_mode"]),
                                str(options.get("policy", "smq")))
@@ -242,25 +244,44 @@ class DeviceBuilder:
         built.dm_name = Path(built.top).name
 
     def _bcache(self, built: Built, options: dict[str, Any]) -> None:
+        sh = self.shell
         for dev in (built.slow, built.fast):
-            procs.run(["wipefs", "-a", dev], timeout=60)
-        procs.run(["make-bcache", "-C", built.fast, "-B", built.slow], timeout=120)
-        for dev in (built.slow, built.fast):
+            sh.run(["wipefs", "-a", dev], timeout=60)
+        sh.run(["make-bcache", "-C", built.fast, "-B", built.slow], timeout=120)
+        for dev in (built.slow, built.fast):  # udev (bcache-tools' rule) may have done it
             with contextlib.suppress(OSError):
-                _write("/sys/fs/bcache/register", dev)
-        slow_name = _dev_name(built.slow)
-        bcache_dir = Path("/sys/block") / slow_name / "bcache"
-        deadline = time.monotonic() + 10
-        while not (bcache_dir / "dev").exists() and time.monotonic() < deadline:
+                sh.write("/sys/fs/bcache/register", dev)
+        slow_name = Path(sh.realpath(built.slow)).name
+        link = f"/sys/block/{slow_name}/bcache/dev"
+        deadline = time.monotonic() + 30
+        while not sh.exists(link) and time.monotonic() < deadline:
             time.sleep(0.1)
-        top_name = Path(os.path.realpath(bcache_dir / "dev")).name
+        top_name = Path(sh.realpath(link)).name
         built.top = f"/dev/{top_name}"
         built.bcache_dir = Path("/sys/block") / top_name / "bcache"
-        self._made("bcache", dev=top_name, backing=slow_name)
-        _write(built.bcache_dir / "cache_mode", str(options["cache_mode"]))
-        _write(built.bcache_dir / "sequential_cutoff",
-               str(int(options.get("sequential_cutoff_kb", 4096)) * 1024))
-        _write(built.bcache_dir / "writeback_percent", str(options.get("writeback_percent", 10)))
+        cset = sh.realpath(str(built.bcache_dir / "cache"))  # /sys/fs/bcache/<set uuid>
+        self._made("bcache", dev=top_name, backing=slow_name, cset=cset)
+        for knob, value in (("cache_mode", options["cache_mode"]),
+                            ("sequential_cutoff", int(options.get("sequential_cutoff_kb", 4096))
+                             * 1024),
+                            ("writeback_percent", options.get("writeback_percent", 10))):
+            sh.write(str(built.bcache_dir / knob), str(value))
+
+
+def stop_bcache(sh: Shell, item: dict[str, str], timeout: float = 30.0) -> None:
+    """Stop a bcache device, then its cache set (which holds the fast device), and wait until
+    both are gone; OSError if one stays."""
+    dev, backing, cset = item["dev"], item["backing"], item.get("cset", "")
+    if sh.exists(f"/sys/block/{dev}/bcache/stop"):
+        sh.write(f"/sys/block/{dev}/bcache/stop", "1")
+    if cset.startswith("/sys/fs/bcache/") and sh.exists(f"{cset}/stop"):
+        sh.write(f"{cset}/stop", "1")
+    deadline = time.monotonic() + timeout
+    while (sh.exists(f"/sys/block/{dev}") or sh.exists(f"/sys/block/{backing}/bcache")
+           or (cset.startswith("/sys/fs/bcache/") and sh.exists(cset))):
+        if time.monotonic() > deadline:
+            raise OSError(f"bcache {dev} (backing {backing}, set {cset}) does not go away")
+        time.sleep(0.1)
 
 
 def _in_use(dev: str) -> bool:

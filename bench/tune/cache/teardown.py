@@ -13,8 +13,9 @@ from bench.core import procs
 from bench.core.errors import BenchError
 from bench.kernel import sysmount
 from bench.tune import journal as journal_mod
-from bench.tune.cache.devices import _write
+from bench.tune.cache.devices import _write, stop_bcache
 from bench.tune.cache.probe import BLKIO
+from bench.tune.cache.shell import LocalShell
 
 
 def _undo(state: dict[str, Any]) -> list[str]:
@@ -38,8 +39,7 @@ def _undo(state: dict[str, Any]) -> list[str]:
                         _write(base / f"blkio.throttle.{name}", f"{item['majmin']} 0")
                 removed.append(f"blkio throttle {item['majmin']}")
             elif kind == "bcache":
-                with contextlib.suppress(OSError):
-                    _write(f"/sys/block/{item['dev']}/bcache/stop", "1")
+                stop_bcache(LocalShell(), item)
                 removed.append(f"bcache {item['dev']}")
             elif kind == "dm":
                 procs.run(["dmsetup", "remove", "--retry", item["name"]], check=False,
