@@ -49,6 +49,11 @@ GUEST_PACKAGES = (
     "udev",
     "kmod",
     "e2fsprogs",
+    # a typical test host: what bench builds cache setups and ns containers with inside the guest
+    "dmsetup",
+    "lvm2",
+    "bcache-tools",
+    "iptables",
 )
 ROOT_DEVICE = "/dev/vda"
 SCRATCH_DEVICE = "/dev/vdb"

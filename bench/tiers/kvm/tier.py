@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import shutil
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -97,6 +98,13 @@ class KvmTier(Tier):
     packages = ("libvirt-daemon-system", "qemu-system-x86", "qemu-utils", "dnsmasq-base",
                 "libvirt-dev", "pkg-config")
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
+    cache_devices = "guest"
+
+    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+        from bench.tiers.kvm.cachedisks import attach_cache_disks
+
+        assert isinstance(instance, KvmInstance)
+        return attach_cache_disks(instance, log)
 
     def __init__(self) -> None:
         self.uri = libvirtd.uri()
