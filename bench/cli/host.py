@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cli import doctor as doctor_mod
@@ -20,7 +22,10 @@ from bench.tiers import TIERS
 
 
 @click.command()
-def doctor() -> None:
+@click.option("--require", default="", metavar="PART,...",
+              help="exit 1 when one of these tiers, workloads or core parts is not ready "
+                   "(e.g. host,ns,docker,kvm)")
+def doctor(require: str) -> None:
     """Is every tier and workload ready here? If not, why, and the fix."""
     out = Table(title="bench doctor")
     for column in ("kind", "name", "ready", "why not / details", "fix"):
@@ -30,6 +35,13 @@ def doctor() -> None:
         out.add_row(c.kind, c.name, "[green]yes[/green]" if c.ok else "[red]no[/red]",
                     c.reason, c.fix)
     console.print(out)
+    names = [n.strip() for n in require.split(",") if n.strip()]
+    missing = doctor_mod.missing_required(checks, names)
+    for c in missing:
+        console.print(f"[red]required but not ready:[/red] {c.kind} {c.name}: "
+                      f"{escape(c.reason)} fix: {escape(c.fix)}")
+    if missing:
+        sys.exit(1)
 
 
 @click.command()
