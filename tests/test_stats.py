@@ -141,6 +141,26 @@ def test_several_change_points_and_their_indexes() -> None:
     assert [c.index for c in found] == [20, 35]
 
 
+def test_a_change_point_is_attributed_to_its_run_when_values_are_missing() -> None:
+    import pandas as pd
+
+    from bench.analysis import history
+
+    rng = np.random.default_rng(12)
+    series = np.concatenate([rng.lognormal(math.log(100), 0.01, 10),
+                             rng.lognormal(math.log(120), 0.01, 10)])
+    series[[2, 5, 7]] = np.nan  # three runs before the shift did not report the metric
+    (found,) = changepoint.detect(series)
+    assert found.index == 10
+    runs = [f"night-{i:02d}" for i in range(len(series))]
+    points = pd.DataFrame({"host": "h", "cell": "c", "tier": "host", "label": "l",
+                           "workload": "w", "metric": "m", "unit": "ms", "direction": "lower",
+                           "run_id": runs, "started": range(len(series)), "median": series,
+                           "n": 5})
+    (alarm,) = history.check(history.series(points), window=len(series))
+    assert alarm.run_id == "night-10"
+
+
 def test_no_change_point_on_noise_over_many_seeds() -> None:
     alarms = 0
     for seed in range(SEEDS):

@@ -389,7 +389,8 @@ def test_density_memory_is_accounted(tier: NsTier, started: list[Instance]) -> N
     started += boxes
     charged = [b.memory_bytes() for b in boxes]
     assert all(c is not None and 0 < c < 64 * MiB for c in charged), charged
-    assert (tier.support_memory_bytes() or 0) > 0
+    support = tier.support_memory()
+    assert support is not None and (support.pss or 0) > 0
 
 
 # -- bench run and bench cleanup ---------------------------------------------------------------

@@ -69,10 +69,12 @@ from bench.kernel import sysmount
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import clock, domxml, libvirtd
@@ -357,7 +359,10 @@ class KvmInstance(Instance):
 
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
-        return libvirtd.pss_bytes([self.pid]) if self.pid else None
+        if not self.pid:
+            return None
+        used = host_memory([self.pid])
+        return used.pss if used.processes else None
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)
@@ -657,7 +662,7 @@ class KvmTier(Tier):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
         if not libvirtd.is_local(self.uri):
             return None
@@ -668,7 +673,7 @@ class KvmTier(Tier):
                         self.network_name and self.network_name in arg
                         for arg in proc.info["cmdline"] or []):
                     pids.append(proc.pid)
-        return libvirtd.pss_bytes(pids)
+        return host_memory(pids)
 
     def timeout_factor(self) -> float:
         """Under TCG, Python runs about 15x slower than on the host here (sysbench 5-7x)."""
