@@ -520,3 +520,19 @@ def test_engine_stamps_land_on_our_monotonic_clock() -> None:
         f".{int((wall - whole) * 1e9):09d}Z"
     converted = docker_engine.to_monotonic(stamp)
     assert converted is not None and abs(converted - before) < 0.01
+
+
+def test_facts_the_engine_does_not_report_are_unknown(tmp_path: Path) -> None:
+    class Silent:  # an engine whose `info` and `version` leave the fields out
+        def info(self) -> dict[str, Any]:
+            return {"DockerRootDir": str(tmp_path)}
+
+        def version(self) -> dict[str, Any]:
+            return {}
+
+    facts = docker_engine.engine_facts(Silent())  # type: ignore[arg-type]
+    assert facts["storage_driver"] == "unknown" and facts["server_version"] == "unknown"
+    docker_tier = DockerTier()
+    docker_tier._facts = {"docker_root": str(tmp_path)}  # prepare() never asked the engine
+    assert docker_tier.scratch_facts("overlay")["storage_driver"] == "unknown"
+    assert "overlay2" not in str(docker_tier.metadata())
