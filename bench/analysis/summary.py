@@ -59,7 +59,7 @@ def table(rundir: RunDir, all_metrics: bool = False) -> Table:
             if key is None:
                 continue
             est = stats.median_ci(groups[key])
-            direction = "higher" if key[4] == "higher" else "lower"
+            direction: stats.Direction = "higher" if key[4] == "higher" else "lower"
             cost = "-"
             if base is not None and tier != BASELINE_TIER:
                 r = stats.overhead_ci(groups[key], base, direction)
