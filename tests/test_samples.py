@@ -66,3 +66,17 @@ def test_format_v1_files_still_load() -> None:
     samples = list(read_samples(Path(__file__).parent / "data" / "samples-v1.jsonl"))
     assert len(samples) == 3
     assert all(s.v == 1 and s.run_id and s.cell.tier == "host" for s in samples)
+
+
+def test_run_journal_skips_only_a_torn_last_line(tmp_path: Path) -> None:
+    from bench.core.errors import BenchError
+    from bench.core.rundir import RunDir
+
+    rundir = RunDir(tmp_path)
+    good = [json.dumps({"key": f"c#{i}", "cell": "c", "repetition": i, "status": "ok",
+                        "seconds": 1.0}) for i in range(3)]
+    rundir.journal_path.write_text("\n".join(good) + '\n{"key": "c#3", "ce')
+    assert [r.repetition for r in rundir.records()] == [0, 1, 2]
+    rundir.journal_path.write_text("\n".join([good[0], "{garbage", *good[1:]]) + "\n")
+    with pytest.raises(BenchError, match=r"runs.jsonl:2 is not a run record"):
+        rundir.records()

@@ -479,7 +479,7 @@ def test_recommendation_verdicts_and_files(results_dir: Path, root: Path, tmp_pa
         "bad": [70, 72, 69, 71, 68, 70, 73, 71],  # -30%: harmful
     })
     rec = recommend.analyse(rundir)
-    verdicts = {recommend._setting_text(r.setting): r.verdict for r in rec.results}
+    verdicts = {recommend.setting_text(r.setting): r.verdict for r in rec.results}
     assert verdicts == {"block.read_ahead_kb=1024": "adopt",
                         "vm.dirty_background_ratio=1": "no evidence",
                         "vm.dirty_background_ratio=20": "harmful"}
@@ -504,6 +504,45 @@ def test_recommendation_verdicts_and_files(results_dir: Path, root: Path, tmp_pa
     fragment = recommend.html_fragment(rec)
     assert "&lt;b&gt;x&lt;/b&gt;" in fragment and "<b>x</b>" not in fragment
     assert "adopt" in fragment and "harmful" in fragment
+
+
+def test_recommendations_show_cost_factors_above_one_when_slower(results_dir: Path) -> None:
+    rundir = _fake_run(results_dir, {
+        "base": [100, 102, 98, 101, 99, 100, 103, 97],
+        "ra": [130, 133, 128, 131, 129, 132, 127, 130],  # throughput +30%: faster
+        "bad": [70, 72, 69, 71, 68, 70, 73, 71],  # throughput -30%: slower
+    })
+    rec = recommend.analyse(rundir)
+    by = {recommend.setting_text(r.setting): r for r in rec.results}
+    faster, slower = by["block.read_ahead_kb=1024"], by["vm.dirty_background_ratio=20"]
+    for result, factor in ((faster, 100 / 130), (slower, 100 / 70)):
+        for c in (result.primary, *result.others):  # MB/s (higher) and p99 (lower) alike
+            assert c.cost == pytest.approx(factor, rel=0.03), c
+            assert c.cost_low <= c.cost <= c.cost_high
+    assert faster.primary.cost_high < 1 < slower.primary.cost_low
+    row = next(r for r in recommend.rows(rec) if r["setting"] == "vm.dirty_background_ratio=20")
+    assert row["metric"] == "bandwidth_MBps ↑" and row["cost"].startswith("1.4")
+    for text in (recommend.markdown(rec), recommend.html_fragment(rec)):
+        assert "&gt; 1 = slower" in text or "> 1 = slower" in text
+        assert "Holm" in text
+
+
+def test_a_failed_recommendation_shows_its_error_in_the_report(
+        results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.analysis import frame
+    from bench.report import build
+
+    rundir = _fake_run(results_dir, {"base": [100, 101, 99], "ra": [130, 131, 129]})
+
+    def unreadable(path: Path | None = None) -> None:
+        raise TuneError("Cannot read the tunables catalog /nowhere/tunables.yaml: No such "
+                        "file or directory.", "reinstall bench.")
+
+    monkeypatch.setattr(catalog_mod, "load", unreadable)
+    page = build.render([frame.load(str(rundir.path))])
+    assert f"No recommendation for run {rundir.run_id}" in page
+    assert "Cannot read the tunables catalog /nowhere/tunables.yaml" in page
+    assert "Fix: reinstall bench." in page
 
 
 def test_a_sysctl_recommendation_and_its_rollback(results_dir: Path, root: Path,
