@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.core.errors import ScenarioError
+from bench.core.errors import BenchError, ScenarioError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
 from bench.run import scenario as scenario_mod
@@ -445,6 +445,54 @@ def test_cache_status_parsers_and_tables() -> None:
     assert cache.dm_cache_table(100, "/m", "/d", "/o", 64, "writeback", "smq") == \
         "0 100 cache /m /d /o 128 1 writeback smq 0"
     assert cache._human_bytes("1.5M") == 1572864
+
+
+def _bcache_lab(tmp_path: Path, dirty_data: str | None) -> tuple[cache.CacheLab, str]:
+    """A lab holding one bcache setup whose sysfs directory is a fake tree (no bcache here)."""
+    name = next(n for n, (r, _) in cache.setups().items() if r.kind == "bcache")
+    recipe, variant = cache.setups()[name]
+    sysdir = tmp_path / "bcache"
+    sysdir.mkdir(exist_ok=True)
+    (sysdir / "writeback_percent").write_text("10\n")
+    (sysdir / "dirty_data").unlink(missing_ok=True)
+    if dirty_data is not None:
+        (sysdir / "dirty_data").write_text(dirty_data)
+    lab = cache.CacheLab("test-drain", tmp_path, state_dir=tmp_path)
+    lab.built[name] = cache.Built(setup=name, recipe=recipe, variant=variant, top="",
+                                  mount=tmp_path, bcache_dir=sysdir, details={"options": {}})
+    return lab, name
+
+
+def test_drain_fails_when_the_dirty_counter_cannot_be_read(tmp_path: Path) -> None:
+    lab, name = _bcache_lab(tmp_path, "0\n")
+    assert lab.drain(name, timeout=0.5) == 0
+    lab, name = _bcache_lab(tmp_path, "1.5M\n")
+    assert lab.drain(name, timeout=0.3) == 1572864  # still dirty at the deadline: said so
+    for unreadable in (None, "n/a\n"):
+        lab, name = _bcache_lab(tmp_path, unreadable)
+        with pytest.raises(BenchError, match="Cannot read the dirty counter"):
+            lab.drain(name, timeout=0.5)
+
+
+def test_a_failed_removal_is_a_failure_and_its_state_is_kept(tmp_path: Path) -> None:
+    removable = tmp_path / "slow.img"
+    removable.write_text("x")
+    stuck = tmp_path / "stuck"  # a directory: unlink() refuses it
+    (stuck / "inside").mkdir(parents=True)
+    state = tmp_path / "cache-dead-run.json"
+    state.write_text(json.dumps({"run_id": "dead-run", "made": [
+        {"kind": "file", "path": str(stuck)}, {"kind": "file", "path": str(removable)}]}))
+    with pytest.raises(BenchError, match="Could not remove 1 cache device part") as failed:
+        cache.cleanup("dead-run", tmp_path)
+    assert str(stuck) in str(failed.value) and "bench cleanup" in failed.value.fix
+    assert not removable.exists() and stuck.exists()
+    assert state.exists()  # the next `bench cleanup` tries again
+    (stuck / "inside").rmdir()
+    stuck.rmdir()
+    stuck.mkdir()
+    state.write_text(json.dumps({"run_id": "dead-run", "made": []}))
+    assert cache.cleanup("dead-run", tmp_path) == []
+    assert not state.exists()
 
 
 # -- recommendations -------------------------------------------------------------------------

@@ -312,7 +312,7 @@ def _human_bytes(text: str) -> int:
     """bcache prints sizes like '1.5M'."""
     found = re.fullmatch(r"\s*([\d.]+)([kKMGTP]?)\s*", text)
     if not found:
-        return 0
+        raise ValueError(f"not a bcache size: {text!r}")
     scale = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
              "P": 1 << 50}[found.group(2)]
     return int(float(found.group(1)) * scale)
@@ -613,7 +613,13 @@ class CacheLab:
             _write(built.bcache_dir / "writeback_percent", "0")
         try:
             while True:
-                dirty = self.counters(name).get(dirty_key, 0)
+                dirty = self.counters(name).get(dirty_key)
+                if dirty is None:  # unknown is not clean
+                    raise BenchError(
+                        f"Cannot read the dirty counter ({dirty_key}) of cache setup {name}, "
+                        "so whether its writeback finished is unknown.",
+                        f"check {built.bcache_dir or built.dm_name} (dmsetup status / "
+                        "sysfs) and the kernel log.")
                 if dirty == 0 or time.monotonic() > deadline:
                     return dirty
                 time.sleep(0.2)
@@ -623,8 +629,12 @@ class CacheLab:
                        str(built.details["options"].get("writeback_percent", 10)))
 
     def destroy(self) -> list[str]:
-        removed = _undo(self.state)
+        """Remove everything made; raises BenchError naming what could not be removed (the
+        state file stays, so `bench cleanup` tries again)."""
+        removed, failed = _undo(self.state)
         self.built.clear()
+        if failed:
+            raise BenchError(_failed_text(failed, removed), CLEANUP_FIX)
         self.state_path.unlink(missing_ok=True)
         return removed
 
@@ -649,9 +659,19 @@ def _drop_page_cache(directory: Path) -> None:
                 os.close(fd)
 
 
-def _undo(state: dict[str, Any]) -> list[str]:
-    """Remove what a state file lists, newest first; keep going past errors."""
-    removed = []
+CLEANUP_FIX = "see the error of each, fix its cause, then run `bench cleanup` again."
+
+
+def _failed_text(failed: list[str], removed: list[str]) -> str:
+    done = f" (removed: {', '.join(removed)})" if removed else ""
+    return f"Could not remove {len(failed)} cache device part(s): {'; '.join(failed)}{done}."
+
+
+def _undo(state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Remove what a state file lists, newest first; keep going past errors. Returns (what was
+    removed, what could not be removed and why)."""
+    removed: list[str] = []
+    failed: list[str] = []
     for item in reversed(state.get("made", [])):
         kind = item["kind"]
         try:
@@ -670,16 +690,16 @@ def _undo(state: dict[str, Any]) -> list[str]:
                         _write(base / f"blkio.throttle.{name}", f"{item['majmin']} 0")
                 removed.append(f"blkio throttle {item['majmin']}")
             elif kind == "bcache":
-                with contextlib.suppress(OSError):
+                if Path(f"/sys/block/{item['dev']}/bcache").exists():
                     _write(f"/sys/block/{item['dev']}/bcache/stop", "1")
-                removed.append(f"bcache {item['dev']}")
+                    removed.append(f"bcache {item['dev']}")
             elif kind == "dm":
-                procs.run(["dmsetup", "remove", "--retry", item["name"]], check=False,
-                          timeout=60)
-                removed.append(f"device-mapper {item['name']}")
+                if _dm_exists(item["name"]):
+                    procs.run(["dmsetup", "remove", "--retry", item["name"]], timeout=60)
+                    removed.append(f"device-mapper {item['name']}")
             elif kind == "loop":
                 if _loop_backs(item["dev"], item["file"]):
-                    procs.run(["losetup", "-d", item["dev"]], check=False, timeout=60)
+                    procs.run(["losetup", "-d", item["dev"]], timeout=60)
                     removed.append(f"loop {item['dev']} ({item['file']})")
             elif kind == "zram":
                 if _remove_zram(int(item["id"])):
@@ -687,11 +707,11 @@ def _undo(state: dict[str, Any]) -> list[str]:
             elif kind == "file":
                 Path(item["path"]).unlink(missing_ok=True)
         except (BenchError, OSError) as exc:
-            removed.append(f"FAILED to remove {kind} {item}: {exc}")
+            failed.append(f"{kind} {item}: {exc}")
     directory = state.get("dir")
     if directory and Path(directory).exists() and not sysmount.mounts_under(directory):
         shutil.rmtree(directory, ignore_errors=True)
-    return removed
+    return removed, failed
 
 
 def _remove_zram(number: int, timeout: float = 60.0) -> bool:
@@ -710,6 +730,15 @@ def _remove_zram(number: int, timeout: float = 60.0) -> bool:
             time.sleep(0.1)
 
 
+def _dm_exists(name: str) -> bool:
+    """Is there a device-mapper device of this name (sysfs: works without udev)?"""
+    for path in Path("/sys/block").glob("dm-*/dm/name"):
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == name:
+                return True
+    return False
+
+
 def _loop_backs(dev: str, file: str) -> bool:
     """Is `dev` still the loop device over `file` (and not reused by someone else)?"""
     name = Path(dev).name
@@ -724,6 +753,7 @@ def cleanup(run_id: str | None, state_dir: Path | None = None) -> list[str]:
     """Remove cache devices that runs no longer alive left behind (`bench cleanup`)."""
     base = state_dir or journal_mod.state_dir()
     removed: list[str] = []
+    failed: list[str] = []
     if not base.is_dir():
         return removed
     for path in sorted(base.glob(f"cache-{run_id or '*'}.json")):
@@ -732,8 +762,14 @@ def cleanup(run_id: str | None, state_dir: Path | None = None) -> list[str]:
             continue
         try:
             state = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            failed.append(f"{session}: unreadable state file {path}: {exc}")
             continue
-        removed += [f"{session}: {what}" for what in _undo(state)]
-        path.unlink(missing_ok=True)
+        done, not_done = _undo(state)
+        removed += [f"{session}: {what}" for what in done]
+        failed += [f"{session}: {what}" for what in not_done]
+        if not not_done:  # keep the list of what is left for the next `bench cleanup`
+            path.unlink(missing_ok=True)
+    if failed:
+        raise BenchError(_failed_text(failed, removed), CLEANUP_FIX)
     return removed

@@ -135,7 +135,11 @@ class TuningHook:
                 restored = [str(c) for c in self.host.restore_all()]
             except BenchError as exc:
                 problems.append(exc.cause)
-        removed = self.lab.destroy() if self.lab is not None else []
+        removed: list[str] = []
+        try:
+            removed = self.lab.destroy() if self.lab is not None else []
+        except BenchError as exc:  # a failed removal is a problem, never counted as removed
+            problems.append(exc.cause)
         if self.journal is not None:
             self.journal.close()
         after = self.snapshot()
