@@ -229,7 +229,7 @@ class TuningHook:
                 "scratch_device": built.top, "scratch_fs": "ext4", "scratch_mode": "cache setup",
                 "cache": {**built.details, "setup": cell.cache, "state": self.spec.cache_state
                           if self.spec else "cold", "dirty_left_after_drain": left,
-                          "counters": {k: v - before.get(k, 0) for k, v in now.items()}},
+                          "counters": {k: v - before[k] for k, v in now.items() if k in before}},
             })
         return meta
 
