@@ -561,8 +561,9 @@ def test_recommendations_show_cost_factors_above_one_when_slower(results_dir: Pa
         "bad": [70, 72, 69, 71, 68, 70, 73, 71],  # throughput -30%: slower
     })
     rec = recommend.analyse(rundir)
-    by = {recommend.setting_text(r.setting): r for r in rec.results}
-    faster, slower = by["block.read_ahead_kb=1024"], by["vm.dirty_background_ratio=20"]
+    faster, slower = (next(r for r in rec.results if r.setting == setting)
+                      for setting in ({"block.read_ahead_kb": 1024},
+                                      {"vm.dirty_background_ratio": 20}))
     for result, factor in ((faster, 100 / 130), (slower, 100 / 70)):
         for c in (result.primary, *result.others):  # MB/s (higher) and p99 (lower) alike
             assert c.cost == pytest.approx(factor, rel=0.03), c
