@@ -80,3 +80,10 @@ def test_run_journal_skips_only_a_torn_last_line(tmp_path: Path) -> None:
     rundir.journal_path.write_text("\n".join([good[0], "{garbage", *good[1:]]) + "\n")
     with pytest.raises(BenchError, match=r"runs.jsonl:2 is not a run record"):
         rundir.records()
+
+
+def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
+    from bench.core.samples import BASELINE_TIER
+    from bench.tiers import TIERS
+
+    assert [name for name, tier in TIERS.items() if tier.is_baseline] == [BASELINE_TIER]
