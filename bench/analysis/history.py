@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.analysis.history_schema import (
 )
 from bench.core.errors import BenchError
 from bench.core.rundir import RunRecord, results_dir
+from bench.core.settings import settings
 from bench.workloads import HEADLINE
 
 SAMPLE_COLUMNS = ("run_id", "cell", "metric", "repetition", "value", "unit", "direction",
@@ -54,7 +54,7 @@ class HistoryError(BenchError):
 
 
 def default_url() -> str:
-    return os.environ.get("BENCH_HISTORY_URL") or f"sqlite:///{results_dir() / 'history.db'}"
+    return settings().history_url or f"sqlite:///{results_dir() / 'history.db'}"
 
 
 def connect(url: str | None = None) -> Engine:
