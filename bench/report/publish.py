@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from bench.analysis import history
+from bench.analysis.history_schema import RunRow
 from bench.report import figures, write
 from bench.report.page import Page, esc, write_plotlyjs
 
@@ -103,7 +104,7 @@ def _trends(page: Page, all_series: list[history.Series]) -> str:
     return note + "".join(parts)
 
 
-def _runs(stored: list[history.RunRow]) -> str:
+def _runs(stored: list[RunRow]) -> str:
     rows = "".join(
         f"<tr><td><a href=\"runs/{esc(page_name(r.run_id))}\">{esc(r.run_id)}</a></td>"
         f"<td>{esc(r.host)}</td><td>{esc(r.scenario)}</td>"
