@@ -293,3 +293,19 @@ def test_metadata_of_a_real_run_round_trips(tmp_path: Path) -> None:
     for name in ("meta.page_cache", "meta.network_path", "meta.scratch_fs"):
         assert again.frame[name].tolist() == original.frame[name].tolist(), name
     assert original.frame["meta.page_cache"].notna().any()
+
+
+def test_dense_and_pruned_change_point_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short series (a nightly history) take the dense recursion; longer ones PELT's pruning."""
+    from bench.analysis import changepoint
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(4, 120))
+        x = rng.normal(0, 1, n) + (trial % 2) * np.repeat(rng.normal(0, 3, 4), n)[:n]
+        min_size = int(rng.integers(1, 4))
+        penalty = 3 * float(np.log(n))
+        dense = changepoint.pelt(x, penalty, 1.0, min_size)
+        with monkeypatch.context() as patch:
+            patch.setattr(changepoint, "DENSE_MAX", 0)
+            assert changepoint.pelt(x, penalty, 1.0, min_size) == dense
