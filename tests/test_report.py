@@ -190,3 +190,62 @@ def test_a_trend_of_few_runs_ticks_at_the_runs() -> None:
         "2026-09-21 14:13:20", "2026-09-21 14:13:22", "2026-09-21 14:13:25"]
     many = pd.concat([points.assign(started=points["started"] + 86400 * k) for k in range(6)])
     assert figures.trend(many, "t", "ms", {}).layout.xaxis.tickformat == "%Y-%m-%d\n%H:%M"
+
+
+def test_an_aggregated_report_shows_the_numbers_of_the_full_path(tmp_path: Path) -> None:
+    """10,000 samples: the report draws boxes from quantiles instead of points, and every median,
+    CI, cost factor and verdict it shows is the one computed from all the samples."""
+    import json
+
+    import numpy as np
+
+    from bench.analysis import methodology, stats
+    from bench.report.figures import RAW_POINTS_MAX
+    from bench.report.templating import num
+
+    run = frame.load(synthetic.write_run(tmp_path, synthetic.Spec(
+        "ten-thousand", repetitions=175, sweep=False, density=False, extra_cells=6)))
+    assert 9_000 <= len(run.frame) <= 11_000
+    text = render([run])
+    main = methodology.headline(run.frame)
+    groups = {k: g["value"].to_numpy(float) for k, g in
+              main.groupby(["label", "metric", "tier"], observed=True)}
+    checked = 0
+    for (label, metric, tier), values in groups.items():
+        est = stats.median_ci(values)
+        shown = f"{num(est.median)} [{num(est.low)}, {num(est.high)}]"
+        assert shown in text, (label, metric, tier, shown)
+        if tier == "host":
+            continue
+        direction = str(main.loc[main["metric"] == metric, "direction"].iloc[0])
+        cost = stats.overhead_ci(values, groups[(label, metric, "host")], direction)
+        verdict = "slower" if cost.low > 1 else "faster" if cost.high < 1 else "same"
+        cell = f'<td class="num {verdict}">{cost.median:.3f}x [{cost.low:.3f}, {cost.high:.3f}]'
+        assert cell in text, (label, metric, tier, cell)
+        checked += 1
+    assert checked >= 20
+    # the distributions: boxes from quantiles (no raw points) equal to the samples' quantiles
+    blocks = re.findall(r'<script type="application/json" data-figure="fig\d+">(.*?)</script>',
+                        text)
+    drawn = 0
+    for block in blocks:
+        fig = json.loads(block)
+        title = fig["layout"].get("title", {}).get("text", "")
+        if title != "cpu.sysbench: events_per_s":
+            continue
+        for trace in fig["data"]:
+            assert "y" not in trace and len(trace["q1"]) == len(trace["x"])
+            for x, q1, med, q3 in zip(trace["x"], trace["q1"], trace["median"], trace["q3"],
+                                      strict=True):
+                part = main[(main["tier"] == trace["name"]) & (main["metric"] == "events_per_s")]
+                values = part.loc[methodology_short(part) == x, "value"].to_numpy(float)
+                assert len(values) > 0
+                assert [q1, med, q3] == pytest.approx(np.percentile(values, [25, 50, 75]))
+                drawn += 1
+    assert drawn >= 12 and len(run.frame) > RAW_POINTS_MAX
+
+
+def methodology_short(part: object) -> object:
+    from bench.report.tables import short_labels
+
+    return short_labels(part)  # type: ignore[arg-type]
