@@ -11,13 +11,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image
+from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
@@ -46,8 +44,7 @@ from bench.workloads.base import RunContext
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+work_root = hostlock.work_root
 
 
 @dataclass
@@ -162,7 +159,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.run_lock = hostlock.RunLock(self.rundir.run_id)  # spared by others' cleanups
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
         with _sigterm_as_interrupt():
@@ -212,13 +209,18 @@ class Runner:
 
     def _finish_tuning(self, quiet: bool) -> None:
         """Restore tunables and remove cache devices; when the run is already failing, a
-        failure to note that in the manifest (a full disk) must not hide the first error."""
+        failure to note that in the manifest (a full disk) must not hide the first error.
+        Then the work directory goes, and the run's liveness lock with it."""
         try:
             self.tuning.finish()
         except OSError as exc:
             if not quiet:
                 raise
             self._say(f"tuning state could not be written to the manifest: {exc}")
+        finally:
+            run_lock = getattr(self, "run_lock", None)
+            if run_lock is not None:
+                run_lock.release()
 
     def _results_full(self, exc: OSError) -> BenchError:
         return BenchError(
@@ -254,7 +256,6 @@ class Runner:
             except Exception as exc:  # report, and keep tearing the others down
                 self.console.print(f"[red]cleanup of tier {tier.name} failed: {exc}; "
                                    "run `bench cleanup`[/red]")
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _loop(self, todo: list[planning.PlannedRun], outcome: Outcome) -> None:
         total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs
 from bench.core.errors import CommandTimeout
 from bench.core.procs import Completed
 from bench.kernel import sysmount
@@ -151,9 +151,8 @@ class HostTier(Tier):
                 shutil.rmtree(self.root, ignore_errors=True)
 
     def cleanup(self, run_id: str | None) -> list[str]:
-        base = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
         removed = []
-        for work in sorted(base.glob(run_id or "*")):
+        for work in hostlock.run_dirs(run_id):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
         return removed
 

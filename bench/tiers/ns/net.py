@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from bench.core import procs
+from bench.core import hostlock, procs
 from bench.core.errors import BenchError, CommandError
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
@@ -70,7 +70,9 @@ def _rules(run_id: str | None) -> list[tuple[str, list[str]]]:
                 continue
             words = shlex.split(line)
             comment = words[words.index("--comment") + 1] if "--comment" in words else ""
-            if comment == label(run_id) if run_id else comment.startswith("bench:"):
+            if comment == label(run_id) if run_id else (
+                    comment.startswith("bench:")
+                    and not hostlock.run_is_live(comment.removeprefix("bench:"))):
                 found.append((table, ["-D", *words[1:]]))
     return found
 
@@ -175,7 +177,7 @@ class Bridge:
         self.netlink.close()
 
 
-def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
+def _bench_links(run_id: str | None, spare_live: bool = False) -> list[tuple[int, str]]:
     """(index, name) of the run's links (every run's, for None): those named with its tag,
     the tags of every run being read off the bridges that carry a `bench:` alias."""
     with IPRoute() as ipr:
@@ -186,7 +188,8 @@ def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
     else:
         tags = {name[len(LINK_PREFIX):-2] for _, name, alias in links
                 if alias.startswith("bench:") and name.startswith(LINK_PREFIX)
-                and name.endswith("br")}
+                and name.endswith("br")
+                and not (spare_live and hostlock.run_is_live(alias.removeprefix("bench:")))}
     return [(index, name) for index, name, _ in links
             if any(name.startswith(f"{LINK_PREFIX}{t}") for t in tags)]
 
@@ -202,7 +205,7 @@ def cleanup(run_id: str | None) -> list[str]:
         with contextlib.suppress(CommandError, OSError):
             _iptables("-t", table, *args)
             removed.append(f"iptables -t {table} {' '.join(args[1:])}")
-    links = _bench_links(run_id)
+    links = _bench_links(run_id, spare_live=True)
     with IPRoute() as ipr:
         for index, name in sorted(links, key=lambda link: link[1].endswith("br")):
             with contextlib.suppress(Exception):
