@@ -126,3 +126,133 @@ def test_cleanup_removes_only_dead_runs_bench_made(work: Path, tmp_path: Path) -
     finally:
         live.release()
     assert not live.path.exists()
+
+
+# -- the tunables catalog decides what root writes ----------------------------------------------
+def _rogue_catalog(directory: Path, path: str) -> Path:
+    """The shipped catalog with one more entry, kernel.rogue, naming `path`."""
+    import yaml
+
+    from bench.tune import catalog as catalog_mod
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load((catalog_mod.tuning_dir() / "tunables.yaml").read_text())
+    data["tunables"]["kernel.rogue"] = {
+        "path": path, "type": "int", "valid": [0, 1], "safe": [0, 1], "sweep": [0],
+        "scope": "host-global", "tiers": ["host"], "risk": "low", "tuned": "sysctl",
+        "doc": "https://docs.kernel.org/", "description": "not bench's"}
+    (directory / "tunables.yaml").write_text(yaml.safe_dump(data))
+    return directory / "tunables.yaml"
+
+
+@pytest.fixture
+def fake_root(tmp_path: Path) -> Path:
+    from tests.tune_fake import make_root
+
+    root = make_root(tmp_path)
+    for rel in ("proc/sys/kernel/core_uses_pid", "proc/sys/kernel/core_pattern",
+                "proc/sys/kernel/modprobe", "sys/kernel/uevent_helper"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("1\n")
+    return root
+
+
+def test_a_catalog_from_the_environment_or_cwd_is_not_used(
+        tmp_path: Path, fake_root: Path) -> None:
+    rogue = _rogue_catalog(tmp_path / "evil" / "tuning", "/proc/sys/kernel/core_uses_pid")
+    target = fake_root / "proc/sys/kernel/core_uses_pid"
+    before = fingerprint(target)
+    env = {**os.environ, "BENCH_SYSFS_ROOT": str(fake_root), "BENCH_TUNING_DIR": str(rogue.parent),
+           "BENCH_TUNE_STATE_DIR": str(tmp_path / "state"),
+           "BENCH_LOCK_PATH": str(tmp_path / "bench.lock")}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "tune", "apply",
+                           "kernel.rogue=0"], env=env, capture_output=True, text=True,
+                          cwd=rogue.parent.parent, timeout=120)
+    assert done.returncode != 0
+    assert fingerprint(target) == before
+
+
+@pytest.mark.parametrize("path", ["/proc/sys/kernel/core_uses_pid",
+                                  "/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe",
+                                  "/sys/kernel/uevent_helper"])
+def test_an_explicit_catalog_cannot_name_paths_outside_the_allowlist(
+        tmp_path: Path, fake_root: Path, path: str) -> None:
+    rogue = _rogue_catalog(tmp_path / "trusted", path)
+    target = fake_root / path.lstrip("/")
+    before = fingerprint(target)
+    env = {**os.environ, "BENCH_SYSFS_ROOT": str(fake_root),
+           "BENCH_TUNE_STATE_DIR": str(tmp_path / "state"),
+           "BENCH_LOCK_PATH": str(tmp_path / "bench.lock")}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "tune", "apply", "--catalog",
+                           str(rogue), "kernel.rogue=0"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "outside what bench may write" in done.stdout
+    assert fingerprint(target) == before
+
+
+def test_an_explicit_catalog_must_be_root_owned_and_not_writable_by_others(
+        tmp_path: Path, fake_root: Path) -> None:
+    from bench.tune import catalog as catalog_mod
+    from bench.tune.catalog import TuneError
+
+    catalog = _rogue_catalog(tmp_path / "cat", "/proc/sys/vm/swappiness")
+    catalog.chmod(0o666)
+    with pytest.raises(TuneError, match="writable by others"):
+        catalog_mod.load(catalog)
+    catalog.chmod(0o644)
+    os.chown(catalog, NOBODY, NOBODY)
+    with pytest.raises(TuneError, match="not root"):
+        catalog_mod.load(catalog)
+    os.chown(catalog, 0, 0)
+    catalog.parent.chmod(0o777)  # anyone could swap the file
+    with pytest.raises(TuneError, match="writable by others"):
+        catalog_mod.load(catalog)
+
+
+def test_a_symlink_in_the_tree_cannot_lead_a_write_outside_the_allowlist(
+        tmp_path: Path, fake_root: Path) -> None:
+    """/sys/block/evil -> a directory under /sys whose queue/read_ahead_kb is really
+    /sys/kernel/uevent_helper: still under /sys, but not a path bench may write."""
+    from bench.tune import catalog as catalog_mod
+    from bench.tune.catalog import TuneError
+    from bench.tune.sysfs import HostFs
+
+    target = fake_root / "sys/kernel/uevent_helper"
+    fake_queue = fake_root / "sys/kernel/x/queue"
+    fake_queue.mkdir(parents=True)
+    (fake_queue / "read_ahead_kb").symlink_to(target)
+    (fake_root / "sys/block/evil").symlink_to("../kernel/x")
+    before = fingerprint(target)
+    tunable = catalog_mod.load().get("block.read_ahead_kb")
+    with pytest.raises(TuneError, match="outside"):
+        HostFs(fake_root).write(tunable, "evil", "4096")
+    assert fingerprint(target) == before
+
+
+def test_the_in_instance_writer_refuses_without_assert(tmp_path: Path, victim: Path) -> None:
+    """The writer run inside an instance checks the resolved path with an `if`, so `python -O`
+    (which drops asserts) cannot skip it. Its kernel here: a private mount namespace whose /sys
+    is a tmpfs holding a planted symlink out of /sys (the host's /sys is never touched)."""
+    from bench.core.procs import Completed
+    from bench.tune import catalog as catalog_mod
+    from bench.tune.catalog import TuneError
+    from bench.tune.sysfs import InstanceFs
+
+    setup = ("mount -t tmpfs none /sys && mkdir -p /sys/block/evil/queue && "
+             f"ln -s {victim} /sys/block/evil/queue/read_ahead_kb && exec \"$@\"")
+
+    class PrivateSys:
+        def exec(self, argv: list[str], timeout: float) -> Completed:
+            done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                   setup, "sh", *argv], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONOPTIMIZE": "1"}, timeout=timeout)
+            if done.returncode:
+                raise BenchError(f"exit {done.returncode}: {done.stderr}", "")
+            return Completed(argv, 0, done.stdout, done.stderr, 0.0)
+
+    before = fingerprint(victim)
+    target = InstanceFs(PrivateSys(), "private mount namespace")  # type: ignore[arg-type]
+    with pytest.raises(TuneError):
+        target.write(catalog_mod.load().get("block.read_ahead_kb"), "evil", "4096")
+    assert fingerprint(victim) == before
