@@ -256,3 +256,61 @@ def test_the_in_instance_writer_refuses_without_assert(tmp_path: Path, victim: P
     with pytest.raises(TuneError):
         target.write(catalog_mod.load().get("block.read_ahead_kb"), "evil", "4096")
     assert fingerprint(victim) == before
+
+
+# -- host settings the ns tier changes: journaled, restored after SIGKILL ------------------------
+BRIDGE_CHILD = """
+import sys, time
+from bench.tiers.ns.net import Bridge
+bridge = Bridge(sys.argv[1])
+bridge.create()
+print(bridge.subnet, flush=True)
+time.sleep(600)
+"""
+
+
+def _in_ns(ns: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_ip_forward_and_forward_rules_are_restored_after_sigkill(
+        tmp_path: Path, work: Path) -> None:
+    """In a throwaway network namespace (forwarding is per namespace: the host's is never
+    touched): a bridge made with forwarding off, its process SIGKILLed, then `bench cleanup`."""
+    import secrets
+
+    ns = f"bench-safety-{secrets.token_hex(3)}"
+    run_id = f"20260101-000000-safety-{secrets.token_hex(2)}"
+    env = {**os.environ, "BENCH_TUNE_STATE_DIR": str(tmp_path / "state"),
+           "BENCH_LOCK_PATH": str(tmp_path / "bench.lock"), "BENCH_WORK_DIR": str(work)}
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        forward = ["cat", "/proc/sys/net/ipv4/ip_forward"]
+        _in_ns(ns, ["sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"], env)
+        rules_before = _in_ns(ns, ["iptables-save"], env).stdout.count("-A ")
+        assert _in_ns(ns, forward, env).stdout.strip() == "0"
+        child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                  BRIDGE_CHILD, run_id], env=env, stdout=subprocess.PIPE,
+                                 text=True)
+        try:
+            subnet = child.stdout.readline().strip() if child.stdout else ""
+            assert subnet, "the bridge was not made"
+            assert _in_ns(ns, forward, env).stdout.strip() == "1"
+            rules = _in_ns(ns, ["iptables", "-S", "FORWARD"], env).stdout
+        finally:
+            child.kill()
+            child.wait()
+        assert _in_ns(ns, forward, env).stdout.strip() == "1"  # SIGKILL left it on
+        done = _in_ns(ns, [sys.executable, "-m", "bench.cli", "cleanup", "--run", run_id], env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _in_ns(ns, forward, env).stdout.strip() == "0"
+        assert _in_ns(ns, ["iptables-save"], env).stdout.count("-A ") == rules_before
+        # while it ran, FORWARD accepted only the run's traffic: from its subnet out of its
+        # bridge, and into it only replies (conntrack) to connections its containers opened
+        assert f"-s {subnet} -i bn" in rules
+        assert f"-d {subnet} -o bn" in rules and "RELATED,ESTABLISHED" in rules
+        assert not [line for line in rules.splitlines()
+                    if "-o bn" in line and "ESTABLISHED" not in line]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], timeout=30)

@@ -14,7 +14,6 @@ import ipaddress
 import os
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -23,9 +22,9 @@ from bench.core import hostlock, procs
 from bench.core.errors import BenchError, CommandError
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
+from bench.tune import hostnet
 
 POOL = ipaddress.IPv4Network("10.213.0.0/16")  # carved into one /24 per run
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 LINK_PREFIX = "bn"
 
 
@@ -90,7 +89,7 @@ class Bridge:
         self.gateway = str(hosts[0])
         self.free = [str(h) for h in reversed(hosts[1:])]
         self.counter = 0
-        self.forward_was: str | None = None
+        self.forwarding = hostnet.Forwarding(f"ns-{run_id}")
         self.index = 0
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
@@ -118,14 +117,16 @@ class Bridge:
             self.ipr.addr("add", index=index, address=self.gateway,
                           prefixlen=self.subnet.prefixlen)
             self.ipr.link("set", index=index, state="up")
-            if IP_FORWARD.read_text().strip() != "1":
-                self.forward_was = IP_FORWARD.read_text().strip()
-                IP_FORWARD.write_text("1")
+            self.forwarding.enable()  # journaled; restored when no bench user is left
             comment = ["-m", "comment", "--comment", label(self.run_id)]
-            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", str(self.subnet), "!", "-o",
+            subnet = str(self.subnet)
+            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o",
                       self.name, "-j", "MASQUERADE", *comment)
-            _iptables("-I", "FORWARD", "-i", self.name, "-j", "ACCEPT", *comment)
-            _iptables("-I", "FORWARD", "-o", self.name, "-j", "ACCEPT", *comment)
+            # only the run's own traffic: out of its bridge from its subnet, and back in only
+            # as replies to connections its containers opened
+            _iptables("-I", "FORWARD", "-i", self.name, "-s", subnet, "-j", "ACCEPT", *comment)
+            _iptables("-I", "FORWARD", "-o", self.name, "-d", subnet, "-m", "conntrack",
+                      "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT", *comment)
         except Exception as exc:
             self.remove()
             raise NetworkError(f"Making the bridge {self.name} failed: {exc}",
@@ -170,9 +171,7 @@ class Bridge:
         for index in self.ipr.link_lookup(ifname=self.name):
             with contextlib.suppress(Exception):
                 self.ipr.link("del", index=index)
-        if self.forward_was is not None and not _bench_bridges():
-            IP_FORWARD.write_text(self.forward_was)
-            self.forward_was = None
+        self.forwarding.release()
         self.ipr.close()
         self.netlink.close()
 
@@ -194,10 +193,6 @@ def _bench_links(run_id: str | None, spare_live: bool = False) -> list[tuple[int
             if any(name.startswith(f"{LINK_PREFIX}{t}") for t in tags)]
 
 
-def _bench_bridges() -> list[str]:
-    return [name for _, name in _bench_links(None) if name.endswith("br")]
-
-
 def cleanup(run_id: str | None) -> list[str]:
     """Remove the veths, bridges and NAT rules a run (or every run) left behind."""
     removed = []
@@ -211,7 +206,7 @@ def cleanup(run_id: str | None) -> list[str]:
             with contextlib.suppress(Exception):
                 ipr.link("del", index=index)
                 removed.append(f"link {name}")
-    return removed
+    return removed + hostnet.recover()
 
 
 def host_netns_id() -> str:
