@@ -314,3 +314,57 @@ def test_ip_forward_and_forward_rules_are_restored_after_sigkill(
                     if "-o bn" in line and "ESTABLISHED" not in line]
     finally:
         subprocess.run(["ip", "netns", "del", ns], timeout=30)
+
+
+# -- fault points are inert in normal runs -----------------------------------------------
+def test_a_fault_mark_never_overwrites_an_existing_file(
+        tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.core import faults
+
+    link = tmp_path / "mark-link"
+    link.symlink_to(victim)
+    before = fingerprint(victim)
+    monkeypatch.setenv("BENCH_FAULT_AT", "tier.prepared")
+    monkeypatch.setenv("BENCH_FAULT_WAIT", "0")
+    for mark in (victim, link):
+        monkeypatch.setenv("BENCH_FAULT_MARK", str(mark))
+        faults._hits.clear()
+        with pytest.raises(BenchError, match="exists already"):
+            faults.point("tier.prepared")
+        assert fingerprint(victim) == before
+    monkeypatch.setenv("BENCH_FAULT_AT", "no.such.point")  # only the named points exist
+    monkeypatch.setenv("BENCH_FAULT_MARK", str(tmp_path / "new-mark"))
+    faults.point("no.such.point")
+    assert not (tmp_path / "new-mark").exists()
+
+
+# -- the image build verifies what it downloads --------------------------------------------------
+def _fake_wheel(directory: Path) -> Path:
+    """A wheel named like pyperf 2.11.0 that is not PyPI's (as a hostile mirror would serve)."""
+    import zipfile
+
+    directory.mkdir()
+    wheel = directory / "pyperf-2.11.0-py3-none-any.whl"
+    info = "pyperf-2.11.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pyperf/__init__.py", "PWNED = True\n")
+        zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: pyperf\nVersion: 2.11.0\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: x\nRoot-Is-Purelib: true\n"
+                                     "Tag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+    return wheel
+
+
+def test_the_image_build_refuses_a_pyperf_wheel_that_is_not_the_pinned_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.core import image
+
+    mirror = _fake_wheel(tmp_path / "mirror").parent
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "usr/lib/python3.11").mkdir(parents=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(mirror))
+    monkeypatch.setenv("PIP_CONSTRAINT", "")
+    with pytest.raises(BenchError):
+        image._install_pyperf(rootfs)
+    assert not list(rootfs.rglob("pyperf"))  # nothing of it reached the image
