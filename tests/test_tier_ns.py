@@ -468,3 +468,21 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
     assert startup and all(0 < s.value < 1000 for s in startup)
     assert "cgroup_joined" in startup[0].metadata["phases_ms"]
     assert not leftovers(run.run_id)
+
+
+def test_reading_a_file_out_stays_inside_the_containers_root(
+        tier: NsTier, started: list[Instance], tmp_path: Path) -> None:
+    """Symlinks the container made (absolute, or climbing with ..) resolve inside its root, as
+    the host tier's chroot does: reading its files never discloses a file of the host."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only\n")
+    instance = tier.start(InstanceSpec(role="readroot", limits=Limits(), network="host"))
+    started.append(instance)
+    climb = "../" * 20 + str(secret).lstrip("/")
+    instance.exec(["ln", "-s", str(secret), "/tmp/absolute"], 10)
+    instance.exec(["ln", "-s", climb, "/tmp/climbing"], 10)
+    instance.exec(["sh", "-c", "echo inside > /tmp/plain"], 10)
+    for planted in ("/tmp/absolute", "/tmp/climbing", "/../../" + str(secret).lstrip("/")):
+        with pytest.raises(OSError):
+            instance.read_file(planted)
+    assert instance.read_file("/tmp/plain") == b"inside\n"

@@ -10,6 +10,7 @@ bench may remove later carries bench's marker file; nothing without it is ever r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -159,3 +160,39 @@ def remove_marked(directory: Path | str) -> bool:
         raise _refuse(directory, "cannot be removed safely on this platform")
     shutil.rmtree(directory, ignore_errors=True)
     return not os.path.lexists(directory)
+
+
+_SYS_OPENAT2 = 437  # the same number on every architecture (a new-style syscall)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def read_in_root(root: Path | str, path: str) -> bytes:
+    """Read `path` as a process chrooted at `root` would see it: `..` and every symlink (absolute
+    ones too) resolve inside `root` (openat2 RESOLVE_IN_ROOT), so what an instance planted in
+    its own tree cannot lead root to a file of the host."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        fd = libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path.lstrip("/") or "."),
+                          ctypes.byref(how), ctypes.sizeof(how))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{os.strerror(err)}: {path} inside {root}")
+    finally:
+        os.close(dirfd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} inside {root} is not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

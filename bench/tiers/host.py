@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import hostlock, procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import CommandTimeout
 from bench.core.procs import Completed
 from bench.kernel import sysmount
@@ -86,10 +86,7 @@ class HostInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        inside = (self.root / path.lstrip("/")).resolve()
-        if not str(inside).startswith(str(self.root.resolve())):
-            raise ValueError(f"{path} leaves the instance's root")
-        return inside.read_bytes()
+        return safefs.read_in_root(self.root, path)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import hostlock, procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
@@ -277,7 +277,8 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
