@@ -486,3 +486,29 @@ def test_reading_a_file_out_stays_inside_the_containers_root(
         with pytest.raises(OSError):
             instance.read_file(planted)
     assert instance.read_file("/tmp/plain") == b"inside\n"
+
+
+def test_read_limit_holds_after_a_write_run_with_both_io_limits(
+        tier: NsTier, started: list[Instance], tmp_path: Path) -> None:
+    """Both I/O limits, bind scratch, a write run before a read run in one instance (as a run
+    interleaves them): the read run must read from the disk, at its limit. (A read of the file
+    the write run left half written read unwritten extents without any I/O: 1.5x the limit.)"""
+    import time as time_mod
+
+    from bench.workloads.base import RunContext
+    from bench.workloads.disk_fio import Fio, FioParams
+
+    read_bps, write_bps = 12 * 2**20, 6 * 2**20
+    instance = tier.start(InstanceSpec(role="iopair", scratch="bind", network="host",
+                                       limits=Limits(io_read_bps=read_bps,
+                                                     io_write_bps=write_bps)))
+    started.append(instance)
+
+    def rate(rw: str) -> float:
+        ctx = RunContext(tier, instance, None, lambda r, c: InstanceSpec(role=r),
+                         time_mod.monotonic() + 120, tmp_path, f"iopair-{rw}")
+        found = Fio().run(ctx, FioParams(rw=rw, size_mb=64, runtime_s=2, iodepth=4))
+        return next(m.value for m in found if m.metric == "bandwidth_MBps") * 1e6
+
+    assert abs(rate("write") / write_bps - 1) < 0.05
+    assert abs(rate("read") / read_bps - 1) < 0.05
