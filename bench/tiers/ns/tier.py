@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
@@ -280,7 +280,8 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
@@ -487,14 +488,21 @@ class NsTier(Tier):
         except BenchError:
             hierarchies = None
         if hierarchies is not None:
-            rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
-            removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+            runs = [run_id] if run_id else sorted(
+                {p.name for root in hierarchies.unique_roots
+                 for p in (root / CGROUP_ROOT).glob("*") if p.is_dir()})
+            for run in runs:
+                if run_id is None and hostlock.run_is_live(run):
+                    continue  # a run still going: not a leftover
+                removed += [f"cgroup {p}" for p in
+                            cgroups.remove_tree(hierarchies, f"{CGROUP_ROOT}/{run}")]
         removed += ns_net.cleanup(run_id)
-        base = settings().work_dir
-        for work in sorted(base.glob(f"{run_id or '*'}/ns")):
+        for run_dir in hostlock.run_dirs(run_id):
+            work = run_dir / "ns"
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(f"directory {work}")
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)  # fd-based: follows no symlink inside
+                removed.append(f"directory {work}")
         return removed
 
     def support_memory(self) -> HostMemory | None:
