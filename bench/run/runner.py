@@ -149,6 +149,7 @@ class Runner:
                          "seed": self.scenario.seed},
             "tiers": self.tier_names,
             "skipped_tiers": self.plan.skipped_tiers,
+            "skipped_cells": self.plan.skipped_cells,
             "plan": {"cells": len(self.plan.cells), "runs": len(self.plan.runs),
                      "estimate_s": round(self.plan.estimate_seconds(), 1)},
         }
