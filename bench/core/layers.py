@@ -217,3 +217,21 @@ def hash_tar_stream(stream: BinaryIO) -> str:
                 tree.add(member.name, "symlink", member.mode, member.uid, member.gid,
                          target=member.linkname)
     return tree.hexdigest()
+
+
+def hash_dir(root: Path) -> str:
+    """The tree hash of a directory (an overlayfs mount, an unpacked layer)."""
+    tree = TreeHash()
+    for base, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in dirs + files:
+            path = Path(base) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as data:
+                    tree.add(rel, "file", st.st_mode, st.st_uid, st.st_gid, data)
+            elif stat.S_ISLNK(st.st_mode):
+                tree.add(rel, "symlink", st.st_mode, st.st_uid, st.st_gid,
+                         target=os.readlink(path))
+    return tree.hexdigest()

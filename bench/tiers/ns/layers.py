@@ -5,8 +5,9 @@ and reached through a short symlink under /run/bench-layers/<tag>/ (overlayfs ta
 lowerdir list in one page, which 64 long paths would overflow). One measurement: start a
 container whose root stacks the N layers and whose command is the static probe
 (`/.bench-start`), timing it to exit and its overlay mount alone; then mount the same stack
-on the host and time the first lookups (stat) of files in the deepest layer, and of names
-that exist in no layer (a miss searches every layer).
+on the host and time first lookups (stat) at its root, the one directory every layer has:
+of the probe, which lies in the deepest layer (a fresh mount each time, so the lookup goes
+through every layer above), and of names that exist in no layer (a miss searches them all).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from bench.tiers.ns.tier import NsInstance, NsTier
 
 LINK_ROOT = Path("/run/bench-layers")
-LOOKUPS = 200  # files of the deepest layer stat'ed per measurement
+MOUNTS = 20  # fresh mounts per measurement, one first lookup of the probe on each
+MISSES = 200  # absent names looked up per measurement
 PAGE = 4096  # overlayfs mount options must fit in one page
 
 
@@ -47,17 +49,6 @@ def cleanup(run_id: str | None) -> list[str]:
     for target in targets:
         shutil.rmtree(target, ignore_errors=True)
     return removed
-
-
-def deepest_files(bottom: Path, limit: int) -> list[str]:
-    found: list[str] = []
-    for base, dirs, files in os.walk(bottom):
-        dirs.sort()
-        for name in sorted(files):
-            found.append(os.path.relpath(os.path.join(base, name), bottom))
-            if len(found) >= limit:
-                return found
-    return found
 
 
 def time_lookups(root: Path, names: list[str]) -> list[float]:
@@ -114,22 +105,23 @@ class NsLayers(LayerLab):
 
     def lookups(self, point: LayerPoint) -> dict[str, float]:
         lower = self.lower(point)
-        self.count += 1
-        base = self.workdir / f"m{self.count}"
-        upper, work, merged = base / "u", base / "w", base / "m"
-        for path in (upper, work, merged):
-            path.mkdir(parents=True)
-        names = deepest_files(self.workdir / "ly" / point.tag / "0", LOOKUPS)
-        if not names:
-            raise BenchError(f"The deepest layer of {point.tag} holds no files.", "see raw/.")
-        sysmount.mount("overlay", merged, "overlay", 0,
-                       f"lowerdir={lower},upperdir={upper},workdir={work}")
-        try:
-            hits = time_lookups(merged, names)
-            misses = time_lookups(merged, [f"{n}.absent" for n in names])
-        finally:
-            sysmount.umount(merged, lazy=False)
-            shutil.rmtree(base, ignore_errors=True)
+        hits: list[float] = []
+        misses: list[float] = []
+        for round_no in range(MOUNTS):
+            self.count += 1
+            base = self.workdir / f"m{self.count}"
+            upper, work, merged = base / "u", base / "w", base / "m"
+            for path in (upper, work, merged):
+                path.mkdir(parents=True)
+            sysmount.mount("overlay", merged, "overlay", 0,
+                           f"lowerdir={lower},upperdir={upper},workdir={work}")
+            try:
+                hits += time_lookups(merged, [layers.PROBE])
+                if round_no == 0:
+                    misses = time_lookups(merged, [f"absent-{i}" for i in range(MISSES)])
+            finally:
+                sysmount.umount(merged, lazy=False)
+                shutil.rmtree(base, ignore_errors=True)
         return {"lookup_deepest_us": statistics.median(hits),
                 "lookup_missing_us": statistics.median(misses)}
 
@@ -137,9 +129,10 @@ class NsLayers(LayerLab):
                 save_raw: Callable[[str, str], None], deadline: float) -> list[Measurement]:
         meta: dict[str, Any] = {"layers": point.layers, "merged": point.merged,
                                 "overlay_lowers": point.layers if not point.merged else 1,
-                                "lookups": LOOKUPS,
-                                "lookup": "first stat after a fresh overlay mount (the layers' "
-                                          "own dentries warm)"}
+                                "lookup": f"first stat at the root after a fresh overlay mount: "
+                                          f"the probe (deepest layer, median of {MOUNTS} "
+                                          f"mounts), {MISSES} absent names (the layers' own "
+                                          "dentries warm)"}
         found = [measurement(f"first_{k}", v, "ms", meta)
                  for k, v in self.start(point, spec, deadline).items()]
         found += [measurement(k, v, "us", meta) for k, v in self.lookups(point).items()]
