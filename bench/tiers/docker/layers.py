@@ -111,11 +111,15 @@ class DockerLayers(LayerLab):
         return f"{addr}/{self.repo}:{point.tag}"
 
     def forget(self, point: LayerPoint) -> None:
-        """The point's image gone from the engine (both registries' names)."""
+        """The point's image gone from the engine (both registries' names), and every other
+        image of this run: layers of the same content would otherwise make a pull warm."""
         addrs = [registry.address()] + ([self.limited.addr] if self.limited else [])
         for addr in addrs:
             with contextlib.suppress(ImageNotFound, NotFound):
                 self.engine.images.remove(self.ref(addr, point), force=True)
+        for image in self.engine.images.list(filters={"label": f"bench.run={self.run_id}"}):
+            with contextlib.suppress(ImageNotFound, NotFound):
+                self.engine.images.remove(str(image.id), force=True)
 
     def pull(self, addr: str, point: LayerPoint, digest: str) -> dict[str, Any]:
         events: list[tuple[float, dict[str, Any]]] = []
