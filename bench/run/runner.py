@@ -232,6 +232,8 @@ class Runner:
 
     def _prepare_tiers(self, img: image.Image) -> None:
         for name in self.tier_names:
+            if not any(c.cell.tier == name for c in self.plan.cells):
+                continue  # every workload here takes no part on it (Workload.not_on)
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
