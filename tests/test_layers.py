@@ -146,3 +146,52 @@ def test_kvm_and_host_take_no_part_and_say_why() -> None:
     assert {c.cell.tier for c in plan.cells} == {"docker", "ns"}
     assert "no layers" in plan.skipped_cells["kvm/image.layers"]
     assert "host/image.layers" in plan.skipped_cells
+
+
+def layer_run(results: Path) -> Path:
+    """A constructed run of image.layers on docker: pull time grows with N for the layered
+    image (0.5 s + 0.1 s per layer above one) and stays at 0.5 s merged; start time stays."""
+    import json
+
+    import numpy as np
+
+    from bench.core.samples import FORMAT_VERSION, Cell
+    from tests.synthetic import HOSTILE, Spec, manifest
+
+    rng = np.random.default_rng(3)
+    path = results / "layers-run"
+    (path / "raw").mkdir(parents=True)
+    head = manifest(Spec("layers-run", tiers=("docker",)))
+    head["skipped_cells"] = {"kvm/image.layers": "a VM has no layers " + HOSTILE}
+    (path / "manifest.json").write_text(json.dumps(head))
+    with open(path / "samples.jsonl", "w") as out:
+        for n in (1, 4, 16, 64):
+            for merged in (False, True):
+                cell = Cell(tier="docker", workload="image.layers",
+                            params={"layers": n, "merged": merged, "size_mb": 4})
+                for rep in range(6):
+                    noise = float(np.exp(rng.normal(0, 0.01)))
+                    for metric, unit, value in (
+                            ("pull_s", "s", 0.5 if merged else 0.5 + 0.1 * (n - 1)),
+                            ("first_start_ms", "ms", 200.0)):
+                        out.write(json.dumps({
+                            "v": FORMAT_VERSION, "run_id": "layers-run",
+                            "cell": cell.model_dump(), "repetition": rep, "metric": metric,
+                            "value": value * noise, "unit": unit, "direction": "lower",
+                            "timestamp": 1.0, "metadata": {}}) + "\n")
+    return path
+
+
+def test_report_shows_layer_counts_and_when_merging_pays_off(tmp_path: Path) -> None:
+    from bench.analysis.frame import load
+    from bench.report import layers as section
+    from bench.report.page import Page
+
+    run = load(layer_run(tmp_path))
+    html = section.section([run], Page("t", "t"))
+    assert "pull_s: merging paid off from 4 layers on" in html  # 0.9 s vs 0.5 s
+    assert "(at 64 layers: 6.78 -&gt; 0.5" in html
+    assert "first_start_ms: merging did not pay off" in html
+    assert "16 merged into 1" in html
+    assert "<script>alert(1)" not in html and "kvm takes no part" in html
+    assert section.section([], Page("t", "t")) == ""

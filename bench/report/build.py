@@ -12,6 +12,7 @@ from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
 from bench.report import figures
+from bench.report import layers as layers_section
 from bench.report import tables as analysis
 from bench.report.page import Page, esc
 from bench.tune.recommend import recommendation_html
@@ -185,6 +186,10 @@ def render(runs: list[Run], plotlyjs: str = "inline") -> str:
         page.add("startup", "Start-up phases",
                  page.figure(fig) + f"<p class=muted>Medians of the time between consecutive "
                  f"phase stamps of each start ({counts}).</p>")
+
+    layers = layers_section.section(runs, page)  # image.layers: against layer count
+    if layers:
+        page.add("layers", "Image layers", layers)
 
     mains = [(run, methodology.headline(run.frame)) for run in runs]
     metrics: dict[tuple[str, str], str] = {}
