@@ -93,7 +93,7 @@ def test_every_layer_count_unpacks_to_the_same_tree(docker_lab: DockerLayers,
 def test_limited_registry_is_shaped_and_trusted_through_certs_d(docker_lab: DockerLayers) -> None:
     point, rate = POINTS[0], 8.0
     limited = docker_lab.limited_registry(rate)
-    assert (limited_mod.CERTS_D / limited.addr / "ca.crt").exists()
+    assert (limited_mod.certs_d() / limited.addr / "ca.crt").exists()
     qdisc = subprocess.run(["tc", "-n", limited.ns, "qdisc", "show", "dev", limited.ns_if],
                            capture_output=True, text=True, check=True).stdout
     assert "tbf" in qdisc and "8Mbit" in qdisc
@@ -126,7 +126,7 @@ def test_nothing_is_left_after_the_run(docker_lab: DockerLayers) -> None:
     engine = docker_engine.connect(30)
     assert not engine.images.list(filters={"label": f"bench.run={run_id}"})
     assert not engine.containers.list(all=True, filters={"label": f"bench.run={run_id}"})
-    assert addr and not (limited_mod.CERTS_D / addr).exists()
+    assert addr and not (limited_mod.certs_d() / addr).exists()
     assert ns and not Path(f"/run/netns/{ns}").exists()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"brg{limited_mod.tag(run_id)}" not in links

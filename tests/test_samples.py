@@ -66,3 +66,10 @@ def test_format_v1_files_still_load() -> None:
     samples = list(read_samples(Path(__file__).parent / "data" / "samples-v1.jsonl"))
     assert len(samples) == 3
     assert all(s.v == 1 and s.run_id and s.cell.tier == "host" for s in samples)
+
+
+def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
+    from bench.core.samples import BASELINE_TIER
+    from bench.tiers import TIERS
+
+    assert [name for name, tier in TIERS.items() if tier.is_baseline] == [BASELINE_TIER]

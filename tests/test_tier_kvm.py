@@ -29,7 +29,10 @@ from bench.tiers.host import HostTier
 from bench.tiers.kvm import accel, clock, domxml, libvirtd
 from bench.tiers.kvm import guest as guest_mod
 from bench.tiers.kvm.domxml import DomainConfig
-from bench.tiers.kvm.tier import NETWORK_PREFIX, KvmInstance, KvmTier, lock_path, run_is_live
+from bench.tiers.kvm.instance import KvmInstance
+from bench.tiers.kvm.net import NETWORK_PREFIX
+from bench.tiers.kvm.runlock import lock_path, run_is_live
+from bench.tiers.kvm.tier import KvmTier
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from bench.workloads.net_iperf3 import Iperf3

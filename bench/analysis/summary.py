@@ -12,10 +12,8 @@ from rich.text import Text
 
 from bench.analysis import stats
 from bench.core.rundir import RunDir
-from bench.core.samples import Sample
+from bench.core.samples import BASELINE_TIER, Sample
 from bench.workloads import HEADLINE
-
-BASELINE_TIER = "host"
 
 
 def _fmt(value: float) -> str:

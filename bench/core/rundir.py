@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict
 
 from bench.core.errors import BenchError
 from bench.core.samples import Sample, append_jsonl, read_samples
+from bench.core.settings import settings
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS_DIR", "results"))
+    return settings().results_dir
 
 
 def new_run_id(scenario: str) -> str:

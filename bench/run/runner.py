@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -34,6 +34,7 @@ from bench.core import faults, hostinfo, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
+from bench.core.settings import settings
 from bench.run import adaptive
 from bench.run import plan as planning
 from bench.run.scenario import Scenario
@@ -47,7 +48,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 @dataclass
@@ -74,9 +75,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def select_tiers(scenario: Scenario) -> tuple[list[str], dict[str, str]]:
+def select_tiers(scenario: Scenario, only: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The scenario's tiers that can run here (`only`: a subset the user asked for)."""
+    unknown = [name for name in only if name not in scenario.tiers]
+    if unknown:
+        raise BenchError(f"Tier(s) {', '.join(unknown)} are not in scenario {scenario.name!r} "
+                         f"(its tiers: {', '.join(scenario.tiers)}).",
+                         "pick --tier from the scenario's tiers, or add the tier to its `tiers:`.")
     usable, skipped = [], {}
-    for name in scenario.tiers:
+    for name in [t for t in scenario.tiers if not only or t in only]:
         availability = get_tier(name).available()
         if availability.ok:
             usable.append(name)

@@ -4,7 +4,6 @@ what is allowed there."""
 from __future__ import annotations
 
 import itertools
-import os
 import types
 import typing
 from pathlib import Path
@@ -15,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.core.errors import ScenarioError
 from bench.core.limits import Limits, NetworkMode, ScratchMode
+from bench.core.settings import settings
 from bench.tiers import TIERS
 from bench.tune.sweep import SweepSpec
 from bench.workloads import WORKLOADS
@@ -24,7 +24,7 @@ DEFAULT_SCENARIO = "quick"
 
 def scenario_dir() -> Path:
     """Shipped scenarios: $BENCH_SCENARIO_DIR, else the checkout's scenarios/, else ./scenarios."""
-    env = os.environ.get("BENCH_SCENARIO_DIR")
+    env = settings().scenario_dir
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[2] / "scenarios"

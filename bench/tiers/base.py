@@ -127,6 +127,10 @@ class Tier(ABC):
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    # capabilities, read by the planner, the tuner and the analysis instead of tier names
+    is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
+    runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
+    own_netns: ClassVar[bool] = True  # per-netns tunables are set inside each instance
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""

@@ -7,7 +7,6 @@ into a value, `render` turns a value into the text to write.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.core.errors import BenchError
+from bench.core.settings import settings
 
 Value = int | str | list[int]
 Scope = Literal["host-global", "per-device", "per-netns", "guest-local"]
@@ -260,7 +260,7 @@ class Catalog(BaseModel):
 
 def tuning_dir() -> Path:
     """$BENCH_TUNING_DIR, else the checkout's tuning/, else ./tuning."""
-    env = os.environ.get("BENCH_TUNING_DIR")
+    env = settings().tuning_dir
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[2] / "tuning"

@@ -27,8 +27,10 @@ from bench.core import faults
 from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run.scenario import Scenario
+from bench.tiers import TIERS
 from bench.tiers.base import Instance, Tier
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
@@ -37,8 +39,6 @@ from bench.tune.cache import CacheLab
 from bench.tune.catalog import Tunable, TuneError
 from bench.tune.sysfs import HostFs, InstanceFs, block_device_of
 from bench.tune.tuner import Change, Tuner, key_text, recover
-
-GUEST_TIERS = ("kvm",)  # tiers whose instances run their own kernel
 
 _GUEST_DEVICE = (
     "import os,sys\n"
@@ -50,7 +50,7 @@ _GUEST_DEVICE = (
 
 
 def _work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 class TuningHook:
@@ -163,14 +163,14 @@ class TuningHook:
         host_wanted: dict[tuple[str, str | None], Any] = {}
         inside: dict[tuple[str, str | None], Any] = {}
         applied: dict[str, Any] = {}
-        in_guest = cell.tier in GUEST_TIERS
+        in_guest = TIERS[cell.tier].runs_own_kernel
         for name, value in cell.tunables.items():
             tunable = self.catalog.get(name)
             if in_guest and tunable.guest:
                 device = self._guest_device(instance) if tunable.per_device else None
                 inside[(name, device)] = value
                 where = "inside the guest (guest-local)"
-            elif tunable.scope == "per-netns" and cell.tier != "host":
+            elif tunable.scope == "per-netns" and TIERS[cell.tier].own_netns:
                 inside[(name, None)] = value
                 where = "inside the instance's network namespace"
             else:
@@ -178,7 +178,7 @@ class TuningHook:
                 host_wanted[(name, device)] = value
                 where = "on the host, shared by every tier of this run that runs on the " \
                     "host's kernel (" + ", ".join(t for t in self.tiers
-                                                  if t not in GUEST_TIERS) + ")"
+                                                  if not TIERS[t].runs_own_kernel) + ")"
             applied[name] = {"value": value, "scope": tunable.scope, "set": where}
             if tunable.per_device:
                 applied[name]["device"] = next(
@@ -242,7 +242,7 @@ class TuningHook:
                         if self.catalog.get(n).scope in ("host-global", "per-device")})
         if not names:
             return ""
-        host_tiers = [t for t in self.tiers if t not in GUEST_TIERS]
+        host_tiers = [t for t in self.tiers if not TIERS[t].runs_own_kernel]
         return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} host-wide: set on "
                 f"the host and shared by every tier that runs on it ({', '.join(host_tiers)})"
                 + ("; the kvm tier sets its own copy inside the guest" if

@@ -23,6 +23,7 @@ import psutil
 from docker.errors import DockerException
 
 from bench.core.errors import TierUnavailable
+from bench.core.settings import settings
 from bench.tiers.base import Availability
 
 URL_ENV = "BENCH_DOCKER_URL"
@@ -40,7 +41,7 @@ SETUP_FIX = ("run `bench setup` (installs docker.io and starts dockerd in the ba
 
 def engine_url() -> str | None:
     """The engine's address as configured, or None for docker's own default."""
-    return os.environ.get(URL_ENV) or os.environ.get("DOCKER_HOST") or None
+    return settings().docker_url or os.environ.get("DOCKER_HOST") or None
 
 
 def is_remote() -> bool:
@@ -67,7 +68,7 @@ def client(timeout: float = 120.0) -> docker.DockerClient:
 
 
 def connect(timeout: float) -> docker.DockerClient:
-    url = os.environ.get(URL_ENV)
+    url = settings().docker_url
     if url:
         return docker.DockerClient(base_url=url, timeout=int(timeout))
     return docker.from_env(timeout=int(timeout))

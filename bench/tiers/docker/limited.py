@@ -26,13 +26,17 @@ from pathlib import Path
 
 from bench.core import procs
 from bench.core.errors import BenchError, CommandError
+from bench.core.settings import settings
 from bench.tiers.docker import registry
 
 POOL = ipaddress.IPv4Network("10.214.0.0/16")  # one /30 per run
 PORT = 5443
-CERTS_D = Path(os.environ.get("BENCH_DOCKER_CERTS_D", "/etc/docker/certs.d"))
 NS_PREFIX = "bench-reg-"
 MARKER = "bench.run"
+
+
+def certs_d() -> Path:
+    return settings().docker_certs_d
 
 
 def tag(run_id: str) -> str:
@@ -93,7 +97,7 @@ class LimitedRegistry:
 
     @property
     def certs_dir(self) -> Path:
-        return CERTS_D / self.addr
+        return certs_d() / self.addr
 
     def start(self) -> None:
         try:
@@ -162,9 +166,9 @@ def remove(ns: str, addr: str = "") -> list[str]:
         with contextlib.suppress(CommandError):
             procs.run(["ip", "netns", "del", ns], timeout=10)  # its veth goes with it
             removed.append(f"network namespace {ns}")
-    if addr and (CERTS_D / addr / MARKER).exists():
-        shutil.rmtree(CERTS_D / addr, ignore_errors=True)
-        removed.append(f"certificate directory {CERTS_D / addr}")
+    if addr and (certs_d() / addr / MARKER).exists():
+        shutil.rmtree(certs_d() / addr, ignore_errors=True)
+        removed.append(f"certificate directory {certs_d() / addr}")
     return removed
 
 
@@ -175,8 +179,8 @@ def cleanup(run_id: str | None) -> list[str]:
         [p.name for p in Path("/run/netns").glob(f"{NS_PREFIX}*")]
     for ns in names:
         removed += remove(ns)
-    if CERTS_D.is_dir():
-        for marker in CERTS_D.glob(f"*/{MARKER}"):
+    if certs_d().is_dir():
+        for marker in certs_d().glob(f"*/{MARKER}"):
             with contextlib.suppress(OSError):
                 if run_id is None or marker.read_text().strip() == run_id:
                     shutil.rmtree(marker.parent, ignore_errors=True)

@@ -26,22 +26,22 @@ from urllib.parse import urlsplit
 from bench.core import procs
 from bench.core.errors import BenchError
 from bench.core.oci import MANIFEST_TYPE, BuiltImage
+from bench.core.settings import settings
 from bench.tiers.base import Availability
 
 BINARY = "/usr/bin/docker-registry"
 ADDR_ENV = "BENCH_REGISTRY_ADDR"
-DIR_ENV = "BENCH_REGISTRY_DIR"
 LOG = Path("/var/log/bench-registry.log")
 START_TIMEOUT_S = 20.0
 FIX = "run `bench setup` (installs Debian's docker-registry and starts it on loopback)."
 
 
 def address() -> str:
-    return os.environ.get(ADDR_ENV, "127.0.0.1:5310")
+    return settings().registry_addr
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get(DIR_ENV, "/var/lib/bench/registry"))
+    return settings().registry_dir
 
 
 def storage_dir() -> Path:

@@ -37,6 +37,7 @@ from typing import Any
 from bench.core.errors import ImageError
 from bench.core.image import Image, recipe_hash
 from bench.core.procs import run
+from bench.core.settings import settings
 from bench.kernel import sysmount
 
 GUEST_RECIPE_VERSION = 1  # bump when the build steps below change
@@ -90,7 +91,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 
 def guests_dir() -> Path:
-    return Path(os.environ.get("BENCH_GUEST_DIR", "/var/lib/bench/guests"))
+    return settings().guest_dir
 
 
 def recipe(img: Image) -> dict[str, Any]:

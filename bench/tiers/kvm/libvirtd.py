@@ -18,6 +18,7 @@ import libvirt
 import psutil
 
 from bench.core.errors import TierUnavailable
+from bench.core.settings import settings
 
 URI_ENV = "BENCH_LIBVIRT_URI"
 DEFAULT_URI = "qemu:///system"
@@ -32,7 +33,7 @@ DEFAULT_QEMU_USER = "libvirt-qemu"  # Debian's build default
 
 
 def uri() -> str:
-    return os.environ.get(URI_ENV, DEFAULT_URI)
+    return settings().libvirt_uri
 
 
 def is_local(name: str | None = None) -> bool:
