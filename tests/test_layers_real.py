@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,17 +78,36 @@ def test_every_layer_count_unpacks_to_the_same_tree(docker_lab: DockerLayers,
     docker_lab.push(point)
     docker_lab.forget(point)
     docker_lab.pull(registry.address(), point, docker_lab.pushed[point])
-    container = docker_lab.engine.containers.create(ref, labels={"bench.run": docker_lab.run_id})
+    assert export_hash(docker_lab, ref) == docker_lab.source.tree_hash(SIZE_MB)
+
+
+def export_hash(lab: DockerLayers, ref: str) -> str:
+    container = lab.engine.containers.create(ref, labels={"bench.run": lab.run_id})
     try:
-        tar = Path(docker_lab.workdir) / f"export-{point.tag}.tar"
+        tar = Path(lab.workdir) / "export.tar"
         with open(tar, "wb") as out:
             for chunk in container.export():
                 out.write(chunk)
         with open(tar, "rb") as data:
-            assert layers.hash_tar_stream(data) == docker_lab.source.tree_hash(SIZE_MB)
+            found = layers.hash_tar_stream(data)
         tar.unlink()
+        return found
     finally:
         container.remove(force=True)
+
+
+def test_bench_image_squash_merges_a_pulled_image(docker_lab: DockerLayers) -> None:
+    point = POINTS[2]
+    docker_lab.forget(point)
+    docker_lab.pull(registry.address(), point, docker_lab.push(point))
+    source = docker_lab.ref(registry.address(), point)
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "image", "squash", source],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "16 layers merged into one" in done.stdout
+    merged = docker_lab.engine.api.inspect_image(f"{source}-squashed")
+    assert len(merged["RootFS"]["Layers"]) == 1
+    assert export_hash(docker_lab, f"{source}-squashed") == docker_lab.source.tree_hash(SIZE_MB)
 
 
 def test_limited_registry_is_shaped_and_trusted_through_certs_d(docker_lab: DockerLayers) -> None:
