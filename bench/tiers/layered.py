@@ -39,13 +39,17 @@ def measurement(metric: str, value: float, unit: str, meta: dict[str, Any]) -> M
     return Measurement(metric=metric, value=value, unit=unit, direction="lower", metadata=meta)
 
 
-class LayerSource:
-    """The run's file set from the bench image and its builds, each made once per run."""
+# (blob directory, point) -> build: tiers of one run share their builds (one process)
+_BUILT: dict[tuple[Path, LayerPoint], oci.BuiltImage] = {}
 
-    def __init__(self, image_root: Path, workdir: Path, labels: dict[str, str]) -> None:
-        self.root, self.workdir, self.labels = image_root, workdir, labels
+
+class LayerSource:
+    """The run's file set from the bench image and its builds, each made once per run: the
+    blobs live in `blob_dir` (the run's work directory, shared by its tiers)."""
+
+    def __init__(self, image_root: Path, blob_dir: Path, labels: dict[str, str]) -> None:
+        self.root, self.blob_dir, self.labels = image_root, blob_dir, labels
         self._entries: dict[int, list[layers.Entry]] = {}
-        self._built: dict[LayerPoint, oci.BuiltImage] = {}
 
     def entries(self, size_mb: int) -> list[layers.Entry]:
         if size_mb not in self._entries:
@@ -56,8 +60,9 @@ class LayerSource:
         return layers.hash_entries(self.entries(size_mb))
 
     def build(self, point: LayerPoint) -> oci.BuiltImage:
-        if point not in self._built:
-            blob_dir = self.workdir / "blobs"
+        key = (self.blob_dir, point)
+        if key not in _BUILT or not all(b.path.exists() for b in _BUILT[key].layers):
+            blob_dir = self.blob_dir
             if point.merged:
                 layered = self.build(LayerPoint(point.size_mb, point.layers, False))
                 paths = [b.path for b in layered.layers]
@@ -76,8 +81,8 @@ class LayerSource:
             config = oci.image_config(blobs, [f"/{layers.PROBE}"],
                                       {**self.labels, "bench.layers": str(point.layers),
                                        "bench.merged": str(point.merged).lower()})
-            self._built[point] = oci.BuiltImage(blobs, config)
-        return self._built[point]
+            _BUILT[key] = oci.BuiltImage(blobs, config)
+        return _BUILT[key]
 
     def unpack(self, point: LayerPoint, into: Path) -> list[Path]:
         """The build's layers unpacked into into/0, into/1, ... (bottom first), once."""

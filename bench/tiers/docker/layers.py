@@ -80,7 +80,7 @@ class DockerLayers(LayerLab):
         self.run_id = tier.ctx.run_id
         self.workdir = tier.ctx.workdir / "layers"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.source = LayerSource(tier.ctx.image.rootfs, self.workdir,
+        self.source = LayerSource(tier.ctx.image.rootfs, tier.ctx.workdir.parent / "layer-blobs",
                                   {"bench.run": self.run_id})
         self.repo = f"bench/{self.run_id}/layers"
         self.loopback = registry.Client(registry.address())
@@ -100,7 +100,7 @@ class DockerLayers(LayerLab):
                 raise BenchError("Debian's docker-registry is not installed.", registry.FIX)
             built = self.source.build(point)
             self.pushed[point] = self.loopback.push(self.repo, point.tag, built,
-                                                    self.workdir / "blobs")
+                                                    self.source.blob_dir)
             if self.pushed[point] != built.digest:
                 raise BenchError(f"The registry stored {self.repo}:{point.tag} as "
                                  f"{self.pushed[point]}, not {built.digest}.",

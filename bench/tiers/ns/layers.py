@@ -67,7 +67,8 @@ class NsLayers(LayerLab):
         self.tier = tier
         self.run_id = tier.ctx.run_id
         self.workdir = tier.ctx.workdir / "layers"
-        self.source = LayerSource(tier.ctx.image.rootfs, self.workdir, {"bench.run": self.run_id})
+        self.source = LayerSource(tier.ctx.image.rootfs, tier.ctx.workdir.parent / "layer-blobs",
+                                  {"bench.run": self.run_id})
         self.links = link_dir(self.run_id)
         self.count = 0
 
