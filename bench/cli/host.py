@@ -62,6 +62,21 @@ def image_build(force: bool) -> None:
     console.print(f"image {img.hash}: {img.rootfs}")
 
 
+@image_group.command("squash")
+@click.argument("source")
+@click.option("--tag", "target", help="Name of the merged image (default: SOURCE-squashed).")
+def image_squash(source: str, target: str | None) -> None:
+    """Merge an engine image's layers into one (the same files; docker tier's engine)."""
+    from bench.tiers.docker import engine as engine_mod
+    from bench.tiers.docker.squash import squash_image
+
+    name = target or (f"{source}-squashed" if ":" in source.rsplit("/", 1)[-1]
+                      else f"{source}:squashed")
+    done = squash_image(engine_mod.client(), source, name)
+    console.print(f"{done['target']}: {done['layers_before']} layers merged into one "
+                  f"({done['entries']} entries, {done['diff_id'][:19]})", highlight=False)
+
+
 @image_group.command("show")
 def image_show() -> None:
     """Show the bench image's hash, tools and size."""

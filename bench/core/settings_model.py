@@ -37,6 +37,12 @@ class Settings(BaseSettings):
                          "default Docker's set)")
     ns_runtime: Literal["", "native", "python"] = Field(
         "", description="python: the ns tier's Python runtime instead of bench-nsinit")
+    registry_addr: str = Field("127.0.0.1:5310", description="bench's image registry (loopback; "
+                               "`bench setup` starts it)")
+    registry_dir: Path = Field(Path("/var/lib/bench/registry"),
+                               description="the registry's configuration and storage")
+    docker_certs_d: Path = Field(Path("/etc/docker/certs.d"), description="the engine's "
+                                 "per-registry CA directories (the rate-limited registry's CA)")
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection of the kvm tier")
     kvm_accel: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto: KVM if a guest boots with it, else TCG; kvm: or fail")

@@ -155,6 +155,7 @@ class Runner:
                          "seed": self.scenario.seed},
             "tiers": self.tier_names,
             "skipped_tiers": self.plan.skipped_tiers,
+            "skipped_cells": self.plan.skipped_cells,
             "plan": {"cells": len(self.plan.cells), "runs": len(self.plan.runs),
                      "estimate_s": round(self.plan.estimate_seconds(), 1)},
         }
@@ -244,6 +245,8 @@ class Runner:
 
     def _prepare_tiers(self, img: image.Image) -> None:
         for name in self.tier_names:
+            if not any(c.cell.tier == name for c in self.plan.cells):
+                continue  # every workload here takes no part on it (Workload.not_on)
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
