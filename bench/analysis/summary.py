@@ -82,7 +82,10 @@ def emulated_tiers(samples: list[Sample]) -> list[str]:
 
 
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
+    from bench.analysis import isolation
+
     console.print(table(rundir, all_metrics))
+    isolation.print_tables(rundir.samples(), console)
     emulated = emulated_tiers(rundir.samples())
     if emulated:
         console.print(Panel(emulation_banner(emulated), style="bold red"))

@@ -9,6 +9,8 @@ from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
+from bench.workloads.isolation.containment import Containment
+from bench.workloads.isolation.visibility import Visibility
 from bench.workloads.memory import Memory
 from bench.workloads.net_iperf3 import Iperf3
 from bench.workloads.net_sockperf import Sockperf
@@ -17,7 +19,7 @@ from bench.workloads.startup import Startup
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
-              DensityIdle())
+              DensityIdle(), Visibility(), Containment())
 }
 
 # workload name -> its headline metrics, for readers of stored runs (analysis, history)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "isolation"]
 
 
 class Params(BaseModel):
