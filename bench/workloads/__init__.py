@@ -10,6 +10,7 @@ from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
 from bench.workloads.isolation.containment import Containment
+from bench.workloads.isolation.interference import Interference
 from bench.workloads.isolation.visibility import Visibility
 from bench.workloads.memory import Memory
 from bench.workloads.net_iperf3 import Iperf3
@@ -19,7 +20,7 @@ from bench.workloads.startup import Startup
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
-              DensityIdle(), Visibility(), Containment())
+              DensityIdle(), Visibility(), Containment(), Interference())
 }
 
 # workload name -> its headline metrics, for readers of stored runs (analysis, history)
