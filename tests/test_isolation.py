@@ -18,14 +18,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from bench.analysis import isolation as isolation_tables
 from bench.core.image import Image
 from bench.core.limits import Limits
+from bench.core.samples import Cell, Sample
 from bench.kernel import cgroups
 from bench.tiers import get as get_tier
 from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
 from bench.workloads.base import RunContext
 from bench.workloads.isolation import common
+from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment, ContainmentParams
 from bench.workloads.isolation.interference import Interference
 from bench.workloads.isolation.visibility import Visibility, audit
@@ -224,3 +227,37 @@ def test_disjoint_cpusets_shield_the_victim_from_a_cpu_hog(tier_name: str, tiers
         if ok(slowdown.value):
             break
     assert ok(slowdown.value), f"{tier_name}: victim slowdown per pair, per attempt: {seen}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tier_name", ["ns", "docker"])
+def test_dirty_page_cache_made_inside_shows_on_the_host_and_in_the_table(
+        tier_name: str, tiers: dict[str, Tier], tmp_path: Path) -> None:
+    """100 MiB of dirty page cache written inside raises the host's Dirty by >= 90 MiB, and the
+    accounting table of the run shows it for the tier."""
+    tier = tiers[tier_name]
+    limits = Limits(cpus=1, memory_mb=1024)
+    instance = tier.start(InstanceSpec("main", limits))
+    seen = []
+    try:
+        ctx = _context(tier, tmp_path, limits)
+        ctx.instance = instance
+        params = Accounting().parse_params({"dirty_mb": 100, "cycles": 3,
+                                            "kinds": ["dirty_cache"]})
+        for _ in range(2):  # one more attempt if others' writeback overlapped (both reported)
+            found = Accounting().run(ctx, params)
+            metrics = {m.metric: m for m in found}
+            seen.append(metrics["dirty_host_Dirty_MiB"].value)
+            if seen[-1] >= 90:
+                break
+    finally:
+        instance.stop()
+    assert seen[-1] >= 90, f"host Dirty rise per attempt (MiB): {seen}; " \
+        f"{metrics['dirty_host_Dirty_MiB'].metadata}"
+    assert metrics["dirty_cache_reported_MiB"].value > 0
+    samples = [Sample(run_id="t", cell=Cell(tier=tier_name, workload="isolation.accounting"),
+                      repetition=0, metric=m.metric, value=m.value, unit=m.unit,
+                      direction=m.direction, timestamp=0.0, metadata=m.metadata) for m in found]
+    table = isolation_tables.accounting(samples)
+    assert table is not None
+    assert table.get("dirty page cache: host Dirty raise (MiB)", tier_name) != "-"

@@ -95,9 +95,107 @@ def containment(samples: list[Sample]) -> Matrix | None:
     return matrix
 
 
+ANTAGONISTS = ("cpu", "membw", "disk_direct", "disk_buffered", "net", "memhog", "forks")
+
+
+def _by(samples: list[Sample], workload: str, metric_of: str) -> dict[tuple[str, str],
+                                                                      list[float]]:
+    found: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in samples:
+        if s.cell.workload == workload and s.metric.startswith(metric_of):
+            column = f"{s.cell.params.get('antagonist', 'cpu')} (victim " \
+                     f"{s.metadata.get('victim', s.cell.params.get('victim'))})"
+            found[(s.cell.tier, column)].append(s.value)
+    return found
+
+
+def _order(columns: set[str]) -> list[str]:
+    return sorted(columns, key=lambda c: (next((i for i, a in enumerate(ANTAGONISTS)
+                                                if c.startswith(a + " ")), 99), c))
+
+
+def interference(samples: list[Sample]) -> list[Matrix]:
+    """Tier x antagonist: the victim's slowdown (cost factor, > 1 = slower) with its 95% CI
+    over repetitions, and the antagonist's own throughput beside it."""
+    slowdowns = _by(samples, "isolation.interference", "victim_slowdown")
+    if not slowdowns:
+        return []
+    tiers = _tiers([s for s in samples if s.cell.workload == "isolation.interference"])
+    columns = _order({c for _, c in slowdowns})
+    heat = Matrix("Interference: victim slowdown beside an antagonist (cost factor, > 1 = "
+                  "slower; median [95% CI] over repetitions)", "tier", columns)
+    for (tier, column), values in sorted(slowdowns.items(), key=lambda kv: tiers.index(
+            kv[0][0]) if kv[0][0] in tiers else 99):
+        heat.put(tier, column, _fmt_ci(values), statistics.median(values))
+    heat.rows.sort(key=lambda t: tiers.index(t) if t in tiers else 99)
+    own: dict[tuple[str, str], list[float]] = defaultdict(list)
+    units: dict[str, str] = {}
+    for s in samples:
+        if s.cell.workload == "isolation.interference" and s.metric.startswith("antagonist_"):
+            column = f"{s.cell.params.get('antagonist', 'cpu')} (victim " \
+                     f"{s.metadata.get('victim', s.cell.params.get('victim'))})"
+            own[(s.cell.tier, column)].append(s.value)
+            units[column] = f"{s.metric.removeprefix('antagonist_')} {s.unit}".strip()
+    thru = Matrix("Interference: the antagonist's own throughput (median over repetitions)",
+                  "tier", [f"{c}: {units.get(c, '')}" for c in columns])
+    for tier in heat.rows:
+        for column in columns:
+            throughput = own.get((tier, column))
+            if throughput:
+                thru.put(tier, f"{column}: {units.get(column, '')}",
+                         f"{statistics.median(throughput):.4g}")
+    return [heat, thru]
+
+
+ACCOUNTING_ROWS = {
+    "anon_true_MiB": "anonymous: true cost, host AnonPages (MiB)",
+    "anon_reported_MiB": "anonymous: tier usage (MiB)",
+    "anon_usage_error_pct": "anonymous: tier usage error (%)",
+    "anon_stat_error_pct": "anonymous: memory.stat error (%)",
+    "anon_docker_stats_error_pct": "anonymous: docker stats error (%)",
+    "anon_pss_MiB": "anonymous: instance PSS (MiB)",
+    "clean_cache_true_MiB": "clean page cache: true cost, host Cached (MiB)",
+    "clean_cache_usage_error_pct": "clean page cache: tier usage error (%)",
+    "clean_cache_stat_error_pct": "clean page cache: memory.stat error (%)",
+    "clean_cache_docker_stats_error_pct": "clean page cache: docker stats error (%)",
+    "dirty_cache_true_MiB": "dirty page cache: true cost, host Cached (MiB)",
+    "dirty_host_Dirty_MiB": "dirty page cache: host Dirty raise (MiB)",
+    "dirty_stat_MiB": "dirty page cache: memory.stat dirty (MiB)",
+    "dirty_cache_usage_error_pct": "dirty page cache: tier usage error (%)",
+    "dirty_cache_stat_error_pct": "dirty page cache: memory.stat error (%)",
+    "dirty_cache_docker_stats_error_pct": "dirty page cache: docker stats error (%)",
+    "slab_true_MiB": "slab (files, sockets): true cost, host Slab (MiB)",
+    "slab_usage_error_pct": "slab: tier usage error (%)",
+    "slab_stat_error_pct": "slab: memory.stat kernel memory error (%)",
+    "slab_docker_stats_error_pct": "slab: docker stats error (%)",
+}
+
+
+def accounting(samples: list[Sample]) -> Matrix | None:
+    """Reading x tier: the true cost of each kind of memory made inside and the error of what
+    the tier reports, in % of the true cost (median [95% CI] over repetitions)."""
+    mine = [s for s in samples if s.cell.workload == "isolation.accounting"]
+    if not mine:
+        return None
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in mine:
+        if s.metric in ACCOUNTING_ROWS:
+            values[(ACCOUNTING_ROWS[s.metric], s.cell.tier)].append(s.value)
+    matrix = Matrix("Memory accounting: true cost on the host and the tier's error "
+                    "(% of true cost; - = the tier reports nothing)", "reading", _tiers(mine))
+    for row in ACCOUNTING_ROWS.values():
+        for tier in matrix.columns:
+            found = values.get((row, tier))
+            if found:
+                matrix.put(row, tier, _fmt_ci(found), statistics.median(found))
+    return matrix
+
+
 def tables(samples: list[Sample]) -> list[Matrix]:
     """Every isolation table the samples hold, in the report's order."""
-    return [m for m in (visibility(samples), containment(samples)) if m is not None]
+    found = [visibility(samples), *interference(samples), containment(samples),
+             accounting(samples)]
+    return [m for m in found if m is not None]
 
 
 def print_tables(samples: list[Sample], console: Any) -> None:

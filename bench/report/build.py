@@ -12,6 +12,7 @@ from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
 from bench.report import figures
+from bench.report import isolation as isolation_section
 from bench.report import tables as analysis
 from bench.report.page import Page, esc
 from bench.tune.recommend import recommendation_html
@@ -230,6 +231,7 @@ def render(runs: list[Run], plotlyjs: str = "inline") -> str:
              "swept parameter or tunable.</p>")
     page.add("density", "Density",
              "".join(dens) if dens else "<p class=muted>No density samples in these runs.</p>")
+    isolation_section.add(page, runs)  # only when a run has isolation samples
     failures = _failures(runs)
     if failures:
         page.add("failures", "Failed runs", failures)

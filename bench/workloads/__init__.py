@@ -9,6 +9,7 @@ from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
+from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment
 from bench.workloads.isolation.interference import Interference
 from bench.workloads.isolation.visibility import Visibility
@@ -20,7 +21,8 @@ from bench.workloads.startup import Startup
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
-              DensityIdle(), Visibility(), Containment(), Interference())
+              DensityIdle(), Visibility(), Containment(), Interference(),
+              Accounting())
 }
 
 # workload name -> its headline metrics, for readers of stored runs (analysis, history)

@@ -282,6 +282,17 @@ class NsInstance(Instance):
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
 
+    def memory_report(self) -> dict[str, int]:
+        """The cgroup's usage, its memory.stat, and (v1) its kernel memory usage."""
+        found = {"usage": self.cgroup.memory_bytes(), **self.cgroup.memory_stat()}
+        kmem = self.cgroup.dir("memory") / "memory.kmem.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            found["kmem_usage"] = int(kmem.read_text())
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        return self.cgroup.procs()
+
     def stop(self) -> None:
         if self._stopped:
             return

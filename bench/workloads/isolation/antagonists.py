@@ -80,7 +80,8 @@ def run(kind: Kind, ctx: RunContext, seconds: float, threads: int,
     if kind == "cpu":
         found = _cell("cpu.sysbench", {"threads": threads, "seconds": whole})(ctx)
     elif kind == "membw":
-        found = _cell("memory", {"test": "bandwidth", "size_mb": 256, "seconds": seconds})(ctx)
+        # two 64 MiB buffers: far past the last-level cache, well inside a small memory limit
+        found = _cell("memory", {"test": "bandwidth", "size_mb": 64, "seconds": seconds})(ctx)
     elif kind in ("disk_direct", "disk_buffered"):
         found = _cell("disk.fio", {"rw": "randwrite", "direct": kind == "disk_direct",
                                    "size_mb": min(write_mb, MAX_WRITE_MB),
