@@ -18,6 +18,7 @@ from typing import Any
 from bench.core import procs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.procs import Completed
+from bench.core.settings import settings
 from bench.kernel import cgroups, sysmount
 from bench.tiers.base import (
     Availability,
@@ -143,8 +144,11 @@ class HostInstance(Instance):
 
 class HostTier(Tier):
     name = "host"
+    is_baseline = True
+    own_netns = False
     description = "bare metal: the bench image's root through chroot, no isolation, no limits"
     applies_limits = False
+    cache_devices = "host"
 
     def available(self) -> Availability:
         if os.geteuid() != 0:
@@ -196,7 +200,7 @@ class HostTier(Tier):
                 shutil.rmtree(self.root, ignore_errors=True)
 
     def cleanup(self, run_id: str | None) -> list[str]:
-        base = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+        base = settings().work_dir
         removed = self._remove_guards(run_id)
         for work in sorted(base.glob(run_id or "*")):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]

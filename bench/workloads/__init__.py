@@ -9,6 +9,7 @@ from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
+from bench.workloads.isolation import common as isolation_common
 from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment
 from bench.workloads.isolation.interference import Interference
@@ -24,6 +25,8 @@ WORKLOADS: dict[str, Workload[Any]] = {
               DensityIdle(), Visibility(), Containment(), Interference(),
               Accounting())
 }
+
+isolation_common.use_registry(WORKLOADS)  # victims and antagonists are workloads too
 
 # workload name -> its headline metrics, for readers of stored runs (analysis, history)
 HEADLINE: dict[str, tuple[str, ...]] = {name: w.headline for name, w in WORKLOADS.items()

@@ -25,6 +25,7 @@ from bench.workloads.isolation.common import (
     MAX_STORM_S,
     MAX_WRITE_MB,
     inside,
+    registry,
 )
 
 Kind = Literal["cpu", "membw", "disk_direct", "disk_buffered", "net", "memhog", "forks"]
@@ -61,9 +62,7 @@ def setup(kind: Kind, limits: Limits, threads: int) -> Setup:
 
 
 def _workload(name: str) -> Workload[Any]:
-    from bench.workloads import WORKLOADS  # the registry imports this family
-
-    return WORKLOADS[name]
+    return registry()[name]
 
 
 def _cell(name: str, params: dict[str, Any]) -> Callable[[RunContext], list[Measurement]]:

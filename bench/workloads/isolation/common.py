@@ -7,13 +7,27 @@ import sys
 import threading
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from bench.core import procs
 from bench.core.errors import ParseError
 from bench.tiers.base import Instance
 
+if TYPE_CHECKING:
+    from bench.workloads.base import Workload
+
 T = TypeVar("T")
+# The suite's workload registry, handed over by bench/workloads/__init__.py once it is built
+# (victims and antagonists are workloads of it; importing it from here would be a cycle).
+_REGISTRY: dict[str, Workload[Any]] = {}
+
+
+def use_registry(workloads: dict[str, Workload[Any]]) -> None:
+    _REGISTRY.update(workloads)
+
+
+def registry() -> dict[str, Workload[Any]]:
+    return _REGISTRY
 
 # Safety bounds (the brief's numbers): no antagonist may be set past them.
 MAX_FORK_BOUND = 2000

@@ -25,7 +25,7 @@ from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, guarded
 from bench.workloads.base import Params, RunContext, Workload
 from bench.workloads.isolation import antagonists
-from bench.workloads.isolation.common import MAX_FLOOD_S, MAX_WRITE_MB, Concurrent
+from bench.workloads.isolation.common import MAX_FLOOD_S, MAX_WRITE_MB, Concurrent, registry
 
 TAIL_S = 0.5  # the antagonist outlasts the victim by this much
 
@@ -44,8 +44,7 @@ class InterferenceParams(Params):
     @field_validator("victim")
     @classmethod
     def known_victim(cls, name: str) -> str:
-        from bench.workloads import WORKLOADS
-
+        WORKLOADS = registry()
         if name not in WORKLOADS or not WORKLOADS[name].needs_instance \
                 or WORKLOADS[name].family == "isolation":
             raise ValueError(f"victim {name!r} must be a workload that runs in one instance")
@@ -73,9 +72,7 @@ class Interference(Workload[InterferenceParams]):
     tools = ("python3", "sysbench", "fio", "iperf3")
 
     def _victim(self, params: InterferenceParams) -> tuple[Workload[Any], Any]:
-        from bench.workloads import WORKLOADS
-
-        workload = WORKLOADS[params.victim]
+        workload = registry()[params.victim]
         return workload, workload.parse_params(params.victim_params)
 
     def _window(self, params: InterferenceParams) -> float:
