@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from bench.analysis import isolation as isolation_tables
 from bench.core.image import Image
 from bench.core.limits import Limits
+from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
 from bench.kernel import cgroups
 from bench.tiers import get as get_tier
@@ -261,3 +263,58 @@ def test_dirty_page_cache_made_inside_shows_on_the_host_and_in_the_table(
     table = isolation_tables.accounting(samples)
     assert table is not None
     assert table.get("dirty page cache: host Dirty raise (MiB)", tier_name) != "-"
+
+
+def _sample(tier: str, workload: str, metric: str, value: float, rep: int = 0,
+            **params: Any) -> Sample:
+    meta: dict[str, Any] = {"shows": f"{tier} view", "victim": params.get("victim"),
+                            "bound": 2000, "safety_pids_guard": 2032,
+                            "pids_limit_applied": params.get("pids_limit")}
+    return Sample(run_id="r", cell=Cell(tier=tier, workload=workload, params=params),
+                  repetition=rep, metric=metric, value=value, unit="x", direction="lower",
+                  timestamp=0.0, metadata=meta)
+
+
+def test_tables_and_report_section_from_samples(tmp_path: Path) -> None:
+    from bench.report import isolation as section
+    from bench.report.page import Page
+
+    samples = [_sample(t, "isolation.visibility", "vis.hostname_is_host", float(t == "host"))
+               for t in ("host", "ns", "docker", "kvm")]
+    samples += [_sample(t, "isolation.interference", "victim_slowdown", v, rep,
+                        victim="cpu.sysbench", antagonist="cpu")
+                for t, base in (("host", 1.5), ("ns", 1.0)) for rep, v in
+                enumerate((base, base + 0.02, base - 0.01))]
+    samples += [_sample("ns", "isolation.forkbomb", "offender_peak_processes", 98,
+                        pids_limit=100)]
+    vis = isolation_tables.visibility(samples)
+    assert vis is not None and vis.columns == ["host", "ns", "docker", "kvm"]
+    assert vis.get("hostname_is_host", "host").startswith("1") and \
+        vis.get("hostname_is_host", "ns").startswith("0")
+    heat, _ = isolation_tables.interference(samples)
+    assert heat.rows == ["host", "ns"] and heat.flags[("host", heat.columns[0])] == 1.5
+    assert "[" in heat.get("ns", heat.columns[0])  # a CI from three repetitions
+    held = isolation_tables.containment(samples)
+    assert held is not None and held.get(held.rows[0], "offender_peak_processes").startswith("98")
+    empty, full = tmp_path / "empty", tmp_path / "full"
+    empty.mkdir()
+    full.mkdir()
+    rundir = RunDir(full)
+    for sample in [*samples, _sample("ns", "isolation.visibility", "vis.pid1_is_host", 0.0)
+                   .model_copy(update={"metadata": {"shows": "<script>x</script>"}})]:
+        rundir.add_sample(sample)
+    page = Page("t")
+    section.add(page, [SimpleNamespace(run_id="e", path=empty)])  # type: ignore[list-item]
+    assert page.sections == []  # no isolation samples: no section
+    section.add(page, [SimpleNamespace(run_id="f", path=full)])  # type: ignore[list-item]
+    (anchor, _, body), = page.sections
+    assert anchor == "isolation" and "data-figure" in body  # the heat map
+    assert "<script>x" not in body and "&lt;script&gt;x" in body  # escaped
+
+
+def test_interference_parameters_reject_bad_victims_and_limits() -> None:
+    for bad in ({"victim": "isolation.forkbomb"}, {"victim": "density.idle"},
+                {"victim_limits": {"cpuset": "zero"}}, {"antagonist": "nuke"},
+                {"write_mb": 2048}):
+        with pytest.raises(ValidationError):
+            Interference().parse_params(bad)

@@ -521,6 +521,8 @@ class NsTier(Tier):
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
+                "seccomp": "none (Docker applies its default profile: ns and docker differ "
+                           "in the system calls they allow)",
                 "root": "overlayfs over the bench image",
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),
