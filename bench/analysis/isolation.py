@@ -98,14 +98,16 @@ def containment(samples: list[Sample]) -> Matrix | None:
 ANTAGONISTS = ("cpu", "membw", "disk_direct", "disk_buffered", "net", "memhog", "forks")
 
 
-def _by(samples: list[Sample], workload: str, metric_of: str) -> dict[tuple[str, str],
-                                                                      list[float]]:
+def _slowdowns(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
+    """(tier, antagonist column) -> every pair's slowdown of every repetition (the pairs are
+    the measurements; a run's median of them is its sample)."""
     found: dict[tuple[str, str], list[float]] = defaultdict(list)
     for s in samples:
-        if s.cell.workload == workload and s.metric.startswith(metric_of):
+        if s.cell.workload == "isolation.interference" and s.metric == "victim_slowdown":
             column = f"{s.cell.params.get('antagonist', 'cpu')} (victim " \
                      f"{s.metadata.get('victim', s.cell.params.get('victim'))})"
-            found[(s.cell.tier, column)].append(s.value)
+            pairs = [r for r in s.metadata.get("pair_ratios", []) if r == r]
+            found[(s.cell.tier, column)].extend(pairs or [s.value])
     return found
 
 
@@ -116,14 +118,15 @@ def _order(columns: set[str]) -> list[str]:
 
 def interference(samples: list[Sample]) -> list[Matrix]:
     """Tier x antagonist: the victim's slowdown (cost factor, > 1 = slower) with its 95% CI
-    over repetitions, and the antagonist's own throughput beside it."""
-    slowdowns = _by(samples, "isolation.interference", "victim_slowdown")
+    over all pairs of all repetitions, and the antagonist's own throughput beside it."""
+    slowdowns = _slowdowns(samples)
     if not slowdowns:
         return []
     tiers = _tiers([s for s in samples if s.cell.workload == "isolation.interference"])
     columns = _order({c for _, c in slowdowns})
     heat = Matrix("Interference: victim slowdown beside an antagonist (cost factor, > 1 = "
-                  "slower; median [95% CI] over repetitions)", "tier", columns)
+                  "slower; median [95% CI] over the ABBA pairs of all repetitions)", "tier",
+                  columns)
     for (tier, column), values in sorted(slowdowns.items(), key=lambda kv: tiers.index(
             kv[0][0]) if kv[0][0] in tiers else 99):
         heat.put(tier, column, _fmt_ci(values), statistics.median(values))
