@@ -29,7 +29,7 @@ from bench.tiers import get as get_tier
 from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
 from bench.workloads.base import RunContext
-from bench.workloads.isolation import common
+from bench.workloads.isolation import antagonists, common
 from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment, ContainmentParams
 from bench.workloads.isolation.interference import Interference
@@ -109,6 +109,16 @@ def test_fork_programs_bound_themselves() -> None:
     assert storm["peak_children"] == 20 and storm["forks"] == 20
     probe = common.on_host("forks", ["probe", "0.3"], 30)
     assert probe["forks"] > 0 and probe["failures"] == {}
+
+
+def test_memory_programs_make_what_they_say(tmp_path: Path) -> None:
+    hog = common.on_host("hog", ["16", "0.1"], 30)
+    assert hog["allocated_mb"] == 16
+    written = common.on_host("acct", ["write", str(tmp_path / "f"), "2", "1"], 30)
+    assert written["mb"] == 2 and (tmp_path / "f").stat().st_size == 2 << 20
+    assert antagonists.hog_sizes(512) == (512, 768)  # its limit + 256 MiB ...
+    guard, target = antagonists.hog_sizes(None)  # ... and never past 10% of RAM
+    assert target <= antagonists.ram_mb() // 10 and guard < target
 
 
 # -- integration -----------------------------------------------------------------------------

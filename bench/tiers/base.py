@@ -45,8 +45,8 @@ def tighter(limits: Limits, guard: Limits) -> Limits:
     update = {}
     for key, value in guard.model_dump(exclude_none=True).items():
         mine = getattr(limits, key)
-        if key == "cpuset" or mine is None or value < mine:
-            update[key] = value if key != "cpuset" or mine is None else mine
+        if mine is None or (key != "cpuset" and value < mine):  # a cpuset is not ordered
+            update[key] = value
     return limits.model_copy(update=update)
 
 
