@@ -22,6 +22,7 @@ from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
 from bench.report import figures
+from bench.report import isolation as isolation_section
 from bench.report import layers as layers_section
 from bench.report import tables as analysis
 from bench.report.page import Page
@@ -154,6 +155,11 @@ def samples(report: Report) -> None:
         empty="No density samples in these runs."))
 
 
+def isolation(report: Report) -> None:
+    """Visibility, interference, containment and accounting (bench/report/isolation.py)."""
+    isolation_section.add(report.page, report.runs)  # only when a run has isolation samples
+
+
 def failures(report: Report) -> None:
     failed = [(run.run_id, r) for run in report.runs for r in run.failures if r.status != "ok"]
     if failed:
@@ -183,7 +189,7 @@ def environment(report: Report) -> None:
 
 # the page's sections in order; a feature's section goes in with one line here
 SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
-                           samples, failures, tuning, environment]
+                           samples, isolation, failures, tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -75,6 +76,25 @@ class InstanceSpec:
     command: list[str] | None = None
     network: NetworkMode = "bridge"
     scratch: ScratchMode = "overlay"
+    # Safety limits for an antagonist (fork storm, memory hog), kept even where the tier
+    # isolates nothing: the host tier runs the instance's processes in a cgroup of bench's own
+    # with them; an isolating tier gets them merged into `limits` (see guarded()).
+    guard: Limits | None = None
+
+
+def tighter(limits: Limits, guard: Limits) -> Limits:
+    """`limits` with every limit of `guard` that is unset or looser there."""
+    update = {}
+    for key, value in guard.model_dump(exclude_none=True).items():
+        mine = getattr(limits, key)
+        if mine is None or (key != "cpuset" and value < mine):  # a cpuset is not ordered
+            update[key] = value
+    return limits.model_copy(update=update)
+
+
+def guarded(spec: InstanceSpec, guard: Limits) -> InstanceSpec:
+    """`spec` with safety limits: as a guard (host tier) and within its limits (the others)."""
+    return dataclasses.replace(spec, limits=tighter(spec.limits, guard), guard=guard)
 
 
 @dataclass
@@ -165,6 +185,16 @@ class Instance(ABC):
         """Memory its cgroup charges to this instance, where the tier accounts it (density)."""
         return None
 
+    def memory_report(self) -> dict[str, int]:
+        """What the tier itself reports of the instance's memory, in bytes, by the tier's own
+        names (cgroup memory.stat, docker stats, libvirt memory stats); {} if nothing."""
+        usage = self.memory_bytes()
+        return {} if usage is None else {"usage": usage}
+
+    def host_pids(self) -> set[int] | None:
+        """The instance's processes as host PIDs, where the host can see them (their PSS)."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Facts that go into every sample taken in this instance (file system, network path)."""
         return {}
@@ -175,6 +205,7 @@ class Tier(ABC):
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    applies_limits: ClassVar[bool] = True  # False: the scenario's limits are not enforced
     # capabilities, read by the planner, the tuner and the analysis instead of tier names
     is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image",
+                 "isolation"]
 
 
 class Params(BaseModel):

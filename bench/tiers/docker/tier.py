@@ -336,6 +336,42 @@ class DockerInstance(Instance):
         return {**network, "network_mode": self.spec.network,
                 **self.tier.scratch_facts(self.spec.scratch), **self.facts}
 
+    def _memory_dir(self) -> Path | None:
+        cid = self.container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/docker/{cid}",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"):
+            if Path(path, "memory.stat").exists():
+                return Path(path)
+        return None
+
+    def memory_report(self) -> dict[str, int]:
+        """The container's memory cgroup (usage, memory.stat, v1 kernel memory) and what
+        `docker stats` shows from it: usage less inactive file pages."""
+        path = self._memory_dir()
+        if path is None:
+            return super().memory_report()
+        found: dict[str, int] = {}
+        for line in (path / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.isdigit():
+                found[key] = int(value)
+        for key, name in (("usage", "memory.usage_in_bytes"), ("usage", "memory.current"),
+                          ("kmem_usage", "memory.kmem.usage_in_bytes")):
+            with contextlib.suppress(OSError, ValueError):
+                found.setdefault(key, int((path / name).read_text()))
+        if "usage" in found:
+            inactive = found.get("total_inactive_file", found.get("inactive_file", 0))
+            found["docker_stats"] = found["usage"] - inactive
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        path = self._memory_dir()
+        if path is None:
+            return None
+        with contextlib.suppress(OSError):
+            return {int(p) for p in (path / "cgroup.procs").read_text().split()}
+        return None
+
     def memory_bytes(self) -> int | None:
         """What the container's memory cgroup charges it (its page cache included)."""
         cid = self.container.id

@@ -288,6 +288,17 @@ class NsInstance(Instance):
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
 
+    def memory_report(self) -> dict[str, int]:
+        """The cgroup's usage, its memory.stat, and (v1) its kernel memory usage."""
+        found = {"usage": self.cgroup.memory_bytes(), **self.cgroup.memory_stat()}
+        kmem = self.cgroup.dir("memory") / "memory.kmem.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            found["kmem_usage"] = int(kmem.read_text())
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        return self.cgroup.procs()
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -536,6 +547,8 @@ class NsTier(Tier):
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
+                "seccomp": "none (Docker applies its default profile: ns and docker differ "
+                           "in the system calls they allow)",
                 "root": "overlayfs over the bench image",
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),
