@@ -32,6 +32,34 @@ class InstanceSpec:
     command: list[str] | None = None
     network: NetworkMode = "bridge"
     scratch: ScratchMode = "overlay"
+    # the largest limits live switches will set (a VM boots with that many vCPUs and that much
+    # RAM behind a balloon; a container joins those controllers); None: no switches planned
+    ceiling: Limits | None = None
+
+
+@dataclass
+class SwitchChange:
+    """One limit of a switch: made live through `how`, or not live and why."""
+
+    limit: str
+    value: Any
+    live: bool
+    how: str
+
+
+@dataclass
+class SwitchResult:
+    """What a live switch did, limit by limit, and how long the call took."""
+
+    changes: list[SwitchChange]
+    latency_s: float
+
+    @property
+    def live(self) -> bool:
+        return all(c.live for c in self.changes)
+
+    def not_live(self) -> list[SwitchChange]:
+        return [c for c in self.changes if not c.live]
 
 
 @dataclass
@@ -121,12 +149,30 @@ class Instance(ABC):
         """Facts that go into every sample taken in this instance (file system, network path)."""
         return {}
 
+    def switch(self, limits: Limits) -> SwitchResult:
+        """Change the limits `limits` sets on the running instance, each through the tier's
+        live interface; a limit the tier cannot change live is reported as not live (and left
+        as it was), never faked. Tiers override `_switch_one`."""
+        started = time.monotonic()
+        changes = [self._switch_one(name, value) for name, value in limits.set_fields().items()]
+        return SwitchResult(changes, time.monotonic() - started)
+
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        return SwitchChange(limit, value, False, "this tier has no limits and takes no switches")
+
+    def read_limits(self) -> dict[str, Any]:
+        """Each limit as the kernel/hypervisor holds it now (readback), where the tier can
+        read it; limit -> value in Limits' units (None: no limit in force)."""
+        return {}
+
 
 class Tier(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    # the limits an instance of this tier can change while it runs (Instance.switch)
+    live_switches: ClassVar[frozenset[str]] = frozenset()
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""

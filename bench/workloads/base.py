@@ -22,6 +22,17 @@ from bench.tiers.base import Instance, InstanceSpec, Tier
 Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
 
 
+@dataclass
+class Series:
+    """A workload's 1-second time series (switch runs): metric -> [(t, value)], t in seconds
+    since the tool started, each value the rate over the second that ends at t; with the run's
+    usual summary measurements."""
+
+    points: dict[str, list[tuple[float, float]]]
+    units: dict[str, str]
+    measurements: list[Measurement] = field(default_factory=list)
+
+
 class Params(BaseModel):
     """Base of every workload's parameters: unknown keys are errors."""
 
@@ -77,6 +88,13 @@ class Workload(ABC, Generic[P]):
     needs_peer: ClassVar[bool] = False
     needs_instance: ClassVar[bool] = True  # False: the workload starts its own instances
     tools: ClassVar[tuple[str, ...]] = ()  # programs it needs inside the bench image
+    # switch runs: the series metric a limit's switch shows in (limit -> metric); None: the
+    # workload reports no time series
+    series_metric: ClassVar[dict[str, str] | None] = None
+
+    def run_series(self, ctx: RunContext, params: P) -> Series:
+        """Run once like `run`, reporting a 1-second time series as well (switch runs)."""
+        raise NotImplementedError(f"{self.name} reports no time series")
 
     def parse_params(self, raw: dict[str, Any]) -> P:
         return self.params_model.model_validate(raw)
