@@ -134,7 +134,9 @@ def test_domain_xml_carries_the_scenario_limits(tmp_path: Path) -> None:
     assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "1536"
     pins = {p.get("vcpu"): p.get("cpuset") for p in dom.iterfind("cputune/vcpupin")}
     assert pins == {"0": "0", "1": "1"}
-    assert dom.findtext("cputune/global_quota") == "150000"
+    # 1.5 CPUs over 2 vCPUs: 0.75 of a CPU per vCPU thread, QEMU's own threads not charged
+    assert dom.findtext("cputune/quota") == "75000" and dom.findtext("cputune/period") == "100000"
+    assert dom.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
     disks = {d.find("target").get("dev"): d for d in dom.iterfind("devices/disk")}  # type: ignore[union-attr]
     assert disks["vda"].find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
     scratch = disks["vdb"]

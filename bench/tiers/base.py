@@ -160,6 +160,11 @@ class Instance(ABC):
     def _switch_one(self, limit: str, value: Any) -> SwitchChange:
         return SwitchChange(limit, value, False, "this tier has no limits and takes no switches")
 
+    def memory_seen_mb(self) -> float | None:
+        """The memory the instance itself sees, where that moves with its limit (a VM's
+        MemTotal); None where it does not (a container sees the host's /proc/meminfo)."""
+        return None
+
     def read_limits(self) -> dict[str, Any]:
         """Each limit as the kernel/hypervisor holds it now (readback), where the tier can
         read it; limit -> value in Limits' units (None: no limit in force)."""
