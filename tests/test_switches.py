@@ -19,9 +19,9 @@ from bench.tiers.kvm import domxml
 from bench.tiers.kvm.domxml import DomainConfig
 from bench.workloads import WORKLOADS
 from bench.workloads.base import Series
+from bench.workloads.cpu_sysbench import parse_sysbench_intervals
 from bench.workloads.disk_fio import parse_fio_log
 from bench.workloads.net_iperf3 import parse_iperf3_intervals
-from bench.workloads.cpu_sysbench import parse_sysbench_intervals
 from tests.test_cgroups import MiB, v1_tree, v2_tree
 
 
