@@ -17,7 +17,9 @@ from bench.core import procs
 from bench.core.errors import BenchError, CommandError
 
 LATENCY = "50ms"
-MIN_BURST = 64 * 1024
+# above the largest GSO packet (64 KiB + headers): tbf never sends a packet bigger than its
+# bucket, so a rate lowered while big packets wait in the queue would stall the link for good
+MIN_BURST = 128 * 1024
 
 
 class TcError(BenchError):
@@ -38,7 +40,7 @@ def _tc(prefix: list[str], *args: str) -> str:
 
 
 def burst_bytes(mbit: float) -> int:
-    """10 ms at the rate, at least 64 KiB (tbf needs a burst of at least rate / HZ)."""
+    """10 ms at the rate, at least MIN_BURST (tbf needs a burst of at least rate / HZ)."""
     return max(MIN_BURST, int(mbit * 1e6 / 8 / 100))
 
 

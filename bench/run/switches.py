@@ -1,9 +1,10 @@
 """Switch runs: limits changed on running instances while one long workload runs.
 
 The workload runs in a thread and reports a 1-second time series (Workload.run_series); at each
-switch's `at_s` (seconds after the workload's exec call: the tool's own t=0 is later by the
-exec latency, well under a second on the container tiers) every instance of the run is switched
-through its tier's live interface (Instance.switch), and the call's latency is kept.
+switch's `at_s` (seconds after the workload's exec call) every instance of the run is switched
+through its tier's live interface (Instance.switch), and the call's latency is kept. The series
+is put on the same timeline by its end (see `aligned`): the tool's own t=0 is later than the
+exec call by its set-up.
 
 Per switch and limit the series shows (the limit -> metric map is the workload's
 `series_metric`):
@@ -158,9 +159,10 @@ def _memory_effect(instance: Instance, old: int | None, new: int,
 
 @dataclass
 class SwitchRun:
-    series: Series
+    series: Series  # on the switches' timeline (seconds after the exec call)
     events: list[SwitchEvent]
     skipped: list[str]
+    shift_s: float = 0.0  # the tool's own t=0, seconds after the exec call
 
     def measurements(self) -> list[Measurement]:
         found = list(self.series.measurements)
@@ -186,6 +188,7 @@ class SwitchRun:
 
     def record(self) -> dict[str, Any]:
         return {"metrics": self.series.units, "points": self.series.points,
+                "tool_start_s": round(self.shift_s, 3),
                 "switches": [asdict(e) | {"effects": [asdict(x) | {"matches_limit":
                                                                    x.matches_limit}
                                                       for x in e.effects]}
@@ -201,9 +204,11 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
     def work() -> None:
         try:
             outcome["series"] = workload.run_series(ctx, params)
+            outcome["done_s"] = time.monotonic() - t0
         except BaseException as exc:  # handed to the caller below
             outcome["error"] = exc
 
+    workload.before_series(ctx, params)
     thread = threading.Thread(target=work, name="switch-run-workload", daemon=True)
     t0 = time.monotonic()
     thread.start()
@@ -245,9 +250,21 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
                          "give the workload a shorter duration or a longer timeout_s.")
     if "error" in outcome:
         raise outcome["error"]
-    series: Series = outcome["series"]
+    series, shift = aligned(outcome["series"], outcome["done_s"])
     _effects(events, series, workload, initial)
-    return SwitchRun(series, events, skipped)
+    return SwitchRun(series, events, skipped, shift)
+
+
+def aligned(series: Series, done_s: float) -> tuple[Series, float]:
+    """The series on the switches' timeline: a tool's own t=0 comes after the exec call by
+    its set-up (fio lays out its file, a VM's agent starts the process), so its end (its own
+    run time, else its last point) is put at the moment its exec returned (what follows, a
+    summary and an exit, takes milliseconds)."""
+    last = series.duration_s or max((t for pts in series.points.values() for t, _ in pts),
+                                    default=done_s)
+    shift = max(0.0, done_s - last)
+    points = {m: [(round(t + shift, 3), v) for t, v in pts] for m, pts in series.points.items()}
+    return Series(points, series.units, series.measurements), shift
 
 
 def _effects(events: list[SwitchEvent], series: Series, workload: Workload[Any],

@@ -31,6 +31,7 @@ class Series:
     points: dict[str, list[tuple[float, float]]]
     units: dict[str, str]
     measurements: list[Measurement] = field(default_factory=list)
+    duration_s: float | None = None  # the tool's own run time (puts t=0 on the host's clock)
 
 
 class Params(BaseModel):
@@ -91,6 +92,10 @@ class Workload(ABC, Generic[P]):
     # switch runs: the series metric a limit's switch shows in (limit -> metric); None: the
     # workload reports no time series
     series_metric: ClassVar[dict[str, str] | None] = None
+
+    def before_series(self, ctx: RunContext, params: P) -> None:
+        """Set-up a switch run does before its clock starts (e.g. laying out a file), so that
+        the switches fall where the scenario puts them in the tool's run."""
 
     def run_series(self, ctx: RunContext, params: P) -> Series:
         """Run once like `run`, reporting a 1-second time series as well (switch runs)."""

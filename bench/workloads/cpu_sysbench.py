@@ -24,6 +24,7 @@ _THREADS = re.compile(r"Number of threads:\s+(\d+)")
 _LAT = re.compile(r"^\s+(min|avg|max|95th percentile):\s+([0-9.]+)", re.M)
 
 
+_TOTAL = re.compile(r"total time:\s+([0-9.]+)s")
 _INTERVAL = re.compile(r"^\[ *([0-9.]+)s \] thds: \d+ eps: ([0-9.]+)", re.M)
 
 
@@ -78,5 +79,7 @@ class SysbenchCpu(Workload[SysbenchParams]):
 
     def run_series(self, ctx: RunContext, params: SysbenchParams) -> Series:
         out = self._run(ctx, params, ["--report-interval=1"])
+        total = _TOTAL.search(out)
         return Series({"events_per_s": parse_sysbench_intervals(out)},
-                      {"events_per_s": "events/s"}, parse_sysbench_cpu(out))
+                      {"events_per_s": "events/s"}, parse_sysbench_cpu(out),
+                      float(total.group(1)) if total else None)

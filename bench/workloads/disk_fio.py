@@ -92,6 +92,9 @@ class Fio(Workload[FioParams]):
     def run(self, ctx: RunContext, params: FioParams) -> list[Measurement]:
         return self._run(ctx, params, [])
 
+    def before_series(self, ctx: RunContext, params: FioParams) -> None:
+        self._run(ctx, params, ["--create_only=1"], keep=False)
+
     def run_series(self, ctx: RunContext, params: FioParams) -> Series:
         log = f"{ctx.main().scratch_dir()}/bench-fio-log"
         found = self._run(ctx, params, [f"--write_bw_log={log}", f"--write_iops_log={log}",
@@ -103,9 +106,11 @@ class Fio(Workload[FioParams]):
             points[metric] = parse_fio_log(text, scale)
         with contextlib.suppress(BenchError):
             ctx.main().exec(["rm", "-f", f"{log}_bw.log", f"{log}_iops.log"], timeout=30)
-        return Series(points, units, found)
+        runtime = found[0].metadata.get("runtime_ms")
+        return Series(points, units, found, runtime / 1e3 if runtime else None)
 
-    def _run(self, ctx: RunContext, params: FioParams, extra: list[str]) -> list[Measurement]:
+    def _run(self, ctx: RunContext, params: FioParams, extra: list[str],
+             keep: bool = True) -> list[Measurement]:
         instance = ctx.main()
         scratch = instance.scratch_dir()
         argv = [
@@ -118,6 +123,8 @@ class Fio(Workload[FioParams]):
         if "write" in params.rw and params.end_fsync:
             argv.append("--end_fsync=1")
         done = instance.exec(argv, timeout=ctx.remaining())
+        if not keep:
+            return []
         ctx.save_raw("fio.json", done.stdout)
         found = parse_fio_json(done.stdout, params.rw)
         for m in found:

@@ -65,8 +65,9 @@ class Iperf3(Workload[Iperf3Params]):
 
     def run_series(self, ctx: RunContext, params: Iperf3Params) -> Series:
         out = self._run(ctx, params, ["-i", "1"])
+        found = parse_iperf3_json(out)
         return Series({"throughput_Mbps": parse_iperf3_intervals(out)},
-                      {"throughput_Mbps": "Mbit/s"}, parse_iperf3_json(out))
+                      {"throughput_Mbps": "Mbit/s"}, found, found[0].metadata.get("seconds"))
 
     def _run(self, ctx: RunContext, params: Iperf3Params, extra: list[str]) -> str:
         assert ctx.peer is not None
