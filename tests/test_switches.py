@@ -4,6 +4,7 @@ The live switches on every tier are in tests/test_switches_live.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,33 @@ def test_a_switchable_guest_boots_with_headroom_and_a_balloon(tmp_path: Path) ->
     assert dom.findtext("devices/disk/iotune/write_iops_sec") == "200"
     out = dom.find("devices/interface/bandwidth/outbound")
     assert out is not None and out.get("average") == "12207"
+
+
+def test_report_section_shows_each_switch_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    from bench.report import switches as report_switches
+    from bench.report.page import Page
+
+    change = {"limit": "io_read_bps", "value": 200, "live": True, "how": "<b>cgroup</b>"}
+    frozen = {"limit": "cpus", "value": 4, "live": False, "how": "more CPUs than the 2 vCPUs"}
+    record = {
+        "tier": "ns<script>", "workload": "disk.fio", "metrics": {"bandwidth_MBps": "MB/s"},
+        "points": {"bandwidth_MBps": [[1.0, 20.0], [2.0, 200.0]]}, "skipped": [],
+        "switches": [{"index": 1, "at_s": 1.0, "called_s": 1.0, "set": {"io_read_bps": 200},
+                      "latency_s": 0.001, "memory": None,
+                      "instances": [{"role": "main", "live": False,
+                                     "changes": [change, frozen]}],
+                      "effects": [{"limit": "io_read_bps", "old": 20, "new": 200,
+                                   "metric": "bandwidth_MBps", "level_before": 20.0,
+                                   "level_after": 200.0, "expected_after": 200.0,
+                                   "time_to_effect_s": None, "note": "not reached"}]}]}
+    (tmp_path / "switches.jsonl").write_text(json.dumps(record) + "\n{cut short")
+    page = Page("t")
+    report_switches.section(page, "run-1", tmp_path)
+    (_, title, body), = page.sections
+    assert "run-1" in title and page.figures == 1
+    assert "<script>" not in body.split("data-figure")[0] and "ns&lt;script&gt;" in body
+    assert "&lt;b&gt;cgroup&lt;/b&gt;" in body and "not reached" in body
+    assert "NO (more CPUs than the 2 vCPUs)" in body  # a switch that was not live is shown
+    empty = Page("t")
+    report_switches.section(empty, "run-2", tmp_path / "none")
+    assert not empty.sections

@@ -11,7 +11,7 @@ import pandas as pd
 from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
-from bench.report import figures
+from bench.report import figures, switches
 from bench.report import tables as analysis
 from bench.report.page import Page, esc
 from bench.tune.recommend import recommendation_html
@@ -240,6 +240,8 @@ def render(runs: list[Run], plotlyjs: str = "inline") -> str:
         tuning = recommendation_html(run.path) if swept and run.path.exists() else ""
         if tuning:
             page.add(f"tuning-{run.run_id}", f"Tuning recommendations ({run.run_id})", tuning)
+    for run in runs:  # runs with `switches:` (bench/report/switches.py; escaped HTML)
+        switches.section(page, run.run_id, run.path)
     page.add("environment", "Environment", _environment(runs))
     return page.render(plotlyjs)
 
