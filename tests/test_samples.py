@@ -66,3 +66,24 @@ def test_format_v1_files_still_load() -> None:
     samples = list(read_samples(Path(__file__).parent / "data" / "samples-v1.jsonl"))
     assert len(samples) == 3
     assert all(s.v == 1 and s.run_id and s.cell.tier == "host" for s in samples)
+
+
+def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
+    from bench.core.samples import BASELINE_TIER
+    from bench.tiers import TIERS
+
+    assert [name for name, tier in TIERS.items() if tier.is_baseline] == [BASELINE_TIER]
+
+
+def test_manifest_carries_its_format_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from bench.core.errors import BenchError
+    from bench.core.rundir import MANIFEST_VERSION, RunDir
+
+    rundir = RunDir(tmp_path)
+    rundir.write_manifest({"run_id": "x"})
+    assert json.loads(rundir.manifest_path.read_text())["format_version"] == MANIFEST_VERSION
+    rundir.manifest_path.write_text(json.dumps({"format_version": MANIFEST_VERSION + 1}))
+    with pytest.raises(BenchError, match="manifest format"):
+        rundir.manifest()

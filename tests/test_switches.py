@@ -11,7 +11,7 @@ import pytest
 
 from bench.core.errors import ScenarioError
 from bench.core.limits import Limits
-from bench.kernel import cgroups
+from bench.kernel import cgroupread, cgroups
 from bench.kernel.cgroups import Cgroup
 from bench.run import scenario, switches
 from bench.run.switches import SwitchEvent, level, time_to_effect
@@ -38,7 +38,7 @@ def test_iops_limits_on_v2_are_set_switched_and_read_back(tmp_path: Path) -> Non
     group.update(Limits(cpus=1.5, io_read_iops=2000), io_device="254:0")
     assert io_max.read_text() == "254:0 riops=2000"  # the kernel merges keys; a file does not
     io_max.write_text(f"254:0 rbps={20 * MiB} wbps=max riops=2000 wiops=300\n")
-    assert group.read_limits("254:0") == {
+    assert cgroupread.read_limits(group, "254:0") == {
         "cpus": 1.5, "memory_mb": None, "io_read_bps": 20 * MiB, "io_write_bps": None,
         "io_read_iops": 2000, "io_write_iops": 300}
 
@@ -54,8 +54,8 @@ def test_v1_memory_switch_writes_memsw_first_when_growing(tmp_path: Path) -> Non
     assert grow == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
     shrink = [p.name for p, _ in group.update(Limits(memory_mb=256))]
     assert shrink == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
-    assert group.read_limits("8:0")["io_read_iops"] == 100
-    assert group.read_limits("8:0")["memory_mb"] == 256
+    assert cgroupread.read_limits(group, "8:0")["io_read_iops"] == 100
+    assert cgroupread.read_limits(group, "8:0")["memory_mb"] == 256
 
 
 def test_time_to_effect_needs_three_steady_seconds_within_five_percent() -> None:

@@ -29,7 +29,7 @@ from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
-from tests.conftest import need
+from tests.parts import need
 
 MiB = 1 << 20
 CONTAINER_TABLE = {"cpus", "cpuset", "memory_mb", "pids", "io_read_bps", "io_write_bps",
@@ -65,10 +65,11 @@ def context(tier: Tier, main: Instance, peer: Instance | None, raw: Path) -> Run
 
 
 def series_run(tier: Tier, main: Instance, peer: Instance | None, raw: Path, limit: str,
-               low: Any, high: Any, workload: str, params: dict[str, Any]) -> switches.SwitchRun:
+               low: Any, high: Any, workload: str, params: dict[str, Any],
+               base: Limits = CEILING) -> switches.SwitchRun:
     """One run of `workload` with `limit` switched low -> high -> low (the other limits at
-    the ceiling, so that only this one binds)."""
-    main.switch(CEILING.merged(Limits.model_validate({limit: low})))
+    `base`, so that only this one binds)."""
+    main.switch(base.merged(Limits.model_validate({limit: low})))
     load = WORKLOADS[workload]
     plan = [Switch(at_s=SEGMENT_S, set=Limits.model_validate({limit: high})),
             Switch(at_s=2 * SEGMENT_S, set=Limits.model_validate({limit: low}))]
@@ -94,33 +95,34 @@ def rate_ratios(run: switches.SwitchRun, limit: str, low: Any, high: Any) -> Pai
 # -- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=["ns", "docker"])
-def prepared(request: pytest.FixtureRequest, bench_image: Image,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tier, Path]]:
+def tier(request: pytest.FixtureRequest, bench_image: Image,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Tier, Path]]:
+    """A prepared container tier (named `tier`: tests/parts.py counts it as that part)."""
     name = request.param
-    tier = get_tier(name)
-    availability = tier.available()
+    prepared = get_tier(name)
+    availability = prepared.available()
     need(name, availability.ok, availability.reason)
     run_id = new_run_id(name)
     work = work_root() / run_id  # on a disk (I/O limits), not in pytest's tmp
     raw = tmp_path_factory.mktemp(f"{name}-raw")
-    tier.prepare(TierContext(run_id, bench_image, work, raw))
+    prepared.prepare(TierContext(run_id, bench_image, work, raw))
     try:
-        yield tier, raw
+        yield prepared, raw
     finally:
-        tier.finish()
-        tier.cleanup(run_id)
+        prepared.finish()
+        prepared.cleanup(run_id)
 
 
 @pytest.fixture(scope="module")
-def pair(prepared: tuple[Tier, Path]) -> Iterator[tuple[Tier, Instance, Instance, Path]]:
+def pair(tier: tuple[Tier, Path]) -> Iterator[tuple[Tier, Instance, Instance, Path]]:
     """A switchable main (started low, able to reach CEILING) and an unlimited peer."""
-    tier, raw = prepared
+    prepared, raw = tier
     start = Limits(cpus=0.2, memory_mb=256, io_read_bps=10 * MiB, io_read_iops=200,
                    net_mbit=50)
-    main = tier.start(InstanceSpec("main", start, scratch="bind", ceiling=CEILING))
-    peer = tier.start(InstanceSpec("peer", Limits()))
+    main = prepared.start(InstanceSpec("main", start, scratch="bind", ceiling=CEILING))
+    peer = prepared.start(InstanceSpec("peer", Limits()))
     try:
-        yield tier, main, peer, raw
+        yield prepared, main, peer, raw
     finally:
         main.stop()
         peer.stop()
@@ -150,16 +152,16 @@ def test_every_switch_in_the_table_is_live_and_reads_back(
 
 @pytest.mark.integration
 def test_a_switch_a_container_cannot_make_is_reported_not_live(
-        prepared: tuple[Tier, Path]) -> None:
+        tier: tuple[Tier, Path]) -> None:
     """A container started with no I/O limit (and no ceiling) has no block I/O controller
     on a v1 host and no device: its I/O switch says so instead of pretending."""
-    tier, _ = prepared
-    plain = tier.start(InstanceSpec("plain", Limits(cpus=1)))
+    prepared, _ = tier
+    plain = prepared.start(InstanceSpec("plain", Limits(cpus=1)))
     try:
         result = plain.switch(Limits(cpus=0.5, io_read_bps=10 * MiB))
         changes = {c.limit: c for c in result.changes}
         assert changes["cpus"].live
-        if tier.name == "ns":
+        if prepared.name == "ns":
             assert not changes["io_read_bps"].live and changes["io_read_bps"].how
         else:  # Docker keeps every container in every controller: the cgroup file works
             assert changes["io_read_bps"].live

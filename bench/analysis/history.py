@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from bench.analysis.frame import META_COLUMNS, Run, empty_frame
 from bench.analysis.frame import load as load_run
 from bench.core.errors import BenchError
 from bench.core.rundir import RunRecord, results_dir
+from bench.core.settings import settings
 from bench.workloads import HEADLINE
 
 CHUNK = 20000
@@ -104,7 +104,7 @@ class SampleRow(Base):
 
 
 def default_url() -> str:
-    return os.environ.get("BENCH_HISTORY_URL") or f"sqlite:///{results_dir() / 'history.db'}"
+    return settings().history_url or f"sqlite:///{results_dir() / 'history.db'}"
 
 
 def connect(url: str | None = None) -> Engine:

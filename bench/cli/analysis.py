@@ -1,6 +1,4 @@
 """The analysis commands: `bench report`, `bench compare`, `bench history ...`, `bench publish`.
-
-They live here so bench/cli/main.py only registers them (`register(main)`).
 """
 
 from __future__ import annotations
@@ -218,7 +216,3 @@ def publish_cmd(directory: Path, db: str | None, force: bool) -> None:
     console.print(f"published {done.runs} runs to {done.index} ({done.reports_written} reports "
                   f"written, {done.reports_kept} kept) in {done.seconds:.1f} s", highlight=False)
 
-
-def register(group: click.Group) -> None:
-    for command in (report_cmd, compare_cmd, history_group, publish_cmd):
-        group.add_command(command)

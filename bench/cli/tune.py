@@ -1,4 +1,4 @@
-"""`bench tune show|apply|restore|recommend` (registered on the main group by bench/cli/main.py)."""
+"""`bench tune show|apply|restore|recommend`."""
 
 from __future__ import annotations
 
@@ -164,9 +164,6 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
 
-
-def register(main: click.Group) -> None:
-    main.add_command(tune)
 
 
 def cleanup(run_id: str | None) -> list[str]:

@@ -13,6 +13,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.core.settings import settings
+
 POINTS = ("image.build", "tier.prepared", "instance.started", "workload.running",
           "tune.applied", "cache.built")
 
@@ -22,12 +24,13 @@ _hits: dict[str, int] = {}
 
 def point(name: str) -> None:
     """Pause at the BENCH_FAULT_HIT-th (default: first) time the run reaches `name`."""
-    if os.environ.get("BENCH_FAULT_AT") != name:
+    conf = settings()
+    if conf.fault_at != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] != int(os.environ.get("BENCH_FAULT_HIT", "1")):
+    if _hits[name] != conf.fault_hit:
         return
-    mark = os.environ.get("BENCH_FAULT_MARK")
+    mark = conf.fault_mark
     if mark:
         Path(mark).write_text(str(os.getpid()))
-    time.sleep(float(os.environ.get("BENCH_FAULT_WAIT", "600")))
+    time.sleep(conf.fault_wait)

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.core.settings import settings
 
 
 def lock_path() -> Path:
     """Beside the run work directories it guards, so one setting moves both together."""
-    default = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench")) / ".lock"
-    return Path(os.environ.get("BENCH_LOCK_PATH", str(default)))
+    return settings().host_lock
 
 
 @contextlib.contextmanager

@@ -17,10 +17,15 @@ from pydantic import BaseModel, ConfigDict
 
 from bench.core.errors import BenchError
 from bench.core.samples import Sample, append_jsonl, read_samples
+from bench.core.settings import settings
+
+# formats of the run directory's files; a reader refuses a newer one instead of misreading it
+MANIFEST_VERSION = 1
+JOURNAL_VERSION = 1
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS_DIR", "results"))
+    return settings().results_dir
 
 
 def new_run_id(scenario: str) -> str:
@@ -33,6 +38,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    format_version: int = JOURNAL_VERSION
     key: str
     cell: str
     repetition: int
@@ -80,6 +86,8 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
         try:
+            manifest = {**manifest, "format_version": manifest.get("format_version",
+                                                                    MANIFEST_VERSION)}
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.replace(tmp, self.manifest_path)
         except OSError:
@@ -88,6 +96,11 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())
+        version = data.get("format_version", 1)  # manifests before versioning were version 1
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise BenchError(f"{self.manifest_path} has manifest format {version!r}; this bench "
+                             f"reads formats up to {MANIFEST_VERSION}.",
+                             "read it with the newer bench that wrote it.")
         return data
 
     def update_manifest(self, **fields: Any) -> None:

@@ -14,8 +14,9 @@ import pandas as pd
 from bench.analysis import stats
 from bench.analysis.frame import Run
 from bench.analysis.methodology import family, headline
+from bench.core.samples import BASELINE_TIER
 
-BASELINE = "host"
+BASELINE = BASELINE_TIER
 
 
 @dataclass

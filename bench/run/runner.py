@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -30,10 +30,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image
+from bench.core import faults, hostinfo, image, runlock
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
+from bench.core.settings import settings
 from bench.run import adaptive
 from bench.run import plan as planning
 from bench.run import switches as switching
@@ -48,7 +49,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 @dataclass
@@ -75,9 +76,15 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def select_tiers(scenario: Scenario) -> tuple[list[str], dict[str, str]]:
+def select_tiers(scenario: Scenario, only: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The scenario's tiers that can run here (`only`: a subset the user asked for)."""
+    unknown = [name for name in only if name not in scenario.tiers]
+    if unknown:
+        raise BenchError(f"Tier(s) {', '.join(unknown)} are not in scenario {scenario.name!r} "
+                         f"(its tiers: {', '.join(scenario.tiers)}).",
+                         "pick --tier from the scenario's tiers, or add the tier to its `tiers:`.")
     usable, skipped = [], {}
-    for name in scenario.tiers:
+    for name in [t for t in scenario.tiers if not only or t in only]:
         availability = get_tier(name).available()
         if availability.ok:
             usable.append(name)
@@ -166,6 +173,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
+        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
         self.workdir.mkdir(parents=True, exist_ok=True)
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
@@ -207,6 +215,8 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
+                finally:
+                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome

@@ -13,6 +13,7 @@ from typing import Any
 from bench.core import procs
 from bench.core.errors import CommandTimeout
 from bench.core.procs import Completed
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.tiers.base import (
     Availability,
@@ -106,7 +107,10 @@ class HostInstance(Instance):
 
 class HostTier(Tier):
     name = "host"
+    is_baseline = True
+    own_netns = False
     description = "bare metal: the bench image's root through chroot, no isolation, no limits"
+    cache_devices = "host"
 
     def available(self) -> Availability:
         if os.geteuid() != 0:
@@ -151,7 +155,7 @@ class HostTier(Tier):
                 shutil.rmtree(self.root, ignore_errors=True)
 
     def cleanup(self, run_id: str | None) -> list[str]:
-        base = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+        base = settings().work_dir
         removed = []
         for work in sorted(base.glob(run_id or "*")):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]

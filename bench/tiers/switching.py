@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.core.errors import BenchError
 from bench.core.limits import IO_LIMITS, Limits
-from bench.kernel import cgroups, tc
+from bench.kernel import cgroupread, cgroups, tc
 from bench.tiers.base import SwitchChange
 
 CGROUP_LIMITS = frozenset({"cpus", "cpuset", "memory_mb", "pids", *IO_LIMITS})
@@ -55,7 +55,7 @@ def net_change(pid: int | None, value: float, network: str) -> SwitchChange:
 
 def readback(group: cgroups.Cgroup, io_device: str | None, pid: int | None,
              network: str) -> dict[str, Any]:
-    found = group.read_limits(io_device)
+    found = cgroupread.read_limits(group, io_device)
     if network != "host" and pid is not None:
         found["net_mbit"] = tc.read_rate(INSTANCE_LINK, pid)
     return found

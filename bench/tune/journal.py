@@ -18,6 +18,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict
 
+from bench.core.settings import settings
 from bench.tune.catalog import TuneError
 
 STATE_ENV = "BENCH_TUNE_STATE_DIR"
@@ -26,7 +27,7 @@ _SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get(STATE_ENV, "/var/lib/bench/tune"))
+    return settings().tune_state_dir
 
 
 class Entry(BaseModel):

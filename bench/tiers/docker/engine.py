@@ -16,14 +16,20 @@ import subprocess
 import time
 from calendar import timegm
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
 import psutil
-from docker.errors import DockerException
 
 from bench.core.errors import TierUnavailable
+from bench.core.lazy import lazy
+from bench.core.settings import settings
 from bench.tiers.base import Availability
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy("docker")
+
 
 URL_ENV = "BENCH_DOCKER_URL"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -40,7 +46,7 @@ SETUP_FIX = ("run `bench setup` (installs docker.io and starts dockerd in the ba
 
 def engine_url() -> str | None:
     """The engine's address as configured, or None for docker's own default."""
-    return os.environ.get(URL_ENV) or os.environ.get("DOCKER_HOST") or None
+    return settings().docker_url or os.environ.get("DOCKER_HOST") or None
 
 
 def is_remote() -> bool:
@@ -67,7 +73,7 @@ def client(timeout: float = 120.0) -> docker.DockerClient:
 
 
 def connect(timeout: float) -> docker.DockerClient:
-    url = os.environ.get(URL_ENV)
+    url = settings().docker_url
     if url:
         return docker.DockerClient(base_url=url, timeout=int(timeout))
     return docker.from_env(timeout=int(timeout))
@@ -144,7 +150,7 @@ def diagnose() -> Availability:
     try:
         with contextlib.closing(connect(PING_TIMEOUT_S)) as probe:
             probe.ping()
-    except DockerException as exc:
+    except docker.errors.DockerException as exc:
         if path is None:
             return Availability(
                 False, f"The Docker engine at {where} does not answer: {exc}.",

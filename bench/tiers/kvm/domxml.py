@@ -64,22 +64,32 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 
 def _disk(devices: ET.Element, path: Path, fmt: str, target: str, cache: str, io: str,
-          tune: dict[str, int | None] | None = None) -> None:
+          read_bps: int | None = None, write_bps: int | None = None,
+          read_iops: int | None = None, write_iops: int | None = None) -> ET.Element:
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type=fmt, cache=cache, io=io, discard="unmap")
     _sub(disk, "source", file=str(path))
     _sub(disk, "target", dev=target, bus="virtio")
-    values = {k: v for k, v in (tune or {}).items() if v}
-    if values:
-        iotune = _sub(disk, "iotune")
-        for key, value in values.items():
-            _sub(iotune, key, str(value))
+    limits = {"read_bytes_sec": read_bps, "write_bytes_sec": write_bps,
+              "read_iops_sec": read_iops, "write_iops_sec": write_iops}
+    if any(limits.values()):
+        tune = _sub(disk, "iotune")
+        for tag, value in limits.items():
+            if value:
+                _sub(tune, tag, str(value))
+    return disk
 
 
-def iotune(cfg: DomainConfig) -> dict[str, int | None]:
-    """QEMU iotune of the scratch disk, by libvirt's names (also those of setBlockIoTune)."""
-    return {"read_bytes_sec": cfg.io_read_bps, "write_bytes_sec": cfg.io_write_bps,
-            "read_iops_sec": cfg.io_read_iops, "write_iops_sec": cfg.io_write_iops}
+def disk_xml(path: Path, target: str, readonly: bool = False, cache: str = "none",
+             **iotune: int | None) -> str:
+    """A raw virtio disk to hot-plug into a running domain (attachDeviceFlags). A file on
+    tmpfs cannot be opened with O_DIRECT: give it cache="writeback"."""
+    io = "native" if cache in ("none", "directsync") else "threads"
+    disk = _disk(ET.Element("devices"), path, "raw", target, cache, io, **iotune)
+    if readonly:
+        _sub(disk, "readonly")
+    return ET.tostring(disk, encoding="unicode")
+
 
 
 def domain_xml(cfg: DomainConfig) -> str:
@@ -120,7 +130,7 @@ def domain_xml(cfg: DomainConfig) -> str:
         _disk(devices, cfg.root_disk, "qcow2", "vda", cfg.disk_cache, cfg.io_mode)
     if cfg.scratch_disk is not None:
         _disk(devices, cfg.scratch_disk, "raw", "vdb", cfg.disk_cache, cfg.io_mode,
-              iotune(cfg))
+              cfg.io_read_bps, cfg.io_write_bps, cfg.io_read_iops, cfg.io_write_iops)
     if cfg.network is not None:
         nic = _sub(devices, "interface", type="network")
         _sub(nic, "source", network=cfg.network)

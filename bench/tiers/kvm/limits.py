@@ -23,17 +23,20 @@ import hashlib
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-import libvirt
-
 from bench.core.errors import BenchError
+from bench.core.lazy import lazy
 from bench.kernel import tc
 from bench.tiers.base import SwitchChange
 from bench.tiers.kvm.domxml import QUOTA_PERIOD_US, vcpu_quota_us
 
 if TYPE_CHECKING:
-    from bench.tiers.kvm.tier import KvmInstance
+    import libvirt
 
-LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    from bench.tiers.kvm.instance import KvmInstance
+else:
+    libvirt = lazy("libvirt")
+
+LIVE = 1  # VIR_DOMAIN_AFFECT_LIVE
 LIVE_SWITCHES = frozenset({"cpus", "memory_mb", "io_read_bps", "io_write_bps", "io_read_iops",
                            "io_write_iops", "net_mbit"})
 IOTUNE = {"io_read_bps": "read_bytes_sec", "io_write_bps": "write_bytes_sec",
@@ -158,7 +161,7 @@ class GuestLimits:
     def read(self) -> dict[str, Any]:
         domain = self.domain
         found: dict[str, Any] = {}
-        params = domain.getSchedulerParametersFlags(LIVE)
+        params = domain.schedulerParametersFlags(LIVE)
         quota = params.get("vcpu_quota", -1)
         vcpus = self.instance.config.vcpus
         found["cpus"] = (quota / params.get("vcpu_period", QUOTA_PERIOD_US) * vcpus

@@ -33,6 +33,7 @@ from bench.core import procs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
+from bench.core.settings import settings
 from bench.kernel import cgroups, linuxns, sysmount, tc
 from bench.tiers import switching
 from bench.tiers.base import (
@@ -65,7 +66,7 @@ class NsStartError(BenchError):
 
 
 def capabilities_from_env() -> frozenset[str]:
-    raw = os.environ.get("BENCH_NS_CAPS", "").strip()
+    raw = settings().ns_caps.strip()
     if not raw:
         return linuxns.DOCKER_DEFAULT_CAPS
     if raw.lower() == "all":
@@ -413,7 +414,7 @@ class NsTier(Tier):
         self._finishing = False
         self.zygote: Zygote | None = None
         self.nsinit: str | None = None
-        if os.environ.get("BENCH_NS_RUNTIME", "").strip().lower() == "python":
+        if settings().ns_runtime == "python":
             self.runtime_note = "BENCH_NS_RUNTIME=python: the Python runtime is used"
         else:
             built, self.runtime_note = native.build()
@@ -506,7 +507,7 @@ class NsTier(Tier):
             rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
             removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
         removed += ns_net.cleanup(run_id)
-        base = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+        base = settings().work_dir
         for work in sorted(base.glob(f"{run_id or '*'}/ns")):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
             shutil.rmtree(work, ignore_errors=True)

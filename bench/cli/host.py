@@ -1,0 +1,133 @@
+"""Preparing the host and tidying it: `bench setup`, `doctor`, `image`, `cleanup`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from bench.cli import doctor as doctor_mod
+from bench.cli import tune as tune_cli
+from bench.cli.common import console
+from bench.core import hostlock, runlock
+from bench.core import image as image_mod
+from bench.core.errors import BenchError
+from bench.core.settings import settings
+from bench.kernel import sysmount
+from bench.run.runner import work_root
+from bench.tiers import TIERS
+
+
+@click.command()
+@click.option("--require", default="", metavar="PART,...",
+              help="exit 1 when one of these tiers, workloads or core parts is not ready "
+                   "(e.g. host,ns,docker,kvm)")
+def doctor(require: str) -> None:
+    """Is every tier and workload ready here? If not, why, and the fix."""
+    out = Table(title="bench doctor")
+    for column in ("kind", "name", "ready", "why not / details", "fix"):
+        out.add_column(column)
+    checks = doctor_mod.checks()
+    for c in checks:
+        out.add_row(c.kind, c.name, "[green]yes[/green]" if c.ok else "[red]no[/red]",
+                    c.reason, c.fix)
+    console.print(out)
+    names = [n.strip() for n in require.split(",") if n.strip()]
+    missing = doctor_mod.missing_required(checks, names)
+    for c in missing:
+        console.print(f"[red]required but not ready:[/red] {c.kind} {c.name}: "
+                      f"{escape(c.reason)} fix: {escape(c.fix)}")
+    if missing:
+        sys.exit(1)
+
+
+@click.command()
+def setup() -> None:
+    """Install the prerequisites of every tier and workload, start daemons, build the image."""
+    doctor_mod.setup(log=console.print)
+    console.print("setup done; `bench doctor` shows what is ready.")
+
+
+@click.group("image")
+def image_group() -> None:
+    """The bench image every tier runs."""
+
+
+@image_group.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even when the image is cached.")
+def image_build(force: bool) -> None:
+    """Build the bench image with mmdebstrap (cached by the hash of its recipe)."""
+    img = image_mod.build(force=force, log=console.print)
+    console.print(f"image {img.hash}: {img.rootfs}")
+
+
+@image_group.command("show")
+def image_show() -> None:
+    """Show the bench image's hash, tools and size."""
+    img = image_mod.require()
+    manifest = img.manifest
+    out = Table(title=f"bench image {img.hash}")
+    out.add_column("field")
+    out.add_column("value")
+    out.add_row("path", str(img.path))
+    out.add_row("suite", manifest["recipe"]["suite"])
+    out.add_row("size", f"{manifest['size_bytes'] / 2**20:.0f} MiB")
+    out.add_row("packages", str(len(manifest["packages"])))
+    for tool, version in manifest["tools"].items():
+        out.add_row(tool, version)
+    console.print(out)
+
+
+def cleanup_leftovers(run_id: str | None) -> list[str]:
+    removed = []
+    cleaners = [(name, cls().cleanup) for name, cls in TIERS.items()]
+    cleaners.append(("tune", tune_cli.cleanup))  # journals, cache devices
+    cleaners.append(("image", lambda run_id: image_mod.remove_dead_builds()))  # killed builds
+    for name, clean in cleaners:
+        try:
+            removed += [f"{name}: {what}" for what in clean(run_id)]
+        except Exception as exc:  # one tier's failure must not stop the others' cleanup
+            console.print(f"[red]cleanup of {name} failed: {exc}; run `bench cleanup` again "
+                          "once its cause is fixed[/red]", highlight=False)
+    return removed
+
+
+def cleanup_dead_runs() -> list[str]:
+    """With the host lock held, a run's work directory that still exists belongs to a dead run."""
+    removed = []
+    for work in sorted(p for p in work_root().glob("*") if p.is_dir()):
+        if runlock.is_live(work.name):
+            continue  # a run of another bench process that is still going
+        removed += cleanup_leftovers(work.name)
+        shutil.rmtree(work, ignore_errors=True)
+    return removed
+
+
+@click.command()
+@click.option("--run", "run_id", help="Only what this run left (default: every bench run).")
+def cleanup(run_id: str | None) -> None:
+    """Remove what a killed run left behind (mounts, containers, networks, ...)."""
+    with hostlock.hold("(cleanup)"):
+        if run_id is not None and runlock.is_live(run_id):
+            raise BenchError(f"Run {run_id} is still going (its process holds "
+                             f"{runlock.lock_path(run_id)}); cleaning it would break it.",
+                             "wait for it to finish, or stop it (Ctrl-C) first.")
+        live = [p.stem for p in sorted(settings().run_lock_dir.glob("*.lock"))
+                if runlock.is_live(p.stem)]
+        if run_id is None and live:
+            console.print(f"[yellow]runs still going, left alone: {', '.join(live)}; removing "
+                          "what each dead run left instead of everything bench made[/yellow]",
+                          highlight=False)
+            removed = cleanup_dead_runs()
+        else:
+            removed = cleanup_leftovers(run_id)
+        for work in sorted(p for p in work_root().glob(run_id or "*") if p.is_dir()):
+            if not sysmount.mounts_under(work) and not runlock.is_live(work.name):
+                shutil.rmtree(work, ignore_errors=True)
+                removed.append(f"work directory {work}")
+    for line in removed:
+        console.print(f"removed {line}", highlight=False)
+    console.print(f"cleanup done: {len(removed)} leftover(s) removed.")
