@@ -21,7 +21,7 @@ from markupsafe import Markup
 from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
-from bench.report import figures
+from bench.report import figures, switches
 from bench.report import isolation as isolation_section
 from bench.report import layers as layers_section
 from bench.report import tables as analysis
@@ -178,6 +178,12 @@ def tuning(report: Report) -> None:
                             Markup(html))  # noqa: S704 (escaped by recommend's template)
 
 
+def switch_runs(report: Report) -> None:
+    """Runs with `switches:` (bench/report/switches.py, which escapes its own HTML)."""
+    for run in report.runs:
+        switches.section(report.page, run.run_id, run.path)
+
+
 def environment(report: Report) -> None:
     envs = [analysis.environment(run.manifest) for run in report.runs]
     differ, same = analysis.environment_diff(envs)
@@ -189,7 +195,7 @@ def environment(report: Report) -> None:
 
 # the page's sections in order; a feature's section goes in with one line here
 SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
-                           samples, isolation, failures, tuning, environment]
+                           samples, isolation, switch_runs, failures, tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:

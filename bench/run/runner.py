@@ -34,6 +34,7 @@ from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
 from bench.run import adaptive
 from bench.run import plan as planning
+from bench.run import switches as switching
 from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
 from bench.tiers import get as get_tier
@@ -115,8 +116,11 @@ class Runner:
 
     # -- instances -------------------------------------------------------------------------
     def _spec(self, role: str, command: list[str] | None) -> InstanceSpec:
+        top = switching.ceiling(self.scenario.limits, self.scenario.switches) \
+            if self.scenario.switches else None
         return InstanceSpec(role=role, limits=self.scenario.limits, command=command,
-                            network=self.scenario.network, scratch=self.scenario.scratch)
+                            network=self.scenario.network, scratch=self.scenario.scratch,
+                            ceiling=top)
 
     def _instance(self, tier: str, role: str) -> Instance:
         """The tier's long-lived `role` instance. The first one asked for brings up every role
@@ -312,7 +316,10 @@ class Runner:
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             faults.point("workload.running")
-            measurements = workload.run(ctx, params)
+            if self.scenario.switches:
+                measurements = self._switch_run(ctx, workload, params, planned)
+            else:
+                measurements = workload.run(ctx, params)
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
@@ -343,6 +350,30 @@ class Runner:
                     timestamp=now, metadata={**meta, **m.metadata}))
         return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                          status="ok", seconds=time.monotonic() - started, raw=ctx.raw_files)
+
+    def _switch_run(self, ctx: RunContext, workload: Any, params: Any,
+                    planned: planning.PlannedRun) -> list[Any]:
+        """A run with the scenario's switches; its series and switch events go to
+        switches.jsonl; the instances get the scenario's limits back after it (or are
+        restarted when a tier cannot switch them back live)."""
+        instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
+                     if i is not None}
+        try:
+            done = switching.run(ctx, workload, params, self.scenario.switches, instances,
+                                 self.scenario.limits)
+        finally:
+            back = [i.switch(self.scenario.limits) for i in instances.values()]
+            if not all(r.live for r in back):
+                self._drop_instances(ctx.tier.name)
+        if not planned.warmup:
+            cell = planned.cell.cell
+            record = {"run_key": ctx.run_key, "tier": cell.tier, "workload": cell.workload,
+                      "cell": cell.key, "repetition": planned.repetition, **done.record()}
+            with open(self.rundir.path / switching.SERIES_FILE, "a") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return done.measurements()
 
     def _drop_orphan_samples(self, done_keys: set[str]) -> None:
         """Samples of a run that never reached the journal are set aside, then the run is redone."""

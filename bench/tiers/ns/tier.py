@@ -34,7 +34,8 @@ from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
 from bench.core.settings import settings
-from bench.kernel import cgroups, linuxns, sysmount
+from bench.kernel import cgroups, linuxns, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
@@ -42,6 +43,7 @@ from bench.tiers.base import (
     Instance,
     InstanceSpec,
     ProcessBackground,
+    SwitchChange,
     Tier,
     TierContext,
     host_memory,
@@ -84,7 +86,9 @@ class NsInstance(Instance):
         self.lower = lower or str(tier.ctx.image.rootfs)  # overlayfs lowerdir (top first)
         self.dir = tier.ctx.workdir / name
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
-                                     cgroups.controllers_for(spec.limits))
+                                     cgroups.controllers_for(spec.limits)
+                                     | cgroups.controllers_for(spec.ceiling))
+        self.io_device: str | None = None
         self.pid = 0  # PID 1 of the container, as the host sees it
         self.child = 0  # bench-nsinit, spawned by bench as the container's PID 1
         self.pidfd: int | None = None
@@ -111,12 +115,13 @@ class NsInstance(Instance):
             path.mkdir(parents=True)
         limits = self.spec.limits
         io_device = None
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            io_device = cgroups.block_device(scratch or upper)
+        if limits.has_io or (self.spec.ceiling is not None and self.spec.ceiling.has_io):
+            io_device = self.io_device = cgroups.block_device(scratch or upper)
         flags = NAMESPACE_FLAGS
         child_fds: dict[str, int] = {}
         pools = self.tier.pools if self.tier.nsinit is not None else None
-        pooled_group = pools.take_group(limits) if pools is not None else None
+        pooled_group = pools.take_group(limits) if pools is not None and \
+            self.spec.ceiling is None else None
         if pooled_group is not None:
             self.cgroup = pooled_group
         self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
@@ -161,6 +166,8 @@ class NsInstance(Instance):
             self._follow(go_w)
         finally:
             os.close(go_w)
+        if limits.net_mbit is not None and self.spec.network == "bridge":
+            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
     def _adopt(self, pid: int) -> None:
         self.pid = pid
@@ -345,6 +352,15 @@ class NsInstance(Instance):
     def scratch_dir(self) -> str:
         return "/scratch"
 
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        if limit == "net_mbit":
+            return switching.net_change(self.pid or None, value, self.spec.network)
+        return switching.cgroup_change(self.cgroup, limit, value, self.io_device)
+
+    def read_limits(self) -> dict[str, Any]:
+        return switching.readback(self.cgroup, self.io_device, self.pid or None,
+                                  self.spec.network)
+
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:  # worked out once: the directories go with `stop`
             if self.spec.scratch == "bind":
@@ -356,6 +372,8 @@ class NsInstance(Instance):
                 scratch = {"scratch_mode": "overlay", "scratch_fs": "overlay",
                            "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"]}
             network = "veth+bridge" if self.spec.network == "bridge" else "host"
+            if self.spec.limits.net_mbit is not None:
+                network += f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on eth0)"
             self._metadata = {"network_path": network, "network_mode": self.spec.network,
                               **scratch, **{f"{k}_source": v for k, v in self.sources.items()}}
         return self._metadata
@@ -365,7 +383,8 @@ class NsTier(Tier):
     name = "ns"
     description = ("own containers: clone/unshare, setns, pivot_root, overlayfs, cgroups, "
                    "veth + bridge + NAT (no Docker)")
-    packages = ("iptables", "util-linux")
+    packages = ("iptables", "util-linux", "iproute2")
+    live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self, capabilities: frozenset[str] | None = None) -> None:
         self.capabilities = capabilities if capabilities is not None else capabilities_from_env()
