@@ -335,6 +335,17 @@ def test_a_torn_last_journal_line_is_ignored(root: Path, state: Path) -> None:
     assert read(root, "proc/sys/vm/swappiness") == "60"
 
 
+def test_an_unreadable_journal_line_before_the_last_is_an_error(root: Path, state: Path) -> None:
+    journal = journal_mod.Journal("run-bad", state)
+    Tuner(CATALOG, HostFs(root), journal).apply("vm.swappiness", 10)
+    journal.close()
+    path = state / "journal-run-bad.jsonl"
+    path.write_text("{garbage\n" + path.read_text())
+    with pytest.raises(TuneError, match=r"journal-run-bad\.jsonl:1 is not a journal entry"):
+        recover(CATALOG, state)
+    assert read(root, "proc/sys/vm/swappiness") == "10"  # left for a person, not guessed
+
+
 def test_the_manual_journal_waits_for_bench_tune_restore(root: Path, state: Path) -> None:
     journal = journal_mod.Journal(journal_mod.MANUAL, state)
     Tuner(CATALOG, HostFs(root), journal).apply("vm.swappiness", 10)
