@@ -17,6 +17,7 @@ from bench.analysis import frame, history
 from bench.cli.main import main
 from bench.report import publish
 from tests import synthetic
+from tests.parts import need
 
 from . import browser
 
@@ -191,9 +192,11 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (pip install 'psycopg[binary]')")
-    if PG_BIN is None or not (PG_BIN / "initdb").exists() or os.geteuid() != 0:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql), or not root")
+        need("postgres", False, "psycopg is not installed (pip install 'psycopg[binary]')")
+    need("postgres", PG_BIN is not None and (PG_BIN / "initdb").exists(),
+         "no PostgreSQL server binaries (apt-get install postgresql)")
+    need("root", os.geteuid() == 0, "the PostgreSQL server runs as the postgres user")
+    assert PG_BIN is not None
     user = pwd.getpwnam("postgres")
     root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     os.chown(root, user.pw_uid, user.pw_gid)
@@ -216,6 +219,7 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.part("postgres")
 def test_the_same_history_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
     engine = history.connect(postgres_url)
     assert engine.dialect.name == "postgresql"

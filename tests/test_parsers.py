@@ -55,7 +55,9 @@ def test_fio_write_side_is_read_for_writes() -> None:
     found = by_metric(parse_fio_json(text, "randwrite"))
     assert raw["read"]["iops"] == 0
     assert found["iops"].value == pytest.approx(raw["write"]["iops"])
-    assert found["iops"].value > 0
+    # and the raw numbers agree with each other: IOs done over the job's runtime
+    assert found["iops"].value == pytest.approx(
+        raw["write"]["total_ios"] / (raw["write"]["runtime"] / 1000), rel=0.02)
 
 
 def test_fio_sequential_read_with_a_warning_before_the_json() -> None:

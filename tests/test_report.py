@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -16,13 +15,15 @@ from bench.cli.main import main
 from bench.report import render, write
 from bench.report.figures import PALETTE
 from tests import synthetic
+from tests.parts import need
 
 from . import browser
 
-HAVE_CHROMIUM = Path(browser.CHROMIUM).exists()
-needs_chromium = pytest.mark.skipif(
-    not HAVE_CHROMIUM and not os.environ.get("CI"),
-    reason="headless Chromium is not installed (apt-get install chromium); CI installs it")
+
+@pytest.fixture
+def chromium() -> None:
+    need("chromium", Path(browser.CHROMIUM).exists(),
+         f"no headless Chromium at {browser.CHROMIUM} (apt-get install chromium)")
 
 DRAWN = {
     "drawn": "document.body.getAttribute('data-figures-drawn')",
@@ -90,9 +91,10 @@ def test_several_runs_show_the_environment_diff(runs: list[frame.Run]) -> None:
     assert re.search(r'<tr class="diff"><td>host\.hostname</td>', text)
 
 
-@needs_chromium
+@pytest.mark.part("chromium")
 def test_renders_in_headless_chromium_with_the_overhead_chart(runs: list[frame.Run],
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              chromium: None) -> None:
     path = write(runs[:1], tmp_path / "report.html")
     page = browser.render(path, DRAWN)
     assert page.errors == [], page.errors
@@ -112,8 +114,8 @@ def test_renders_in_headless_chromium_with_the_overhead_chart(runs: list[frame.R
     assert len(counts) > 50  # text, axes, bars: not a blank image
 
 
-@needs_chromium
-def test_comparison_report_renders(runs: list[frame.Run], tmp_path: Path) -> None:
+@pytest.mark.part("chromium")
+def test_comparison_report_renders(runs: list[frame.Run], tmp_path: Path, chromium: None) -> None:
     path = write(runs, tmp_path / "compare.html")
     page = browser.render(path, DRAWN)
     assert page.errors == [] and page.dialogs == []

@@ -18,7 +18,7 @@ from bench.core.rundir import RunDir
 from bench.kernel import sysmount
 from bench.run import scenario
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.part("host")]
 BENCH = [sys.executable, "-m", "bench.cli"]
 FAMILIES = {"cpu", "memory", "disk", "network", "startup"}
 

@@ -87,3 +87,17 @@ def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
     from bench.tiers import TIERS
 
     assert [name for name, tier in TIERS.items() if tier.is_baseline] == [BASELINE_TIER]
+
+
+def test_manifest_carries_its_format_and_a_newer_one_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from bench.core.errors import BenchError
+    from bench.core.rundir import MANIFEST_VERSION, RunDir
+
+    rundir = RunDir(tmp_path)
+    rundir.write_manifest({"run_id": "x"})
+    assert json.loads(rundir.manifest_path.read_text())["format_version"] == MANIFEST_VERSION
+    rundir.manifest_path.write_text(json.dumps({"format_version": MANIFEST_VERSION + 1}))
+    with pytest.raises(BenchError, match="manifest format"):
+        rundir.manifest()

@@ -69,6 +69,56 @@ def table(rundir: RunDir, all_metrics: bool = False) -> Table:
     return out
 
 
+def cost_factors(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
+    """(tier, family) -> the cost factor (> 1 = slower than the host) of each headline metric
+    of each of the family's cells that the baseline also ran."""
+    from bench.workloads import WORKLOADS
+
+    groups = group(samples)
+    workload_of = {s.cell.label: s.cell.workload for s in samples}
+    families: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (label, metric, tier, unit, direction), values in groups.items():
+        workload = WORKLOADS.get(workload_of[label])
+        if tier == BASELINE_TIER or workload is None or metric not in workload.headline:
+            continue
+        base = groups.get((label, metric, BASELINE_TIER, unit, direction))
+        if not base:
+            continue
+        factor = stats.overhead_ci(values, base,
+                                   "higher" if direction == "higher" else "lower").median
+        if math.isfinite(factor) and factor > 0:
+            families[(tier, workload.family)].append(factor)
+    return families
+
+
+def cost_matrix(samples: list[Sample], tiers: list[str]) -> Table | None:
+    """Tier x family: the geometric mean of the headline cost factors of the family's cells,
+    with their range and count; None when no tier but the baseline ran."""
+    others = [t for t in tiers if t != BASELINE_TIER]
+    families = cost_factors(samples)
+    if not others or not families:
+        return None
+    columns = sorted({family for _, family in families})
+    out = Table(title="cost factor vs host per family (geometric mean of headline metrics; "
+                "> 1 = slower)")
+    out.add_column("tier")
+    for family in columns:
+        out.add_column(family, justify="right")
+    for tier in others:
+        row = [tier]
+        for family in columns:
+            found = families.get((tier, family))
+            if not found:
+                row.append("-")
+                continue
+            gmean = math.exp(sum(math.log(f) for f in found) / len(found))
+            spread = f" ({min(found):.2f}-{max(found):.2f}, n={len(found)})" \
+                if len(found) > 1 else ""
+            row.append(f"{gmean:.2f}{spread}")
+        out.add_row(*row)
+    return out
+
+
 def failures(rundir: RunDir) -> list[str]:
     return [f"{r.cell} rep {r.repetition}: {r.status}: {r.error}"
             for r in rundir.records() if r.status != "ok"]
@@ -86,8 +136,17 @@ def emulated_tiers(samples: list[Sample]) -> list[str]:
 
 
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
-    console.print(table(rundir, all_metrics))
-    emulated = emulated_tiers(rundir.samples())
+    """The answer first (tier x family cost factors), the per-cell table with --all-metrics
+    (or when only the baseline ran: then the medians are the answer)."""
+    samples = rundir.samples()
+    matrix = cost_matrix(samples, list(dict.fromkeys(rundir.manifest().get("tiers", []))))
+    if matrix is not None:
+        console.print(matrix)
+    if matrix is None or all_metrics:
+        console.print(table(rundir, all_metrics))
+    else:
+        console.print("per cell and metric: `bench summary RUN --all-metrics`", highlight=False)
+    emulated = emulated_tiers(samples)
     if emulated:
         console.print(Panel(emulation_banner(emulated), style="bold red"))
     manifest = rundir.manifest()

@@ -19,6 +19,10 @@ from bench.core.errors import BenchError
 from bench.core.samples import Sample, append_jsonl, read_samples
 from bench.core.settings import settings
 
+# formats of the run directory's files; a reader refuses a newer one instead of misreading it
+MANIFEST_VERSION = 1
+JOURNAL_VERSION = 1
+
 
 def results_dir() -> Path:
     return settings().results_dir
@@ -34,6 +38,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    format_version: int = JOURNAL_VERSION
     key: str
     cell: str
     repetition: int
@@ -81,6 +86,8 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
         try:
+            manifest = {**manifest, "format_version": manifest.get("format_version",
+                                                                    MANIFEST_VERSION)}
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.replace(tmp, self.manifest_path)
         except OSError:
@@ -89,6 +96,11 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())
+        version = data.get("format_version", 1)  # manifests before versioning were version 1
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise BenchError(f"{self.manifest_path} has manifest format {version!r}; this bench "
+                             f"reads formats up to {MANIFEST_VERSION}.",
+                             "read it with the newer bench that wrote it.")
         return data
 
     def update_manifest(self, **fields: Any) -> None:

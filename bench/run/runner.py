@@ -30,7 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image
+from bench.core import faults, hostinfo, image, runlock
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
@@ -169,6 +169,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
+        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
         self.workdir.mkdir(parents=True, exist_ok=True)
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
@@ -210,6 +211,8 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
+                finally:
+                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome

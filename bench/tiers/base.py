@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -178,6 +179,15 @@ class Tier(ABC):
     is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
     own_netns: ClassVar[bool] = True  # per-netns tunables are set inside each instance
+    # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
+    # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
+    # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);
+    # "": not at all
+    cache_devices: ClassVar[str] = ""
+
+    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+        raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""

@@ -16,15 +16,20 @@ import subprocess
 import time
 from calendar import timegm
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
 import psutil
-from docker.errors import DockerException
 
 from bench.core.errors import TierUnavailable
+from bench.core.lazy import lazy
 from bench.core.settings import settings
 from bench.tiers.base import Availability
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy("docker")
+
 
 URL_ENV = "BENCH_DOCKER_URL"
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -144,7 +149,7 @@ def diagnose() -> Availability:
     try:
         with contextlib.closing(connect(PING_TIMEOUT_S)) as probe:
             probe.ping()
-    except DockerException as exc:
+    except docker.errors.DockerException as exc:
         if path is None:
             return Availability(
                 False, f"The Docker engine at {where} does not answer: {exc}.",

@@ -19,16 +19,12 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from bench.core import image as image_mod
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.image import Image
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import sysmount
 from bench.tiers.base import (
@@ -43,9 +39,18 @@ from bench.tiers.base import (
 )
 from bench.tiers.docker import engine as engine_mod
 
+if TYPE_CHECKING:
+    import docker
+    import requests
+    from docker.models.containers import Container
+else:
+    docker = lazy("docker")
+    requests = lazy("requests")
+
+
 RUN_LABEL = "bench.run"
 ROLE_LABEL = "bench.role"
-HASH_LABEL = "bench.core.image.hash"
+HASH_LABEL = "bench.image.hash"
 IMAGE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
 KEEPALIVE = ["sleep", "infinity"]
@@ -67,7 +72,7 @@ def import_image(engine: docker.DockerClient, img: Image, log: Any = None) -> tu
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(ImageNotFound):
+        with contextlib.suppress(docker.errors.ImageNotFound):
             found = engine.images.get(img.tag)
             if (found.labels or {}).get(HASH_LABEL) == img.hash:
                 return str(found.id), False
@@ -249,7 +254,7 @@ class DockerInstance(Instance):
         api.timeout = int(timeout) + 30  # the HTTP read waits for the command: give it room
         try:
             done = self.container.exec_run(wrapped, demux=True)
-        except (requests.exceptions.RequestException, APIError) as exc:
+        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
             raise CommandError(argv, -1, f"docker exec failed: {exc}") from exc
         finally:
             api.timeout = saved
@@ -286,7 +291,7 @@ class DockerInstance(Instance):
         try:
             result = self.container.wait(timeout=timeout)
         except requests.exceptions.RequestException:
-            with contextlib.suppress(DockerException):
+            with contextlib.suppress(docker.errors.DockerException):
                 self.container.kill()
             raise CommandTimeout(self.spec.command, timeout) from None
         self.phases.mark("exit_seen")
@@ -303,7 +308,7 @@ class DockerInstance(Instance):
     def read_file(self, path: str) -> bytes:
         try:
             stream, _ = self.container.get_archive(path)
-        except NotFound as exc:
+        except docker.errors.NotFound as exc:
             raise BenchError(f"No file {path} in container {self.name}.", "see raw/.") from exc
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
             member = next((m for m in archive.getmembers() if m.isfile()), None)
@@ -317,12 +322,12 @@ class DockerInstance(Instance):
             return
         self._stopped = True
         if self._container is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self._container.remove(force=True)
             if self.spec.command is not None:
                 self.phases.mark("removed")
         if self.volume is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
 
     def metadata(self) -> dict[str, Any]:
@@ -379,7 +384,7 @@ class DockerTier(Tier):
         labels = {RUN_LABEL: ctx.run_id, "bench.tier": "docker"}
         try:
             self.engine.networks.create(self.network_name, driver="bridge", labels=labels)
-        except APIError as exc:
+        except docker.errors.APIError as exc:
             raise TierUnavailable(f"Docker could not create network {self.network_name}: {exc}",
                                   "run `bench cleanup`; check the engine's log.") from exc
         self._facts = engine_mod.engine_facts(self.engine)
@@ -411,15 +416,15 @@ class DockerTier(Tier):
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
         removed = []
         for container in self.engine.containers.list(all=True, filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
                 removed.append(f"container {container.name}")
         for network in self.engine.networks.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
                 removed.append(f"network {network.name}")
         for volume in self.engine.volumes.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")
         return removed

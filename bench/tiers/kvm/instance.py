@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import libvirt
-
 from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import sysmount
 from bench.tiers.base import (
@@ -28,6 +27,12 @@ from bench.tiers.base import (
 from bench.tiers.kvm import clock, domxml, libvirtd
 from bench.tiers.kvm.agent import Agent, AgentError, completed
 from bench.tiers.kvm.domxml import DomainConfig
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 if TYPE_CHECKING:
     from bench.tiers.kvm.tier import KvmTier
