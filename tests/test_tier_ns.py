@@ -399,7 +399,7 @@ def test_density_memory_is_accounted(tier: NsTier, started: list[Instance]) -> N
     # the runtime's own processes: a few MiB each (a Python zygote, or a small C init per box),
     # never the containers' payload
     support = tier.support_memory()
-    assert support is not None and support.pss is not None
+    assert support is not None and support.pss is not None, support
     assert 256 << 10 < support.pss < 3 * 64 * MiB, support
 
 

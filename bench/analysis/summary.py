@@ -84,8 +84,8 @@ def cost_factors(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
         base = groups.get((label, metric, BASELINE_TIER, unit, direction))
         if not base:
             continue
-        factor = stats.overhead_ci(values, base,
-                                   "higher" if direction == "higher" else "lower").median
+        way: stats.Direction = "higher" if direction == "higher" else "lower"
+        factor = stats.overhead_ci(values, base, way).median
         if math.isfinite(factor) and factor > 0:
             families[(tier, workload.family)].append(factor)
     return families

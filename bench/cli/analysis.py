@@ -70,11 +70,9 @@ def report_cmd(runs: tuple[str, ...], output: Path | None) -> None:
               help="Also write the output to this file.")
 def compare_cmd(base: str, new: str, fmt: str, threshold: float, min_effect: float,
                 alpha: float, correction: str, all_metrics: bool, output: Path | None) -> None:
-    """Compare run NEW with run BASE: cost factor per metric with CI and verdict.
+    """Compare run NEW with run BASE: cost factor per metric (> 1 = slower) with CI and verdict.
 
-    A cost factor > 1 means NEW is slower, whichever way the metric points; p-values are
-    corrected for the number of metrics compared (--correction). Exit status 1 when a metric
-    is slower beyond --threshold (a regression), else 0."""
+    Exit status 1 when a metric is slower beyond --threshold (a regression), else 0."""
     result = compare_mod.compare(frame.load(base), frame.load(new), threshold=threshold,
                                  all_metrics=all_metrics, alpha=alpha, min_effect=min_effect,
                                  correction="bh" if correction == "bh" else "holm")

@@ -81,8 +81,8 @@ class CacheLab(DeviceBuilder):
                     raise BenchError(
                         f"Cannot read the dirty counter ({dirty_key}) of cache setup {name}, "
                         "so whether its writeback finished is unknown.",
-                        f"check {built.bcache_dir or built.dm_name} (sysfs / dmsetup status) "
-                        "and the kernel log.")
+                        f"check {built.bcache_dir or built.dm_name} (dmsetup status / "
+                        "sysfs) and the kernel log.")
                 if dirty == 0 or time.monotonic() > deadline:
                     return dirty
                 time.sleep(0.2)

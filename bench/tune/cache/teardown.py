@@ -27,7 +27,7 @@ def failed_text(failed: list[str], removed: list[str]) -> str:
 
 def _undo(state: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Remove what a state file lists, newest first; keep going past errors. Returns (what was
-    removed, what could not be removed and why): a failure is never counted as removed."""
+    removed, what could not be removed and why)."""
     removed: list[str] = []
     failed: list[str] = []
     for item in reversed(state.get("made", [])):
@@ -125,7 +125,7 @@ def cleanup(run_id: str | None, state_dir: Path | None = None) -> list[str]:
         done, not_done = _undo(state)
         removed += [f"{session}: {what}" for what in done]
         failed += [f"{session}: {what}" for what in not_done]
-        if not not_done:  # else keep what is left for the next `bench cleanup`
+        if not not_done:  # keep the list of what is left for the next `bench cleanup`
             path.unlink(missing_ok=True)
     if failed:
         raise BenchError(failed_text(failed, removed), CLEANUP_FIX)
