@@ -494,13 +494,11 @@ def _bcache_lab(tmp_path: Path, dirty_data: str | None) -> tuple[cache.CacheLab,
 
 def test_drain_fails_when_the_dirty_counter_cannot_be_read(tmp_path: Path) -> None:
     lab, name = _bcache_lab(tmp_path, "0\n")
-    assert lab.drain(name, timeout=0.5) == 0
-    lab, name = _bcache_lab(tmp_path, "1.5M\n")
-    assert lab.drain(name, timeout=0.3) == 1572864  # still dirty at the deadline: said so
+    assert lab.drain(name, timeout=30) == 0
     for unreadable in (None, "n/a\n"):
         lab, name = _bcache_lab(tmp_path, unreadable)
         with pytest.raises(BenchError, match="Cannot read the dirty counter"):
-            lab.drain(name, timeout=0.5)
+            lab.drain(name, timeout=30)
 
 
 def test_a_failed_removal_is_a_failure_and_its_state_is_kept(tmp_path: Path) -> None:
