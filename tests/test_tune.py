@@ -675,7 +675,7 @@ class MemoryGuest:
                 raise CommandError(argv, 1, "")
             return Completed(argv, 0, "", "", 0.0)
         if argv[:2] == ["python3", "-c"] and "os.write" in argv[2]:
-            self.files[argv[3]] = argv[4]
+            self.files[argv[4]] = argv[5]  # [.., pattern, path, text]
             return Completed(argv, 0, "", "", 0.0)
         if argv[:2] == ["python3", "-c"]:  # the guest's scratch device
             return Completed(argv, 0, "vda\n", "", 0.0)

@@ -152,6 +152,8 @@ def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -
     manifest = rundir.manifest()
     for tier, reason in manifest.get("skipped_tiers", {}).items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]")
+    for cell, reason in manifest.get("skipped_cells", {}).items():
+        console.print(f"[yellow]{cell} takes no part: {reason}[/yellow]", highlight=False)
     print_methodology(rundir, console)
     failed = failures(rundir)
     if failed:

@@ -22,6 +22,7 @@ from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
 from bench.report import figures
+from bench.report import layers as layers_section
 from bench.report import tables as analysis
 from bench.report.page import Page
 from bench.report.templating import render as template
@@ -95,6 +96,13 @@ def startup(report: Report) -> None:
             "figures.html.j2", intro="", figures=[report.page.figure(fig)], empty="",
             note=f"Medians of the time between consecutive phase stamps of each start, one "
                  f"panel per tier on its own scale ({counts})."))
+
+
+def layers(report: Report) -> None:
+    """image.layers: pull and start time against layer count (bench/report/layers.py)."""
+    html = layers_section.section(report.runs, report.page)  # every value in it is escaped
+    if html:
+        report.page.add("layers", "Image layers", Markup(html))  # noqa: S704
 
 
 def samples(report: Report) -> None:
@@ -174,8 +182,8 @@ def environment(report: Report) -> None:
 
 
 # the page's sections in order; a feature's section goes in with one line here
-SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, samples,
-                           failures, tuning, environment]
+SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
+                           samples, failures, tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:

@@ -11,13 +11,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,11 +28,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image, runlock
+from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
-from bench.core.settings import settings
 from bench.run import adaptive
 from bench.run import plan as planning
 from bench.run.phases import PhaseClock
@@ -48,8 +45,7 @@ from bench.workloads.base import RunContext
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def work_root() -> Path:
-    return settings().work_dir
+work_root = hostlock.work_root
 
 
 @dataclass
@@ -159,6 +155,7 @@ class Runner:
                          "seed": self.scenario.seed},
             "tiers": self.tier_names,
             "skipped_tiers": self.plan.skipped_tiers,
+            "skipped_cells": self.plan.skipped_cells,
             "plan": {"cells": len(self.plan.cells), "runs": len(self.plan.runs),
                      "estimate_s": round(self.plan.estimate_seconds(), 1)},
         }
@@ -172,8 +169,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
-        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.run_lock = hostlock.RunLock(self.rundir.run_id)  # spared by others' cleanups
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
         with _sigterm_as_interrupt():
@@ -216,8 +212,6 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
-                finally:
-                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome
@@ -227,13 +221,18 @@ class Runner:
 
     def _finish_tuning(self, quiet: bool) -> None:
         """Restore tunables and remove cache devices; when the run is already failing, a
-        failure to note that in the manifest (a full disk) must not hide the first error."""
+        failure to note that in the manifest (a full disk) must not hide the first error.
+        Then the work directory goes, and the run's liveness lock with it."""
         try:
             self.tuning.finish()
         except OSError as exc:
             if not quiet:
                 raise
             self._say(f"tuning state could not be written to the manifest: {exc}")
+        finally:
+            run_lock = getattr(self, "run_lock", None)
+            if run_lock is not None:
+                run_lock.release()
 
     def _results_full(self, exc: OSError) -> BenchError:
         return BenchError(
@@ -246,6 +245,8 @@ class Runner:
 
     def _prepare_tiers(self, img: image.Image) -> None:
         for name in self.tier_names:
+            if not any(c.cell.tier == name for c in self.plan.cells):
+                continue  # every workload here takes no part on it (Workload.not_on)
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,6 @@ class Runner:
             except Exception as exc:  # report, and keep tearing the others down
                 self.console.print(f"[red]cleanup of tier {tier.name} failed: {exc}; "
                                    "run `bench cleanup`[/red]")
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _loop(self, todo: list[planning.PlannedRun], outcome: Outcome) -> None:
         total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)

@@ -236,5 +236,13 @@ class Tier(ABC):
         tier has none or cannot see them. Raises BenchError if it can read only some."""
         return None
 
+    def layer_lab(self) -> Any:
+        """The tier's way of measuring image layers (bench.tiers.layered.LayerLab), made on
+        first use this run and removed by `finish`. Tiers without layered roots have none."""
+        from bench.core.errors import BenchError
+
+        raise BenchError(f"Tier {self.name} has no image layers.",
+                         "run the image workload on a tier with layered roots (docker, ns).")
+
     def metadata(self) -> dict[str, Any]:
         return {}

@@ -9,6 +9,7 @@ from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
+from bench.workloads.image_layers import ImageLayers
 from bench.workloads.memory import Memory
 from bench.workloads.net_iperf3 import Iperf3
 from bench.workloads.net_sockperf import Sockperf
@@ -17,7 +18,7 @@ from bench.workloads.startup import Startup
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
-              DensityIdle())
+              DensityIdle(), ImageLayers())
 }
 
 # workload name -> its headline metrics, for readers of stored runs (analysis, history)

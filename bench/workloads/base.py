@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image"]
 
 
 class Params(BaseModel):
@@ -77,6 +77,8 @@ class Workload(ABC, Generic[P]):
     needs_peer: ClassVar[bool] = False
     needs_instance: ClassVar[bool] = True  # False: the workload starts its own instances
     tools: ClassVar[tuple[str, ...]] = ()  # programs it needs inside the bench image
+    # tiers this workload takes no part in, each with the reason (the plan leaves them out)
+    not_on: ClassVar[dict[str, str]] = {}
 
     def parse_params(self, raw: dict[str, Any]) -> P:
         return self.params_model.model_validate(raw)

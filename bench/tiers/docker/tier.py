@@ -354,7 +354,7 @@ class DockerTier(Tier):
     name = "docker"
     description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
                    f"${engine_mod.URL_ENV}); image imported from the bench image")
-    packages = ("docker.io",)
+    packages = ("docker.io", "docker-registry", "openssl")
 
     def __init__(self) -> None:
         self._engine: docker.DockerClient | None = None
@@ -363,6 +363,7 @@ class DockerTier(Tier):
         self._fresh_image = False
         self._facts: dict[str, Any] = {}
         self._seq = itertools.count(1)
+        self._layers: Any = None
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -371,7 +372,9 @@ class DockerTier(Tier):
         return self._engine
 
     def ensure_running(self) -> list[str]:
-        return engine_mod.ensure_running()
+        from bench.tiers.docker import registry
+
+        return engine_mod.ensure_running() + registry.ensure_running()
 
     def available(self) -> Availability:
         return engine_mod.diagnose()
@@ -406,15 +409,32 @@ class DockerTier(Tier):
             raise
         return instance
 
+    def layer_lab(self) -> Any:
+        """Pulls of N-layer images from bench's registries (bench/tiers/docker/layers.py)."""
+        if self._layers is None:
+            from bench.tiers.docker.layers import DockerLayers
+
+            self._layers = DockerLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if self._layers is not None:
+            self._layers.close()
+            self._layers = None
         if hasattr(self, "ctx") and self._engine is not None:
             self.cleanup(self.ctx.run_id)
 
     def cleanup(self, run_id: str | None) -> list[str]:
+        from bench.tiers.docker import limited, registry
+
+        removed = limited.cleanup(run_id) + registry.remove_run(run_id)
         if self._engine is None and not engine_mod.diagnose().ok:
-            return []  # no engine, nothing it could still hold
+            return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
-        removed = []
+        for image in self.engine.images.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.engine.images.remove(str(image.id), force=True)
+                removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)

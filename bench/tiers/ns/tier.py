@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
@@ -76,10 +76,12 @@ def capabilities_from_env() -> frozenset[str]:
 
 
 class NsInstance(Instance):
-    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str) -> None:
+    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str,
+                 lower: str | None = None) -> None:
         super().__init__(spec)
         self.tier = tier
         self.name = name
+        self.lower = lower or str(tier.ctx.image.rootfs)  # overlayfs lowerdir (top first)
         self.dir = tier.ctx.workdir / name
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
                                      cgroups.controllers_for(spec.limits))
@@ -131,7 +133,7 @@ class NsInstance(Instance):
             flags=flags, cgroup_join=[str(f) for f in self.cgroup.join_files],
             cgroup_setup=[] if pooled_group is not None else
             [(str(p), v) for p, v in self.cgroup.setup(limits, io_device)],
-            root=RootPlan(str(self.tier.ctx.image.rootfs), str(upper), str(work), str(merged),
+            root=RootPlan(self.lower, str(upper), str(work), str(merged),
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps))
@@ -280,7 +282,8 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
@@ -444,9 +447,10 @@ class NsTier(Tier):
             self.zygote = Zygote(self.keep_caps)
         return self.zygote
 
-    def start(self, spec: InstanceSpec) -> Instance:
+    def start(self, spec: InstanceSpec, lower: str | None = None) -> Instance:
+        """Start an instance; `lower` stacks these directories instead of the bench image."""
         self.counter += 1
-        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}")
+        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}", lower)
         self.instances.append(instance)
         try:
             instance.launch()
@@ -459,7 +463,18 @@ class NsTier(Tier):
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
 
+    def layer_lab(self) -> Any:
+        """overlayfs over N layer directories (bench/tiers/ns/layers.py)."""
+        if getattr(self, "_layers", None) is None:
+            from bench.tiers.ns.layers import NsLayers
+
+            self._layers: Any = NsLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if getattr(self, "_layers", None) is not None:
+            self._layers.close()
+            self._layers = None
         if not hasattr(self, "bridge"):
             return
         self._finishing = True
@@ -487,14 +502,24 @@ class NsTier(Tier):
         except BenchError:
             hierarchies = None
         if hierarchies is not None:
-            rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
-            removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+            runs = [run_id] if run_id else sorted(
+                {p.name for root in hierarchies.unique_roots
+                 for p in (root / CGROUP_ROOT).glob("*") if p.is_dir()})
+            for run in runs:
+                if run_id is None and hostlock.run_is_live(run):
+                    continue  # a run still going: not a leftover
+                removed += [f"cgroup {p}" for p in
+                            cgroups.remove_tree(hierarchies, f"{CGROUP_ROOT}/{run}")]
         removed += ns_net.cleanup(run_id)
-        base = settings().work_dir
-        for work in sorted(base.glob(f"{run_id or '*'}/ns")):
+        from bench.tiers.ns import layers as ns_layers
+
+        removed += ns_layers.cleanup(run_id)
+        for run_dir in hostlock.run_dirs(run_id):
+            work = run_dir / "ns"
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(f"directory {work}")
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)  # fd-based: follows no symlink inside
+                removed.append(f"directory {work}")
         return removed
 
     def support_memory(self) -> HostMemory | None:
