@@ -151,7 +151,8 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     rundir = RunDir.open(run_id)
     rec = recommend_mod.analyse(rundir, alpha, "bh" if correction == "bh" else "holm")
     out = Table(title=f"run {rec.run_id}: settings vs the current ones ({rec.comparisons} "
-                      f"comparisons, {correction} corrected, alpha {alpha:g})")
+                      f"comparisons, {recommend_mod.CORRECTIONS[rec.correction]} corrected, "
+                      f"alpha {alpha:g})")
     for column in ("tier", "workload", "params", "setting", "current",
                    "cost [95% CI] (> 1 = slower)", "p / adj.", "verdict", "other metrics"):
         out.add_column(column, overflow="fold")
