@@ -472,7 +472,8 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
     from bench.workloads import WORKLOADS
 
     seen = {(s.cell.tier, WORKLOADS[s.cell.workload].family) for s in run.samples()}
-    families = {w.family for w in WORKLOADS.values()}
+    families = {WORKLOADS[w["workload"]].family for w in scenario["workloads"]}
+    assert families == {"cpu", "memory", "disk", "network", "startup", "density"}
     assert {f for t, f in seen if t == "ns"} == families
     startup = [s for s in run.samples() if s.cell.tier == "ns"
                and s.metric == "first_instruction_ms"]
