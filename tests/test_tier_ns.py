@@ -398,8 +398,9 @@ def test_density_memory_is_accounted(tier: NsTier, started: list[Instance]) -> N
     assert all(c is not None and 0 < c < 64 * MiB for c in charged), charged
     # the runtime's own processes: a few MiB each (a Python zygote, or a small C init per box),
     # never the containers' payload
-    support = tier.support_memory_bytes()
-    assert support is not None and 256 << 10 < support < 3 * 64 * MiB, support
+    support = tier.support_memory()
+    assert support is not None and support.pss is not None, support
+    assert 256 << 10 < support.pss < 3 * 64 * MiB, support
 
 
 # -- bench run and bench cleanup ---------------------------------------------------------------

@@ -137,9 +137,13 @@ def _optimal_partitioning(x: np.ndarray, penalty: float, sigma: float,
 
 def detect(values: list[float] | np.ndarray, min_size: int = 2, min_effect: float = 0.02,
            penalty: float | None = None) -> list[ChangePoint]:
-    """Change points of a series (oldest first) that shift its level by >= `min_effect`."""
-    raw = np.asarray(values, dtype=float)
-    raw = raw[np.isfinite(raw)]
+    """Change points of a series (oldest first) that shift its level by >= `min_effect`.
+
+    Missing values (NaN) are skipped, and every index returned is a position in `values`
+    itself, so a change is attributed to the run where it happened."""
+    given = np.asarray(values, dtype=float)
+    kept = np.flatnonzero(np.isfinite(given))
+    raw = given[kept]
     n = len(raw)
     if n < 2 * min_size:
         return []
@@ -156,5 +160,5 @@ def detect(values: list[float] | np.ndarray, min_size: int = 2, min_effect: floa
         changes = [ChangePoint(p, levels[i], levels[i + 1]) for i, p in enumerate(points)]
         small = [c for c in changes if abs(c.change) < min_effect]
         if not small:
-            return changes
+            return [ChangePoint(int(kept[c.index]), c.before, c.after) for c in changes]
         points.remove(min(small, key=lambda c: abs(c.change)).index)

@@ -30,10 +30,12 @@ from bench.kernel import sysmount
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.docker import engine as engine_mod
 
@@ -55,6 +57,8 @@ KEEPALIVE = ["sleep", "infinity"]
 # A background server: record its pid, then become it with its output in a log. The script is a
 # constant; the server's argv arrives as positional parameters, never inside the script text.
 SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
+                "ours: this phase would mix two clocks")
 TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
 
 
@@ -218,6 +222,9 @@ class DockerInstance(Instance):
         else:
             command = spec.command
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        if spec.command is not None and engine_mod.is_remote():
+            # bench-stamp reads the engine host's clock: not ours
+            self.phases.omit("first_instruction", REMOTE_CLOCK)
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
@@ -232,6 +239,7 @@ class DockerInstance(Instance):
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
         if engine_mod.is_remote():
+            self.phases.omit(phase, REMOTE_CLOCK)
             return
         stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
         if stamp is not None:
@@ -421,11 +429,11 @@ class DockerTier(Tier):
                 removed.append(f"volume {volume.name}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
-        """Proportional set size of dockerd, containerd and the per-container shims."""
+    def support_memory(self) -> HostMemory | None:
+        """Memory of dockerd, containerd and the per-container shims."""
         if engine_mod.is_remote():
             return None
-        return int(engine_mod.support_memory()["pss_bytes"])
+        return host_memory(engine_mod.support_pids())
 
     # -- limits and storage -------------------------------------------------------------------
     def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -462,7 +470,7 @@ class DockerTier(Tier):
         return throttle_device(self.docker_root())
 
     def scratch_facts(self, mode: str) -> dict[str, str]:
-        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        """Where /scratch lives: the container's writable layer, or a local volume."""
         if engine_mod.is_remote():
             return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
                     else "volume", "scratch_device": "remote"}
@@ -470,9 +478,11 @@ class DockerTier(Tier):
         if mode == "overlay":
             return {"scratch_mode": "overlay", "scratch_fs": "overlay",
                     "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
-                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+                    "storage_driver": str(self._facts.get("storage_driver") or "unknown")}
         return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                 "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}
+        driver = self._facts.get("storage_driver") or "unknown"
+        return {"isolation": f"docker (namespaces, cgroups, storage driver {driver})",
+                **self._facts}

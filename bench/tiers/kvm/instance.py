@@ -22,6 +22,7 @@ from bench.tiers.base import (
     Background,
     Instance,
     InstanceSpec,
+    host_memory,
 )
 from bench.tiers.kvm import clock, domxml, libvirtd
 from bench.tiers.kvm.agent import Agent, AgentError, completed
@@ -297,7 +298,10 @@ class KvmInstance(Instance):
 
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
-        return libvirtd.pss_bytes([self.pid]) if self.pid else None
+        if not self.pid:
+            return None
+        used = host_memory([self.pid])
+        return used.pss if used.processes else None
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)

@@ -60,10 +60,12 @@ from bench.core.lazy import lazy
 from bench.core.settings import settings
 from bench.tiers.base import (
     Availability,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import domxml, libvirtd
@@ -336,7 +338,7 @@ class KvmTier(Tier):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
         if not libvirtd.is_local(self.uri):
             return None
@@ -347,7 +349,7 @@ class KvmTier(Tier):
                         self.network_name and self.network_name in arg
                         for arg in proc.info["cmdline"] or []):
                     pids.append(proc.pid)
-        return libvirtd.pss_bytes(pids)
+        return host_memory(pids)
 
     def timeout_factor(self) -> float:
         """Under TCG, Python runs about 15x slower than on the host here (sysbench 5-7x)."""
