@@ -88,6 +88,7 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
         console.print(f"[yellow]interrupted after {outcome.done} of {outcome.total} runs; the "
                       f"samples taken are in {rundir.path}. Resume with: "
                       f"bench run --resume {rundir.run_id}[/yellow]")
+        console.print(clock.line(), highlight=False)
         sys.exit(EXIT_INTERRUPTED)
     print_summary(rundir, console, all_metrics)
     console.print(f"results: {rundir.path}")
