@@ -26,14 +26,15 @@ from pydantic import ValidationError
 
 from bench.core.samples import FORMAT_VERSION, Cell
 
-META_COLUMNS = ("network_path", "page_cache", "accelerator", "phases_ms", "scratch_fs")
+META_COLUMNS = ("network_path", "page_cache", "accelerator", "phases_ms", "scratch_fs",
+                "start_mode")
 BASE_COLUMNS = ("run_id", "cell", "tier", "workload", "label", "cache", "params", "tunables",
                 "repetition", "metric", "value", "unit", "direction", "timestamp")
 
 PREFIX = '{"cell": '
 MARKER = ', "direction": "'
 BLOCK = 1 << 24
-STRING_META = ("network_path", "page_cache", "accelerator", "scratch_fs")
+STRING_META = ("network_path", "page_cache", "accelerator", "scratch_fs", "start_mode")
 REQUIRED = ("run_id", "repetition", "metric", "value", "unit", "direction", "timestamp")
 SCHEMA = pa.schema([
     ("v", pa.int64()), ("run_id", pa.string()), ("repetition", pa.int64()),

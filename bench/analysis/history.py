@@ -179,6 +179,9 @@ def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
     dialect = conn.dialect.name
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":
         raw: Any = conn.connection.driver_connection
+        # the commit need not wait for the WAL flush: a crash can lose this ingest, which is
+        # then simply run again, never corrupt what is stored
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         with raw.cursor() as cursor, \
                 cursor.copy(COPY_SAMPLES) as copy:
             for row in rows:
