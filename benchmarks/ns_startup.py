@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.core import image
-from bench.tiers.base import Instance, InstanceSpec, Limits, NetworkMode, TierContext
+from bench.tiers.base import InstanceSpec, Limits, NetworkMode, TierContext
 from bench.tiers.ns.tier import NsTier
 from bench.workloads.startup import STAMP, parse_stamp
 
@@ -65,13 +65,19 @@ def via_ns(tier: NsTier, network: NetworkMode, limits: Limits) -> Callable[[], f
     return once
 
 
-def via_warm(instance: Instance) -> Callable[[], float]:
+def via_warm(tier: NsTier, network: NetworkMode, limits: Limits) -> Callable[[], float]:
+    """A prepared instance (untimed), then its command started on demand: go -> stamp."""
     def once() -> float:
-        start = time.monotonic()
-        done = instance.exec([STAMP], 30)
-        if done.returncode != 0:
-            raise RuntimeError(f"bench-stamp failed: {done.stderr}")
-        return stamp_of(done.stdout) - start
+        inst = tier.start_prepared(InstanceSpec("startup", limits, command=[STAMP],
+                                                network=network))
+        try:
+            inst.go()
+            if inst.wait(30) != 0:
+                raise RuntimeError(f"bench-stamp failed: {inst.output()}")
+            first = stamp_of(inst.output())
+        finally:
+            inst.stop()
+        return first - inst.phases.stamps["go"]
 
     return once
 
@@ -87,30 +93,26 @@ def docker_image(img: image.Image) -> str | None:
 def one_run(tier: NsTier, img: image.Image, args: argparse.Namespace, seed: int) -> None:
     stamp = str(img.rootfs / STAMP.lstrip("/"))
     limits = Limits(cpus=2, memory_mb=2048, pids=4096)  # what scenarios/quick.yaml sets
-    warm = tier.start(InstanceSpec("main", limits, command=None, network="bridge"))
-    try:
-        cases: dict[str, Callable[[], float]] = {
-            "ns-bridge": via_ns(tier, "bridge", limits),
-            "ns-host": via_ns(tier, "host", limits),
-            "ns-warm": via_warm(warm),
-            "unshare": lambda: via_process([*UNSHARE, stamp]),
-            "fork-exec": lambda: via_process([stamp]),
-        }
-        docker = docker_image(img)
-        if docker:
-            cases["docker-run"] = lambda: via_process(
-                ["docker", "run", "--rm", "--network", "none", docker, STAMP])
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        rng = random.Random(seed)
-        for round_ in range(args.warmup + args.rounds):
-            order = [n for n in cases if n != "docker-run" or round_ % args.docker_every == 0]
-            rng.shuffle(order)  # interleaved, in a new order every round
-            for name in order:
-                value = cases[name]()
-                if round_ >= args.warmup:
-                    times[name].append(value * 1e3)
-    finally:
-        warm.stop()
+    cases: dict[str, Callable[[], float]] = {
+        "ns-bridge": via_ns(tier, "bridge", limits),
+        "ns-host": via_ns(tier, "host", limits),
+        "ns-warm": via_warm(tier, "bridge", limits),
+        "unshare": lambda: via_process([*UNSHARE, stamp]),
+        "fork-exec": lambda: via_process([stamp]),
+    }
+    docker = docker_image(img)
+    if docker:
+        cases["docker-run"] = lambda: via_process(
+            ["docker", "run", "--rm", "--network", "none", docker, STAMP])
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    rng = random.Random(seed)
+    for round_ in range(args.warmup + args.rounds):
+        order = [n for n in cases if n != "docker-run" or round_ % args.docker_every == 0]
+        rng.shuffle(order)  # interleaved, in a new order every round
+        for name in order:
+            value = cases[name]()
+            if round_ >= args.warmup:
+                times[name].append(value * 1e3)
     medians = {name: statistics.median(values) for name, values in times.items() if values}
     result = {
         "rounds": args.rounds, "load": round(os.getloadavg()[0], 1),

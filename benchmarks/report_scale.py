@@ -11,7 +11,8 @@
   publish       (--publish) `bench publish` of the trend database: index + every run's report
   quick run     (--run DIR) `bench report` of a real run directory
 
-Every step prints wall and CPU seconds (CPU counts all threads) and the load average before it:
+Every step prints wall and CPU seconds (CPU counts all threads, and child processes such as the
+fresh `bench` command; not a database server's) and the load average before it:
 the machine is shared, so a wall time well above its CPU time says the step waited for a core.
 
 Usage:  python -m benchmarks.report_scale [--samples 1000000] [--series 1000] [--runs 60]
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,11 +55,17 @@ def per_repetition(extra: int) -> tuple[int, int]:
         return len(run.frame), series
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (all threads) and of the children it waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def timed(label: str, func: Callable[[], Any], target: str = "") -> Any:
     load = os.getloadavg()[0]
-    wall, cpu = time.monotonic(), time.process_time()
+    wall, cpu = time.monotonic(), _cpu()
     result = func()
-    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    wall, cpu = time.monotonic() - wall, _cpu() - cpu
     ROWS.append((label, f"{wall:7.2f}", f"{cpu:7.2f}", f"{load:5.1f}", target))
     print(f"{label}: {wall:.2f} s wall, {cpu:.2f} s CPU (load {load:.1f})", flush=True)
     return result
