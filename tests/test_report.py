@@ -161,7 +161,7 @@ LAYOUT = {
 
 @pytest.mark.part("chromium")
 def test_charts_keep_legends_off_titles_and_every_tier_visible(tmp_path: Path,
-                                                              chromium: None) -> None:
+                                                               chromium: None) -> None:
     """Docker starting 100 times slower than host must not squash host and ns to slivers."""
     path = synthetic.write_run(tmp_path, synthetic.Spec(
         "slow-docker", slowdown={"ns": 1.02, "docker": 100.0}, repetitions=3))

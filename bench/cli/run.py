@@ -107,6 +107,8 @@ def _print_plan(plan: planning.Plan) -> None:
     console.print(out)
     for tier, reason in plan.skipped_tiers.items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]", highlight=False)
+    for cell, reason in plan.skipped_cells.items():
+        console.print(f"[yellow]{cell} takes no part: {reason}[/yellow]", highlight=False)
     warmups = sum(1 for r in plan.runs if r.warmup)
     console.print(f"{len(plan.cells)} cells, {len(plan.runs)} runs ({warmups} warm-up), "
                   f"estimated {plan.estimate_seconds() / 60:.1f} min of workload time")

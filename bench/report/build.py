@@ -21,7 +21,9 @@ from markupsafe import Markup
 from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
-from bench.report import figures
+from bench.report import figures, switches
+from bench.report import isolation as isolation_section
+from bench.report import layers as layers_section
 from bench.report import tables as analysis
 from bench.report.page import Page
 from bench.report.templating import render as template
@@ -97,6 +99,13 @@ def startup(report: Report) -> None:
                  f"panel per tier on its own scale ({counts})."))
 
 
+def layers(report: Report) -> None:
+    """image.layers: pull and start time against layer count (bench/report/layers.py)."""
+    html = layers_section.section(report.runs, report.page)  # every value in it is escaped
+    if html:
+        report.page.add("layers", "Image layers", Markup(html))  # noqa: S704
+
+
 def samples(report: Report) -> None:
     """Distributions, sweep heat maps and density curves of every headline metric."""
     page, tiers, mains = report.page, report.tiers, report.mains
@@ -146,6 +155,11 @@ def samples(report: Report) -> None:
         empty="No density samples in these runs."))
 
 
+def isolation(report: Report) -> None:
+    """Visibility, interference, containment and accounting (bench/report/isolation.py)."""
+    isolation_section.add(report.page, report.runs)  # only when a run has isolation samples
+
+
 def failures(report: Report) -> None:
     failed = [(run.run_id, r) for run in report.runs for r in run.failures if r.status != "ok"]
     if failed:
@@ -164,6 +178,12 @@ def tuning(report: Report) -> None:
                             Markup(html))  # noqa: S704 (escaped by recommend's template)
 
 
+def switch_runs(report: Report) -> None:
+    """Runs with `switches:` (bench/report/switches.py, which escapes its own HTML)."""
+    for run in report.runs:
+        switches.section(report.page, run.run_id, run.path)
+
+
 def environment(report: Report) -> None:
     envs = [analysis.environment(run.manifest) for run in report.runs]
     differ, same = analysis.environment_diff(envs)
@@ -174,8 +194,8 @@ def environment(report: Report) -> None:
 
 
 # the page's sections in order; a feature's section goes in with one line here
-SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, samples,
-                           failures, tuning, environment]
+SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
+                           samples, isolation, switch_runs, failures, tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:
