@@ -211,6 +211,7 @@ def runs(engine: Engine, host: str | None = None) -> list[RunRow]:
 def load(engine: Engine, run_id: str) -> Run:
     """A stored run as a `Run`, the same shape `bench.analysis.frame.load` gives for a directory."""
     from bench.analysis.frame import Run
+
     with Session(engine) as session:
         row = session.get(RunRow, run_id)
         if row is None:
