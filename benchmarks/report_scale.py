@@ -1,9 +1,10 @@
 """How long reports, history and publishing take on a million samples, and how big the HTML gets.
 
   1M report     `bench report` of one constructed run of about 1,000,000 samples (read, every
-                section including tuning, write), then headless Chromium until every chart is
-                drawn (the page's own clock: performance.now() when the loader has drawn the
-                last figure), and the file size
+                section including tuning, write): from samples.jsonl alone, and with the
+                Parquet copy `bench run` writes at its end; then headless Chromium until every
+                chart is drawn (the page's own clock: performance.now() when the loader has
+                drawn the last figure), and the file size
   1M ingest     that run into SQLite, and into a throwaway PostgreSQL server (COPY) when the
                 server binaries are installed
   trend         `history trend` + change points over --series series of --runs runs each (in
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.analysis import frame, history
+from bench.analysis import frame, history, parquet_copy
 from bench.report import publish, write
 from tests import synthetic
 
@@ -111,6 +112,13 @@ def report_1m(tmp: Path, samples: int) -> Path:
     big = timed(f"construct a run of {reps * unit:,} samples (not bench)",
                 lambda: synthetic.write_run(tmp / "results", spec))
     out = tmp / "big.html"
+    timed("1M report from samples.jsonl alone (no copy yet)",
+          lambda: write([frame.load(big)], out))
+    (big / parquet_copy.NAME).unlink(missing_ok=True)
+    frame._LAST.clear()
+    timed("the run's Parquet copy, as `bench run` writes it at its end",
+          lambda: frame.read_frame(big / "samples.jsonl"))
+    frame._LAST.clear()
     timed("1M report: read + every section + write (bench report)",
           lambda: write([frame.load(big)], out), "<= 10 s")
     note("1M report: HTML size", mib(out), "< 10 MB")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.analysis import columnar
+from bench.analysis import columnar, parquet_copy
 from bench.analysis.columnar import (
     META_COLUMNS,
     assemble,
@@ -72,6 +72,9 @@ def read_frame(path: Path) -> pd.DataFrame:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    found = parquet_copy.read(path)
+    if found is not None:
+        return found
     data = columnar.without_torn_tail(path.read_bytes())
     if not data.strip():
         return empty_frame()
@@ -80,6 +83,8 @@ def _read(path: Path) -> pd.DataFrame:
         found = _validated(path)
     if found.empty:
         return empty_frame()
+    if len(found) >= parquet_copy.WORTH:
+        parquet_copy.write(path, found)
     return found
 
 
