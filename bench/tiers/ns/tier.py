@@ -283,6 +283,9 @@ class NsInstance(Instance):
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
 
+    def cgroup_pid(self) -> int | None:
+        return self.pid or None
+
     def stop(self) -> None:
         if self._stopped:
             return
