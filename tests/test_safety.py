@@ -100,7 +100,7 @@ def stat_of(path: Path) -> tuple[int, int]:
 
 
 def test_cleanup_removes_only_dead_runs_bench_made(work: Path, tmp_path: Path) -> None:
-    from bench.cli.main import cleanup_dead_runs
+    from bench.cli.host import cleanup_dead_runs
 
     users = work / "not-a-run"  # a directory someone else made there, looking like a run
     users.mkdir()

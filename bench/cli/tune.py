@@ -1,4 +1,4 @@
-"""`bench tune show|apply|restore|recommend` (registered on the main group by bench/cli/main.py)."""
+"""`bench tune show|apply|restore|recommend`."""
 
 from __future__ import annotations
 
@@ -151,15 +151,16 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     rundir = RunDir.open(run_id)
     rec = recommend_mod.analyse(rundir, alpha, "bh" if correction == "bh" else "holm")
     out = Table(title=f"run {rec.run_id}: settings vs the current ones ({rec.comparisons} "
-                      f"comparisons, {correction} corrected, alpha {alpha:g})")
-    for column in ("tier", "workload", "params", "setting", "current", "change [95% CI]",
-                   "p / adj.", "verdict", "other metrics"):
+                      f"comparisons, {recommend_mod.CORRECTIONS[rec.correction]} corrected, "
+                      f"alpha {alpha:g})")
+    for column in ("tier", "workload", "params", "setting", "current",
+                   "cost [95% CI] (> 1 = slower)", "p / adj.", "verdict", "other metrics"):
         out.add_column(column, overflow="fold")
     colour = {"adopt": "green", "harmful": "red", "no evidence": "white"}
     for row in recommend_mod.rows(rec):
         out.add_row(*(escape(row[k]) for k in ("tier", "workload", "params", "setting",
                                                 "current")),
-                    escape(f"{row['metric'].split(' ')[0]} {row['change']}"), row["p"],
+                    escape(f"{row['metric']} {row['cost']}"), row["p"],
                     f"[{colour[row['verdict']]}]{row['verdict']}[/]", escape(row["others"]))
     console.print(out)
     if rec.shared_note:
@@ -175,9 +176,6 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
 
-
-def register(main: click.Group) -> None:
-    main.add_command(tune)
 
 
 def cleanup(run_id: str | None) -> list[str]:

@@ -18,6 +18,7 @@ import time
 
 from bench.core import safefs
 from bench.core.errors import BenchError
+from bench.core.settings import settings
 
 POINTS = ("image.build", "tier.prepared", "instance.started", "workload.running",
           "tune.applied", "cache.built")
@@ -28,16 +29,17 @@ _hits: dict[str, int] = {}
 
 def point(name: str) -> None:
     """Pause at the BENCH_FAULT_HIT-th (default: first) time the run reaches `name`."""
-    if name not in POINTS or os.environ.get("BENCH_FAULT_AT") != name:
+    conf = settings()
+    if name not in POINTS or conf.fault_at != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] != int(os.environ.get("BENCH_FAULT_HIT", "1")):
+    if _hits[name] != conf.fault_hit:
         return
-    mark = os.environ.get("BENCH_FAULT_MARK")
+    mark = conf.fault_mark
     if mark:
         try:
             safefs.create_new(mark, str(os.getpid()).encode())
         except FileExistsError:
             raise BenchError(f"The fault mark {mark} exists already (or is a link); bench "
                              "writes it only as a new file.", "remove it first.") from None
-    time.sleep(float(os.environ.get("BENCH_FAULT_WAIT", "600")))
+    time.sleep(conf.fault_wait)

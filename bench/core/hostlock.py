@@ -21,18 +21,18 @@ from pathlib import Path
 
 from bench.core import safefs
 from bench.core.errors import BenchError
+from bench.core.settings import settings
 
 ALIVE = ".alive"
 
 
 def work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 def lock_path() -> Path:
     """Beside the run work directories it guards, so one setting moves both together."""
-    default = work_root() / ".lock"
-    return Path(os.environ.get("BENCH_LOCK_PATH", str(default)))
+    return settings().host_lock
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from typing import Any
 from bench.core import faults
 from bench.core.errors import ImageError
 from bench.core.procs import run
+from bench.core.settings import settings
 
 RECIPE_VERSION = 2  # bump when the build steps below change
 PACKAGES = (
@@ -58,7 +58,7 @@ TOOL_VERSION_ARGV = {
 
 
 def images_dir() -> Path:
-    return Path(os.environ.get("BENCH_IMAGE_DIR", "/var/lib/bench/images"))
+    return settings().image_dir
 
 
 def host_suite() -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bench.core import shipped, yamlio
 from bench.core.errors import BenchError
 
 Value = int | str | list[int]
@@ -278,7 +279,7 @@ def tuning_dir() -> Path:
     """The tunables catalog and cache recipes shipped with this bench (beside the package).
     Never the current directory or an environment variable: the catalog decides what root
     writes; another one is only taken when given explicitly (`--catalog`) and trusted."""
-    return Path(__file__).resolve().parents[2] / "tuning"
+    return shipped.data_dir("tuning")
 
 
 def check_trusted(path: Path) -> Path:
@@ -312,7 +313,7 @@ def check_trusted(path: Path) -> Path:
 
 def parse_catalog(text: str, source: str) -> Catalog:
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.safe_load(text)
     except yaml.YAMLError as exc:
         raise TuneError(f"{source} is not valid YAML: {exc}", "fix the YAML syntax.") from None
     try:

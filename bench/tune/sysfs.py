@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.core.errors import BenchError
+from bench.core.settings import settings
 from bench.tune.catalog import ALLOWED_RESOLVED, Tunable, TuneError
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class HostFs(Target):
     """The host's procfs and sysfs, under `root` (default $BENCH_SYSFS_ROOT or /)."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root or os.environ.get(ROOT_ENV) or "/")
+        self.root = Path(root) if root else settings().sysfs_root
         self.key = f"host:{self.root}"
         self.label = "host" if str(self.root) == "/" else f"host (root {self.root})"
 
