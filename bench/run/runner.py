@@ -32,7 +32,7 @@ from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
-from bench.run import adaptive
+from bench.run import adaptive, kills
 from bench.run import plan as planning
 from bench.run import switches as switching
 from bench.run.phases import PhaseClock
@@ -316,18 +316,26 @@ class Runner:
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             faults.point("workload.running")
-            if self.scenario.switches:
-                measurements = self._switch_run(ctx, workload, params, planned)
-            else:
-                measurements = workload.run(ctx, params)
+            before = kills.snapshot(instance)
+            try:
+                if self.scenario.switches:
+                    measurements = self._switch_run(ctx, workload, params, planned)
+                else:
+                    measurements = workload.run(ctx, params)
+            except (CommandError, CommandTimeout) as exc:  # say what killed it, when known
+                explained = kills.explain(exc, before, kills.snapshot(instance),
+                                          self.scenario.limits, cell.workload, cell.label,
+                                          timeout)
+                if explained is exc:
+                    raise
+                raise explained from exc
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                 raise  # our disk is full, not the workload failing: the run stops
-            status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
-            stderr = getattr(exc, "stderr", "") or ""
-            if isinstance(exc, CommandError | CommandTimeout):
-                stderr = exc.stderr
+            cause = exc.__cause__ if isinstance(exc.__cause__, CommandTimeout) else exc
+            status = "timeout" if isinstance(cause, CommandTimeout) else "failed"
+            stderr = getattr(exc, "stderr", "") or getattr(exc.__cause__, "stderr", "") or ""
             return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                              status=status, seconds=time.monotonic() - started,
                              error=str(exc), stderr=stderr[-4000:],

@@ -205,6 +205,11 @@ class Instance(ABC):
     def read_file(self, path: str) -> bytes:
         """Copy a file out of the instance."""
 
+    def cgroup_pid(self) -> int | None:
+        """A host pid in the instance's control groups (its limits' counters are read there);
+        None where the limits are not host cgroups (a VM's guest, the host tier)."""
+        return None
+
     @abstractmethod
     def stop(self) -> None:
         """Stop and remove everything this instance made. Idempotent."""

@@ -322,6 +322,15 @@ class DockerInstance(Instance):
                 raise BenchError(f"{path} in container {self.name} is not a file.", "see raw/.")
             return data.read()
 
+    def cgroup_pid(self) -> int | None:
+        """The container's init as this host sees it (a local engine's containers only)."""
+        if self._container is None or self._stopped or engine_mod.is_remote():
+            return None
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.reload()
+            return int(self.container.attrs["State"].get("Pid") or 0) or None
+        return None
+
     def stop(self) -> None:
         if self._stopped:
             return

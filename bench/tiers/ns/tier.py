@@ -312,6 +312,9 @@ class NsInstance(Instance):
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
 
+    def cgroup_pid(self) -> int | None:
+        return self.pid or None
+
     def memory_report(self) -> dict[str, int]:
         """The cgroup's usage, its memory.stat, and (v1) its kernel memory usage."""
         found = {"usage": self.cgroup.memory_bytes(), **self.cgroup.memory_stat()}
