@@ -133,14 +133,7 @@ class DeviceBuilder:
         faults.point("cache.built")
         built = Built(setup=name, recipe=recipe, variant=variant, top="", mount=Path(),
                       slow=slow, fast=fast)
-        if recipe.kind == "plain":
-            built.top = fast if options.get("device") == "fast" else slow
-        elif recipe.kind == "bcache":
-            self._bcache(built, options)
-        elif recipe.kind == "dm-cache":
-            self._dm_cache(built, options)
-        else:
-            self._dm_writecache(built, options)
+        self._stack(built, options)
         built.mount = self.dir / f"mnt-{name}"
         built.mount.mkdir(exist_ok=True)
         procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -155,6 +148,18 @@ class DeviceBuilder:
         self.built[name] = built
         self.log(f"cache setup {name}: {built.top} mounted at {built.mount}")
         return built
+
+    def _stack(self, built: Built, options: dict[str, Any]) -> None:
+        """The recipe's layer over the slow and fast devices; sets `built.top`."""
+        kind = built.recipe.kind
+        if kind == "plain":
+            built.top = built.fast if options.get("device") == "fast" else built.slow
+        elif kind == "bcache":
+            self._bcache(built, options)
+        elif kind == "dm-cache":
+            self._dm_cache(built, options)
+        else:
+            self._dm_writecache(built, options)
 
     def _loop_file(self, label: str, size_mb: int, direct: bool,
                    directory: Path | None = None) -> str:
@@ -229,6 +234,7 @@ class DeviceBuilder:
                         f"0 {fast_sectors - meta_sectors} linear {built.fast} {meta_sectors}")
         self.shell.run(["dd", "if=/dev/zero", f"of={meta}", "bs=1M", "count=1", "oflag=direct"],
                        timeout=60)
+        built.details["cache_meta"] = meta
         table = dm_cache_table(self._sectors(built.slow), meta, data, built.slow,
                                int(options.get("chunk_kb", 64)), str(options["cache_mode"]),
                                str(options.get("policy", "smq")))
@@ -252,14 +258,17 @@ class DeviceBuilder:
             with contextlib.suppress(OSError):
                 sh.write("/sys/fs/bcache/register", dev)
         slow_name = Path(sh.realpath(built.slow)).name
+        fast_name = Path(sh.realpath(built.fast)).name
         link = f"/sys/block/{slow_name}/bcache/dev"
+        cset_link = f"/sys/block/{fast_name}/bcache/set"  # -> /sys/fs/bcache/<set uuid>
         deadline = time.monotonic() + 30
-        while not sh.exists(link) and time.monotonic() < deadline:
+        while not (sh.exists(link) and sh.exists(cset_link)) and time.monotonic() < deadline:
             time.sleep(0.1)
         top_name = Path(sh.realpath(link)).name
         built.top = f"/dev/{top_name}"
         built.bcache_dir = Path("/sys/block") / top_name / "bcache"
-        cset = sh.realpath(str(built.bcache_dir / "cache"))  # /sys/fs/bcache/<set uuid>
+        cset = sh.realpath(cset_link)
+        built.details["cache_set"] = cset
         self._made("bcache", dev=top_name, backing=slow_name, cset=cset)
         for knob, value in (("cache_mode", options["cache_mode"]),
                             ("sequential_cutoff", int(options.get("sequential_cutoff_kb", 4096))
