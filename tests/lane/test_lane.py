@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from bench.core import image as image_mod
+from bench.core.errors import CommandTimeout
 from bench.core.image import Image
 from bench.core.limits import Limits
 from bench.core.rundir import new_run_id
@@ -138,6 +139,7 @@ def guest(lane_out: Path) -> Iterator[tuple[KvmTier, KvmInstance, Path]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.mark.timeout(INNER_TIMEOUT + 900)
 def test_typical_host_lane(guest: tuple[KvmTier, KvmInstance, Path], lane_out: Path) -> None:
     _tier, instance, lane = guest
     facts = instance.exec(["sh", "-c", "uname -r; cat /sys/fs/cgroup/cgroup.controllers; "
@@ -151,13 +153,17 @@ def test_typical_host_lane(guest: tuple[KvmTier, KvmInstance, Path], lane_out: P
            "BENCH_LANE_GUEST": "1"}
     argv = ["env", *(f"{k}={v}" for k, v in env.items()), "python3", "-m", "pytest",
             "-p", "no:cacheprovider", "-q", "-rA", "--basetemp=/scratch/pytest",
+            "--timeout=900", "-o", "junit_logging=all",
             "--junitxml=/lane/out/junit.xml", "--rootdir=/lane", "-c", "/lane/pyproject.toml",
             *(f"/lane/{t}" for t in INNER),
             *[a for k in os.environ.get("BENCH_LANE_K", "").split() for a in ("-k", k)]]
     began = time.monotonic()
     done = instance.agent.start(["sh", "-c", '"$@" > /lane/out/pytest.log 2>&1; sync', "sh",
                                  *argv], capture=False)
-    state = instance.agent.wait(done, argv, began + INNER_TIMEOUT, INNER_TIMEOUT)
+    try:
+        state = instance.agent.wait(done, argv, began + INNER_TIMEOUT, INNER_TIMEOUT)
+    except CommandTimeout:
+        state = {"exitcode": "timeout"}
     wall = time.monotonic() - began
     instance.stop()  # the lane disk is read back from the host once the guest is down
     _run(["debugfs", "-R", f"rdump /out {lane_out}", str(lane)], timeout=300)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -258,16 +259,16 @@ class DeviceBuilder:
             with contextlib.suppress(OSError):
                 sh.write("/sys/fs/bcache/register", dev)
         slow_name = Path(sh.realpath(built.slow)).name
-        fast_name = Path(sh.realpath(built.fast)).name
         link = f"/sys/block/{slow_name}/bcache/dev"
-        cset_link = f"/sys/block/{fast_name}/bcache/set"  # -> /sys/fs/bcache/<set uuid>
-        deadline = time.monotonic() + 30
-        while not (sh.exists(link) and sh.exists(cset_link)) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        deadline = time.monotonic() + 120
+        while not sh.exists(link) and time.monotonic() < deadline:
+            time.sleep(0.2)
         top_name = Path(sh.realpath(link)).name
         built.top = f"/dev/{top_name}"
         built.bcache_dir = Path("/sys/block") / top_name / "bcache"
-        cset = sh.realpath(cset_link)
+        super_block = sh.run(["bcache-super-show", built.fast], timeout=60)
+        uuid = re.search(r"^cset\.uuid\s+([0-9a-f-]+)", super_block, re.M)
+        cset = f"/sys/fs/bcache/{uuid.group(1)}" if uuid else ""
         built.details["cache_set"] = cset
         self._made("bcache", dev=top_name, backing=slow_name, cset=cset)
         for knob, value in (("cache_mode", options["cache_mode"]),
