@@ -254,7 +254,9 @@ class DeviceBuilder:
         sh = self.shell
         for dev in (built.slow, built.fast):
             sh.run(["wipefs", "-a", dev], timeout=60)
-        sh.run(["make-bcache", "-C", built.fast, "-B", built.slow], timeout=120)
+        # small buckets: the kernel wants at least 1024 of them on the cache device
+        sh.run(["make-bcache", "--bucket", f"{int(options.get('bucket_kb', 64))}k",
+                "-C", built.fast, "-B", built.slow], timeout=120)
         for dev in (built.slow, built.fast):  # udev (bcache-tools' rule) may have done it
             with contextlib.suppress(OSError):
                 sh.write("/sys/fs/bcache/register", dev)
@@ -266,6 +268,12 @@ class DeviceBuilder:
         top_name = Path(sh.realpath(link)).name
         built.top = f"/dev/{top_name}"
         built.bcache_dir = Path("/sys/block") / top_name / "bcache"
+        state = str(built.bcache_dir / "state")
+        while sh.read(state).strip() == "no cache":
+            if time.monotonic() > deadline:
+                raise TuneError(f"bcache {top_name} has no cache device attached ({built.fast} "
+                                "did not register).", "see the kernel log (dmesg).")
+            time.sleep(0.2)
         super_block = sh.run(["bcache-super-show", built.fast], timeout=60)
         uuid = re.search(r"^cset\.uuid\s+([0-9a-f-]+)", super_block, re.M)
         cset = f"/sys/fs/bcache/{uuid.group(1)}" if uuid else ""
