@@ -115,6 +115,7 @@ def guest(lane_out: Path) -> Iterator[tuple[KvmTier, KvmInstance, Path]]:
     lane = lane_disk(work)
     images = image_disk(img, work)
     os.environ["BENCH_KVM_MEMORY_MB"] = str(LANE_MEMORY_MB)
+    os.environ.setdefault("BENCH_KVM_BOOT_TIMEOUT", "600")  # TCG on a busy host
     tier = KvmTier()
     availability = tier.available()
     assert availability.ok, f"{availability.reason} Fix: {availability.fix}"

@@ -46,7 +46,8 @@ class GivenDevicesLab(CacheLab):
         self.state["made"].append({"kind": kind, **what})
 
     def _slice(self, dev: str, label: str, index: int) -> str:
-        size = self._sectors(dev) // len(self.names)
+        # whole MiBs: dm-writecache refuses a length that is not a multiple of its block size
+        size = self._sectors(dev) // len(self.names) // 2048 * 2048
         return self._dm(label, f"0 {size} linear {dev} {index * size}")
 
     def build(self, name: str) -> Built:
