@@ -32,6 +32,7 @@ from typing import Any
 from bench.core import image, procs
 from bench.core.errors import BenchError
 from bench.core.limits import Limits
+from bench.core.settings import settings
 from bench.kernel import cgroups
 from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
@@ -153,7 +154,7 @@ class SelfTest:
         self.tier_names = tiers
         self.log = log
         self.run_id = f"selftest-{secrets.token_hex(3)}"
-        self.work = Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench")) / self.run_id
+        self.work = settings().work_dir / self.run_id
 
     def run(self) -> list[Check]:
         img = image.require()
@@ -173,7 +174,7 @@ class SelfTest:
                 tier.prepare(TierContext(self.run_id, img, tier_dir, raw))
                 try:
                     self.log(f"selftest: {name} ...")
-                    checks += (self._host(tier) if name == "host" else self._isolated(tier))
+                    checks += (self._host(tier) if tier.is_baseline else self._isolated(tier))
                 finally:
                     tier.finish()
         finally:

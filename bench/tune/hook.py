@@ -27,8 +27,10 @@ from bench.core import faults
 from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run.scenario import Scenario
+from bench.tiers import TIERS
 from bench.tiers.base import Instance, Tier
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
@@ -38,8 +40,6 @@ from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.catalog import Tunable, TuneError
 from bench.tune.sysfs import HostFs, InstanceFs, block_device_of
 from bench.tune.tuner import Change, Tuner, key_text, recover
-
-GUEST_TIERS = ("kvm",)  # tiers whose instances run their own kernel
 
 _GUEST_DEVICE = (
     "import os,sys\n"
@@ -51,7 +51,7 @@ _GUEST_DEVICE = (
 
 
 def _work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 class TuningHook:
@@ -138,7 +138,11 @@ class TuningHook:
                 restored = [str(c) for c in self.host.restore_all()]
             except BenchError as exc:
                 problems.append(exc.cause)
-        removed = self.lab.destroy() if self.lab is not None else []
+        removed: list[str] = []
+        try:
+            removed = self.lab.destroy() if self.lab is not None else []
+        except BenchError as exc:  # a failed removal is a problem, never counted as removed
+            problems.append(exc.cause)
         self.guest_lab = None
         self._lab_of.clear()
         if self.journal is not None:
@@ -168,14 +172,14 @@ class TuningHook:
         host_wanted: dict[tuple[str, str | None], Any] = {}
         inside: dict[tuple[str, str | None], Any] = {}
         applied: dict[str, Any] = {}
-        in_guest = cell.tier in GUEST_TIERS
+        in_guest = TIERS[cell.tier].runs_own_kernel
         for name, value in cell.tunables.items():
             tunable = self.catalog.get(name)
             if in_guest and tunable.guest:
                 device = self._guest_device(instance) if tunable.per_device else None
                 inside[(name, device)] = value
                 where = "inside the guest (guest-local)"
-            elif tunable.scope == "per-netns" and cell.tier != "host":
+            elif tunable.scope == "per-netns" and TIERS[cell.tier].own_netns:
                 inside[(name, None)] = value
                 where = "inside the instance's network namespace"
             else:
@@ -183,7 +187,7 @@ class TuningHook:
                 host_wanted[(name, device)] = value
                 where = "on the host, shared by every tier of this run that runs on the " \
                     "host's kernel (" + ", ".join(t for t in self.tiers
-                                                  if t not in GUEST_TIERS) + ")"
+                                                  if not TIERS[t].runs_own_kernel) + ")"
             applied[name] = {"value": value, "scope": tunable.scope, "set": where}
             if tunable.per_device:
                 applied[name]["device"] = next(
@@ -232,7 +236,7 @@ class TuningHook:
                 "scratch_device": built.top, "scratch_fs": "ext4", "scratch_mode": "cache setup",
                 "cache": {**built.details, "setup": cell.cache, "state": self.spec.cache_state
                           if self.spec else "cold", "dirty_left_after_drain": left,
-                          "counters": {k: v - before.get(k, 0) for k, v in now.items()}},
+                          "counters": {k: v - before[k] for k, v in now.items() if k in before}},
             })
         return meta
 
@@ -249,7 +253,7 @@ class TuningHook:
                         if self.catalog.get(n).scope in ("host-global", "per-device")})
         if not names:
             return ""
-        host_tiers = [t for t in self.tiers if t not in GUEST_TIERS]
+        host_tiers = [t for t in self.tiers if not TIERS[t].runs_own_kernel]
         return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} host-wide: set on "
                 f"the host and shared by every tier that runs on it ({', '.join(host_tiers)})"
                 + ("; the kvm tier sets its own copy inside the guest" if

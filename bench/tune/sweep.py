@@ -133,6 +133,7 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
     """(tunables, cache) pairs a cell on `tier` is measured under, and why any were left out."""
     if spec is None:
         return [({}, "none")], []
+    from bench.tiers import TIERS
     from bench.tune.cache import setups as cache_setups
     from bench.tune.cache import unavailable_reason
     from bench.tune.sysfs import HostFs
@@ -149,7 +150,7 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
             if tier not in tunable.tiers:
                 why = (f"{name} cannot be set from the {tier} tier"
                        + (f": {tunable.tiers_note}" if tunable.tiers_note else ""))
-            elif tunable.probe and not (tier == "kvm" and tunable.guest):
+            elif tunable.probe and not (TIERS[tier].runs_own_kernel and tunable.guest):
                 why = host.available(name)
             if why:
                 break

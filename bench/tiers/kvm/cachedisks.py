@@ -20,7 +20,7 @@ from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.cache.recipes import device_spec
 
 if TYPE_CHECKING:
-    from bench.tiers.kvm.tier import KvmInstance
+    from bench.tiers.kvm.instance import KvmInstance
 
 FAST_MAX_MB = 512
 SLOW_TARGET, FAST_TARGET = "vdc", "vdd"

@@ -1,0 +1,47 @@
+"""`bench selftest`: the command around bench/cli/selftest.py."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.table import Table
+
+from bench.cli.common import console
+from bench.core import hostlock
+from bench.core.errors import BenchError
+from bench.tiers import TIERS
+
+
+@click.command()
+@click.option("--tier", "tiers", multiple=True, help="Only these tiers (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def selftest(tiers: tuple[str, ...], as_json: bool) -> None:
+    """Inject a CPU quota, an I/O throttle and a tbf rate limit; measure each on every tier."""
+    from bench.cli import selftest as st
+
+    names = list(tiers) or list(TIERS)
+    unknown = [t for t in names if t not in TIERS]
+    if unknown:
+        raise BenchError(f"Unknown tier(s): {', '.join(unknown)}.",
+                         f"choose from: {', '.join(TIERS)}.")
+    with hostlock.hold("(selftest)"):
+        checks = st.SelfTest(names, log=console.print).run()
+    if as_json:
+        click.echo(st.as_json(checks))
+    else:
+        out = Table(title=f"bench selftest (pass: within {st.TOLERANCE:.0%} of the injected value)")
+        for column in ("tier", "limit injected", "expected", "measured", "unit", "error",
+                       "result", "how"):
+            out.add_column(column)
+        for c in checks:
+            if c.skipped:
+                out.add_row(c.tier, c.limit, "-", "-", c.unit, "-", "[yellow]skipped[/yellow]",
+                            c.skipped)
+                continue
+            out.add_row(c.tier, c.limit, f"{c.expected:.3g}", f"{c.measured:.3g}", c.unit,
+                        f"{c.error:.1%}",
+                        "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+        console.print(out)
+    if any(not c.passed and not c.skipped for c in checks):
+        sys.exit(1)
