@@ -276,8 +276,10 @@ class Tier(ABC):
     # "": not at all
     cache_devices: ClassVar[str] = ""
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
-        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance` that
+        can build the cache setups `names`."""
         raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
