@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,32 +10,19 @@ import pytest
 from bench.core import image as image_mod
 from bench.core.image import Image
 
+# the required-parts switch (need, BENCH_REQUIRE) and the per-part counts are hooks of tests.parts
+from tests.parts import (  # noqa: F401
+    need,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_runtest_setup,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    required_parts,
+)
+
 DATA = Path(__file__).parent / "data"
-
-
-def required_parts() -> set[str]:
-    """Parts whose absence fails a test instead of skipping it (BENCH_REQUIRE=host,ns,...).
-
-    CI sets it to everything it installs, so a green run cannot hide a part that never ran."""
-    return {p.strip() for p in os.environ.get("BENCH_REQUIRE", "").split(",") if p.strip()}
-
-
-def need(part: str, available: bool, reason: str = "") -> None:
-    """Skip the calling test when `part` is missing, or fail it when the part is required."""
-    if available:
-        return
-    message = f"{part} is not available here" + (f": {reason}" if reason else "")
-    if part in required_parts():
-        pytest.fail(f"required part missing (BENCH_REQUIRE): {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="integration tests need root")
-        for item in items:
-            if "integration" in item.keywords:
-                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

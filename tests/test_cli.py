@@ -62,3 +62,11 @@ def test_a_bad_setting_is_a_one_paragraph_error(monkeypatch: pytest.MonkeyPatch)
 
 def test_readme_settings_table_is_the_generated_one() -> None:
     assert settings_table() in (REPO / "README.md").read_text()
+
+
+def test_shipped_scenarios_are_found_from_any_directory(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--dry-run", "quick",
+                           "--tier", "host"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cells" in done.stdout

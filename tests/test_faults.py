@@ -3,8 +3,11 @@ or killed (SIGKILL) at named points (bench/core/faults.py) on every available ti
 libvirtd die mid-run; a workload hangs; a tool is missing or vanishes; the results disk fills up.
 
 After each fault: the samples taken so far parse; `bench cleanup` (or the start-up check of the
-next `bench run`) leaves nothing behind (`leaks(run_id)` lists every kind of leftover); and
-`bench run --resume` completes the plan.
+next `bench run`) leaves nothing behind (`leaks(run_id)` lists every kind of leftover, and fails
+the test when it cannot look); and `bench run --resume` completes the plan.
+
+The tests that kill a daemon kill a private one of their own (tests/daemons.py), never the
+machine's dockerd or libvirtd.
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ from bench.tiers.ns.tier import CGROUP_ROOT
 from bench.tune import catalog as catalog_mod
 from bench.tune.sysfs import HostFs
 from bench.tune.tuner import Tuner
+from tests import daemons
+from tests.parts import need, required_parts
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, "-m", "bench.cli"]
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
-FAST_TIERS = [t for t in ("host", "ns", "docker") if t in TIERS and TIERS[t]().available().ok]
-KVM = "kvm" in TIERS and TIERS["kvm"]().available().ok
-NO_KVM = "the kvm tier is not registered in bench.tiers.TIERS or not available here"
+FAST_TIERS = ("host", "ns", "docker")
+
+
+def need_tier(tier: str) -> None:
+    availability = TIERS[tier]().available()
+    need(tier, availability.ok, f"{availability.reason} {availability.fix}")
 
 
 # -- what a run may leave behind ---------------------------------------------------------------
@@ -51,6 +59,19 @@ NO_KVM = "the kvm tier is not registered in bench.tiers.TIERS or not available h
 def _tunables() -> dict[str, str]:
     return {k: v for k, v in Tuner(catalog_mod.load(), HostFs("/")).snapshot().items()
             if not v.startswith(("unavailable", "unreadable"))}
+
+
+def _opaque() -> set[int]:
+    """Processes whose root even root may not read (the sandbox's own init, say)."""
+    found = set()
+    for pid in psutil.pids():
+        try:
+            os.readlink(f"/proc/{pid}/root")
+        except PermissionError:
+            found.add(pid)
+        except OSError:
+            pass
+    return found
 
 
 def _zram() -> set[str]:
@@ -66,6 +87,7 @@ class Lab:
     tunables: dict[str, str] = field(default_factory=dict)
     zram: set[str] = field(default_factory=set)  # zram devices as found
     zram_made: set[str] = field(default_factory=set)  # those a run's cache state listed
+    opaque: set[int] = field(default_factory=_opaque)  # unreadable before the test began
 
     @property
     def results(self) -> Path:
@@ -87,12 +109,24 @@ class Lab:
         return leaks(run_id, self)
 
 
-def _lines(argv: list[str]) -> list[str]:
+def _lines(argv: list[str], env: dict[str, str] | None = None) -> list[str]:
+    """The output lines of a listing command; a listing that fails fails the test (a probe that
+    cannot look must not report "no leaks")."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"leak probe: {' '.join(argv)} could not run: {exc}", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"leak probe: {' '.join(argv)} exited {done.returncode}: {done.stderr}",
+                    pytrace=False)
     return done.stdout.splitlines()
+
+
+def _answers(argv: list[str], env: dict[str, str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=30, env=env).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _loops(run_id: str) -> list[str]:
@@ -105,32 +139,42 @@ def leaks(run_id: str, lab: Lab | None = None) -> list[str]:
     """Everything of the run still on the host: containers, domains, mounts, cgroups, processes,
     netns, veths and bridges, NAT rules, loop and zram devices, changed tunables, files."""
     found: list[str] = []
-    work = (lab.work if lab else Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench")))
-    if shutil.which("docker"):
+    env = lab.env if lab else dict(os.environ)
+    work = (lab.work if lab else Path(env.get("BENCH_WORK_DIR", "/var/tmp/bench")))
+    # the engine and the libvirt this lab's bench talks to; an engine that does not answer is
+    # only acceptable where that part is not required (then nothing of it can have been made)
+    docker = ["docker", "-H", env.get("BENCH_DOCKER_URL") or "unix:///var/run/docker.sock"]
+    if shutil.which("docker") and (_answers([*docker, "version"], env)
+                                   or "docker" in required_parts()):
         for kind in ("ps", "volume ls", "network ls"):
-            argv = ["docker", *kind.split(), *(["-a"] if kind == "ps" else []), "-q",
+            argv = [*docker, *kind.split(), *(["-a"] if kind == "ps" else []), "-q",
                     "--filter", f"label=bench.run={run_id}"]
-            found += [f"docker {kind}: {line}" for line in _lines(argv) if line.strip()]
-    if KVM:
+            found += [f"docker {kind}: {line}" for line in _lines(argv, env) if line.strip()]
+    virsh = ["virsh", "-c", env.get("BENCH_LIBVIRT_URI") or "qemu:///system"]
+    if shutil.which("virsh") and (_answers([*virsh, "version"], env)
+                                  or "kvm" in required_parts()):
         for kind in ("list --all", "net-list --all"):
             found += [f"libvirt {kind}: {name}" for name in
-                      _lines(["virsh", "-c", "qemu:///system", *kind.split(), "--name"])
+                      _lines([*virsh, *kind.split(), "--name"], env)
                       if run_id in name or ns_net.tag(run_id) in name]
-        for name in _lines(["virsh", "-c", "qemu:///system", "list", "--all", "--name"]):
+        for name in _lines([*virsh, "list", "--all", "--name"], env):
             if name.strip() and run_id in "\n".join(
-                    _lines(["virsh", "-c", "qemu:///system", "dumpxml", name.strip()])):
+                    _lines([*virsh, "dumpxml", name.strip()], env)):
                 found.append(f"libvirt domain {name}")
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {line.split()[4]}" for line in mountinfo if run_id in line.split()[4]]
     found += [f"mount {p}" for p in sysmount.mounts_under(work)]
-    with contextlib.suppress(Exception):
-        for root in cgroups.detect().unique_roots:
-            if (root / CGROUP_ROOT / run_id).exists():
-                found.append(f"cgroup {root / CGROUP_ROOT / run_id}")
+    for root in cgroups.detect().unique_roots:
+        if (root / CGROUP_ROOT / run_id).exists():
+            found.append(f"cgroup {root / CGROUP_ROOT / run_id}")
+    opaque = lab.opaque if lab else _opaque()
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if proc.pid == os.getpid():
+        if proc.pid == os.getpid() or proc.pid in opaque:
             continue
-        with contextlib.suppress(psutil.Error, OSError):
+        # a process that ends while we read it is gone: not a leftover, not a probe error; one
+        # we cannot read (and could read, or did not exist, before) fails the probe
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError,
+                                 ProcessLookupError):
             cgroup = Path(f"/proc/{proc.pid}/cgroup").read_text()
             root = os.readlink(f"/proc/{proc.pid}/root")
             if run_id in cgroup or root.startswith(str(work)) or \
@@ -139,7 +183,9 @@ def leaks(run_id: str, lab: Lab | None = None) -> list[str]:
     found += [f"netns {name}" for name in _lines(["ip", "netns", "list"])
               if run_id in name or ns_net.tag(run_id) in name]
     found += [f"link {name}" for _, name in ns_net._bench_links(run_id)]
-    found += [f"iptables {table} {' '.join(args)}" for table, args in ns_net._rules(run_id)]
+    found += [f"iptables {table}: {line}" for table in ("nat", "filter")
+              for line in _lines(["iptables", "-w", "5", "-t", table, "-S"])
+              if line.startswith("-A ") and run_id in line]
     found += [f"loop {line}" for line in _loops(run_id)]
     if lab is not None:
         # (other people's zram devices may come and go meanwhile: only those the run made)
@@ -291,6 +337,7 @@ MATRIX = [("workload.running", "SIGINT"), ("workload.running", "SIGTERM"),
 @pytest.mark.parametrize("tier", FAST_TIERS)
 def test_signal_at_a_point_leaves_nothing_and_resume_completes(
         lab: Lab, bench_image: Image, tier: str, point: str, sig: str) -> None:
+    need_tier(tier)
     scenario = write_scenario(lab, tiny(tier))
     hit = 2 if point == "workload.running" else 1  # the first run's samples are on disk
     with paused_at(lab, scenario, point, hit=hit) as proc:
@@ -369,23 +416,42 @@ def _pids(name: str) -> list[int]:
     return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == name]
 
 
-@pytest.mark.skipif("docker" not in FAST_TIERS, reason="the docker tier is not available here")
-def test_dockerd_dying_mid_run_is_recorded_and_cleaned_up(lab: Lab, bench_image: Image) -> None:
-    scenario = write_scenario(lab, tiny("docker"))
-    tier = TIERS["docker"]()
+@pytest.fixture
+def private_dockerd(lab: Lab) -> Iterator[daemons.Private]:
+    """A dockerd of this test's own; bench (and the leak probe) talk to it only."""
+    need("docker", shutil.which("dockerd") is not None, "dockerd is not installed")
+    root = Path(tempfile.mkdtemp(prefix="bfd-", dir="/var/tmp"))
     try:
-        with paused_at(lab, scenario, "workload.running", wait=2) as proc:
-            for pid in _pids("dockerd"):
-                os.kill(pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=300)
-        assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
-        run = the_run(lab)
-        failed = [r for r in run.records() if r.status != "ok"]
-        assert failed, out[-3000:]
-        assert_samples_intact(run)
+        with daemons.dockerd(root) as daemon:
+            lab.env["BENCH_DOCKER_URL"] = daemon.url
+            yield daemon
+            # the lab's own teardown cleans the runs while the daemon still answers
+            for run_id in sorted(p.name for p in lab.results.iterdir() if p.is_dir()):
+                if lab.leaks(run_id):
+                    bench(lab, "cleanup", "--run", run_id)
     finally:
-        tier.ensure_running()  # later tests need an engine, whatever happened above
-    assert TIERS["docker"]().available().ok
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.part("docker")
+def test_dockerd_dying_mid_run_is_recorded_and_cleaned_up(
+        lab: Lab, bench_image: Image, private_dockerd: daemons.Private) -> None:
+    machine = [pid for pid in _pids("dockerd") if pid != private_dockerd.pid]
+    scenario = write_scenario(lab, tiny("docker"))
+    with paused_at(lab, scenario, "workload.running", wait=2) as proc:
+        label = f"label=bench.run={the_run(lab).run_id}"
+        ours = _lines(["docker", "-H", private_dockerd.url, "ps", "-q", "--filter", label])
+        assert ours and not _lines(["docker", "ps", "-q", "--filter", label]), \
+            "the run's container is on the private engine, not on the machine's"
+        private_dockerd.kill()
+        out, err = proc.communicate(timeout=300)
+    assert machine and set(machine) <= set(_pids("dockerd")), "the machine's dockerd lives on"
+    assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
+    run = the_run(lab)
+    failed = [r for r in run.records() if r.status != "ok"]
+    assert failed, out[-3000:]
+    assert_samples_intact(run)
+    private_dockerd.start()  # the engine is back (its containers are still known to it)
     done = bench(lab, "cleanup", "--run", run.run_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert lab.leaks(run.run_id) == []
@@ -397,6 +463,7 @@ def test_dockerd_dying_mid_run_is_recorded_and_cleaned_up(lab: Lab, bench_image:
 @pytest.mark.parametrize("tier", FAST_TIERS)
 def test_a_hanging_workload_is_killed_at_its_timeout(lab: Lab, bench_image: Image,
                                                      tier: str) -> None:
+    need_tier(tier)
     data = tiny(tier, name="hang")
     data["workloads"][0] = {"workload": "cpu.sysbench", "params": {"seconds": 30},
                             "timeout_s": 2}
@@ -491,6 +558,7 @@ def test_results_disk_full_stops_cleanly_and_resume_finishes(lab: Lab,
 def kvm_lab(lab: Lab) -> Iterator[Lab]:
     """QEMU runs unprivileged: the guests' disks go to a work directory it can reach (pytest's
     directories are private)."""
+    need_tier("kvm")
     work = Path(tempfile.mkdtemp(prefix="bench-faults-", dir="/var/tmp"))
     work.chmod(0o711)
     lab.env["BENCH_WORK_DIR"] = str(work)
@@ -501,7 +569,7 @@ def kvm_lab(lab: Lab) -> Iterator[Lab]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.mark.skipif(not KVM, reason=NO_KVM)
+@pytest.mark.part("kvm")
 def test_kvm_sigkill_with_guests_up_leaves_no_domain(kvm_lab: Lab, bench_image: Image) -> None:
     scenario = write_scenario(kvm_lab, tiny("kvm"))
     with paused_at(kvm_lab, scenario, "instance.started") as proc:
@@ -510,28 +578,47 @@ def test_kvm_sigkill_with_guests_up_leaves_no_domain(kvm_lab: Lab, bench_image: 
     assert_resume_completes(kvm_lab, run, runs=2)
 
 
-@pytest.mark.skipif(not KVM, reason=NO_KVM)
-def test_libvirtd_dying_mid_run_is_recorded_and_cleaned_up(kvm_lab: Lab,
-                                                           bench_image: Image) -> None:
-    scenario = write_scenario(kvm_lab, tiny("kvm"))
-    tier = TIERS["kvm"]()
+@pytest.fixture
+def private_libvirtd(kvm_lab: Lab) -> Iterator[daemons.Private]:
+    """A libvirtd of this test's own (own namespace, state and socket); bench and the leak
+    probe talk to it only."""
+    root = Path(tempfile.mkdtemp(prefix="bfl-", dir="/var/tmp"))
     try:
-        with paused_at(kvm_lab, scenario, "workload.running", wait=2) as proc:
-            for pid in _pids("libvirtd"):
-                os.kill(pid, signal.SIGKILL)
-            out, err = proc.communicate(timeout=600)
-        assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
-        run = the_run(kvm_lab)
-        assert [r for r in run.records() if r.status != "ok"], out[-3000:]
-        assert_samples_intact(run)
+        with daemons.libvirtd(root) as daemon:
+            kvm_lab.env["BENCH_LIBVIRT_URI"] = daemon.url
+            yield daemon
+            for run_id in sorted(p.name for p in kvm_lab.results.iterdir() if p.is_dir()):
+                if kvm_lab.leaks(run_id):
+                    bench(kvm_lab, "cleanup", "--run", run_id)
     finally:
-        tier.ensure_running()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.part("kvm")
+def test_libvirtd_dying_mid_run_is_recorded_and_cleaned_up(
+        kvm_lab: Lab, bench_image: Image, private_libvirtd: daemons.Private) -> None:
+    machine = [pid for pid in _pids("libvirtd") if pid != private_libvirtd.pid]
+    scenario = write_scenario(kvm_lab, tiny("kvm"))
+    with paused_at(kvm_lab, scenario, "workload.running", wait=2) as proc:
+        run_id = the_run(kvm_lab).run_id
+        ours = _lines(["virsh", "-c", private_libvirtd.url, "list", "--name"])
+        theirs = _lines(["virsh", "-c", "qemu:///system", "list", "--name"])
+        assert any(run_id in name for name in ours), "the guest runs under the private libvirtd"
+        assert not any(run_id in name for name in theirs), "and not under the machine's"
+        private_libvirtd.kill()
+        out, err = proc.communicate(timeout=600)
+    assert machine and set(machine) <= set(_pids("libvirtd")), "the machine's libvirtd lives on"
+    assert "Traceback" not in out + err, out[-3000:] + err[-3000:]
+    run = the_run(kvm_lab)
+    assert [r for r in run.records() if r.status != "ok"], out[-3000:]
+    assert_samples_intact(run)
+    private_libvirtd.start()  # back, it finds the guest QEMU still runs
     done = bench(kvm_lab, "cleanup", "--run", run.run_id)
     assert done.returncode == 0, done.stdout + done.stderr
     assert kvm_lab.leaks(run.run_id) == []
 
 
-@pytest.mark.skipif(not KVM, reason=NO_KVM)
+@pytest.mark.part("kvm")
 def test_a_guest_that_never_gets_ready_is_a_recorded_failure(kvm_lab: Lab,
                                                              bench_image: Image) -> None:
     data = tiny("kvm", workloads=[{"workload": "cpu.sysbench", "params": {"seconds": 1}}])

@@ -61,9 +61,28 @@ def poisoned(tmp_path: Path) -> tuple[Path, Path, Path]:
     return results, a, b
 
 
+# what EVIL must look like once escaped for HTML (quotes may be escaped either way)
+ESCAPED_HTML = ("&lt;script&gt;alert(1)&lt;/script&gt;", "&lt;img src=x onerror=alert(2)&gt;",
+                f"$(touch {PWNED})", "[bold red]markup[/]")
+
+
 def _no_live_markup(html: str) -> None:
+    """The raw hostile string is absent, and its escaped form is present (it was shown)."""
     assert "<script>alert" not in html and "<img src=x" not in html
     assert EVIL not in html and "onerror=alert(2)>" not in html
+    for piece in ESCAPED_HTML:
+        assert piece in html, piece
+
+
+def test_the_markup_check_can_fail() -> None:
+    """The check above rejects a page that carries EVIL raw, and one that dropped it."""
+    with pytest.raises(AssertionError):
+        _no_live_markup(f"<html><body><p>{EVIL}</p></body></html>")
+    with pytest.raises(AssertionError):
+        _no_live_markup("<html><body><p>nothing hostile here</p></body></html>")
+    from html import escape
+
+    _no_live_markup(f"<p>{escape(EVIL)}</p>")
 
 
 def test_report_escapes_what_runs_and_hosts_carry(poisoned: tuple[Path, Path, Path],
@@ -73,9 +92,7 @@ def test_report_escapes_what_runs_and_hosts_carry(poisoned: tuple[Path, Path, Pa
         out = tmp_path / name
         done = _bench("report", *runs, "-o", str(out), results=results)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        html = out.read_text()
-        _no_live_markup(html)
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+        _no_live_markup(out.read_text())
     assert not PWNED.exists()
 
 
@@ -86,14 +103,19 @@ def test_compare_markdown_and_junit_escape_it(poisoned: tuple[Path, Path, Path])
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "<script>" not in done.stdout and "<img" not in done.stdout
-    assert "&lt;script&gt;" in done.stdout
+    assert EVIL not in done.stdout
+    # the label is there, escaped for markdown-in-HTML, its shell text kept as plain text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in done.stdout
+    assert "&lt;img src=x onerror=alert(2)&gt;" in done.stdout
+    assert f"$(touch {PWNED})" in done.stdout
     done = _bench("compare", a.name, b.name, "--format", "junit", "--all-metrics",
                   results=results)
     assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]
     xml = done.stdout[done.stdout.index("<testsuite"):]
     root = ET.fromstring(xml)  # well-formed: every quote and bracket is escaped
     texts = " ".join(e.get("name", "") + " " + (e.text or "") for e in root.iter())
-    assert "<script>alert(1)</script>" in texts  # the value survives, as data
+    assert EVIL in texts  # the whole value survives, as data
+    assert "<script>alert" not in xml and "&lt;script&gt;alert(1)&lt;/script&gt;" in xml
     assert not PWNED.exists()
 
 
@@ -102,6 +124,10 @@ def test_summary_prints_it_as_text(poisoned: tuple[Path, Path, Path]) -> None:
     done = _bench("summary", a.name, "--all-metrics", results=results)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    text = "".join(done.stdout.split())  # the table wraps long cells
+    # rich markup in the data is printed as it is, not interpreted (which would drop it)
+    assert "[boldred]markup[/][/]" in text, done.stdout[-3000:]
+    assert f"$(touch{PWNED})" in text and "<script>alert(1)</script>" in text
     assert not PWNED.exists()
 
 

@@ -52,6 +52,8 @@ def checks() -> list[Check]:
     if os.geteuid() != 0:
         found.append(Check("core", "root", False, "bench runs as root (chroot, mounts, cgroups).",
                            "run bench with sudo or as root."))
+    else:
+        found.append(Check("core", "root", True))
     if shutil.which("mmdebstrap") is None:
         found.append(Check("core", "mmdebstrap", False, "mmdebstrap is not installed.",
                            "run `bench setup`."))
@@ -80,6 +82,16 @@ def checks() -> list[Check]:
                            f"missing in the image: {', '.join(absent)}" if absent else "",
                            "rebuild it: `bench image build --force`" if absent else ""))
     return found
+
+
+def missing_required(found: list[Check], required: list[str]) -> list[Check]:
+    """The checks named in `required` (tiers, workloads, core parts) that are not ready."""
+    by_name = {c.name: c for c in found}
+    unknown = [name for name in required if name not in by_name]
+    if unknown:
+        raise BenchError(f"bench doctor --require names unknown parts: {', '.join(unknown)}.",
+                         f"name some of: {', '.join(by_name)}.")
+    return [by_name[name] for name in required if not by_name[name].ok]
 
 
 def preflight(workloads: list[str], img: image.Image) -> None:

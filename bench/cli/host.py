@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cli import doctor as doctor_mod
 from bench.cli import tune as tune_cli
 from bench.cli.common import console
-from bench.core import hostlock
+from bench.core import hostlock, runlock
 from bench.core import image as image_mod
+from bench.core.errors import BenchError
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run.runner import work_root
 from bench.tiers import TIERS
 
 
 @click.command()
-def doctor() -> None:
+@click.option("--require", default="", metavar="PART,...",
+              help="exit 1 when one of these tiers, workloads or core parts is not ready "
+                   "(e.g. host,ns,docker,kvm)")
+def doctor(require: str) -> None:
     """Is every tier and workload ready here? If not, why, and the fix."""
     out = Table(title="bench doctor")
     for column in ("kind", "name", "ready", "why not / details", "fix"):
@@ -28,6 +35,13 @@ def doctor() -> None:
         out.add_row(c.kind, c.name, "[green]yes[/green]" if c.ok else "[red]no[/red]",
                     c.reason, c.fix)
     console.print(out)
+    names = [n.strip() for n in require.split(",") if n.strip()]
+    missing = doctor_mod.missing_required(checks, names)
+    for c in missing:
+        console.print(f"[red]required but not ready:[/red] {c.kind} {c.name}: "
+                      f"{escape(c.reason)} fix: {escape(c.fix)}")
+    if missing:
+        sys.exit(1)
 
 
 @click.command()
@@ -100,6 +114,8 @@ def cleanup_dead_runs() -> list[str]:
     """With the host lock held, a run's work directory that still exists belongs to a dead run."""
     removed = []
     for work in sorted(p for p in work_root().glob("*") if p.is_dir()):
+        if runlock.is_live(work.name):
+            continue  # a run of another bench process that is still going
         removed += cleanup_leftovers(work.name)
         shutil.rmtree(work, ignore_errors=True)
     return removed
@@ -110,9 +126,21 @@ def cleanup_dead_runs() -> list[str]:
 def cleanup(run_id: str | None) -> None:
     """Remove what a killed run left behind (mounts, containers, networks, ...)."""
     with hostlock.hold("(cleanup)"):
-        removed = cleanup_leftovers(run_id)
+        if run_id is not None and runlock.is_live(run_id):
+            raise BenchError(f"Run {run_id} is still going (its process holds "
+                             f"{runlock.lock_path(run_id)}); cleaning it would break it.",
+                             "wait for it to finish, or stop it (Ctrl-C) first.")
+        live = [p.stem for p in sorted(settings().run_lock_dir.glob("*.lock"))
+                if runlock.is_live(p.stem)]
+        if run_id is None and live:
+            console.print(f"[yellow]runs still going, left alone: {', '.join(live)}; removing "
+                          "what each dead run left instead of everything bench made[/yellow]",
+                          highlight=False)
+            removed = cleanup_dead_runs()
+        else:
+            removed = cleanup_leftovers(run_id)
         for work in sorted(p for p in work_root().glob(run_id or "*") if p.is_dir()):
-            if not sysmount.mounts_under(work):  # the lock is ours: no live run owns it
+            if not sysmount.mounts_under(work) and not runlock.is_live(work.name):
                 shutil.rmtree(work, ignore_errors=True)
                 removed.append(f"work directory {work}")
     for line in removed:

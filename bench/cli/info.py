@@ -44,7 +44,8 @@ def list_cmd() -> None:
 @click.option("--markdown", is_flag=True, help="Print the documentation table (README) instead.")
 def config(markdown: bool) -> None:
     """Show every BENCH_* setting: its value and where it came from."""
-    from bench.core.settings import PREFIX, Settings, settings, sources
+    from bench.core.settings import settings, sources
+    from bench.core.settings_model import PREFIX, Settings
 
     if markdown:
         click.echo(settings_table())
@@ -62,7 +63,7 @@ def config(markdown: bool) -> None:
 
 def settings_table() -> str:
     """The README's table of settings, generated from bench.core.settings.Settings."""
-    from bench.core.settings import PREFIX, Settings
+    from bench.core.settings_model import PREFIX, Settings
 
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():

@@ -174,7 +174,7 @@ class SelfTest:
                 tier.prepare(TierContext(self.run_id, img, tier_dir, raw))
                 try:
                     self.log(f"selftest: {name} ...")
-                    checks += (self._host(tier) if name == "host" else self._isolated(tier))
+                    checks += (self._host(tier) if tier.is_baseline else self._isolated(tier))
                 finally:
                     tier.finish()
         finally:

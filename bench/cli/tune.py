@@ -141,14 +141,14 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     rec = recommend_mod.analyse(rundir, alpha, "bh" if correction == "bh" else "holm")
     out = Table(title=f"run {rec.run_id}: settings vs the current ones ({rec.comparisons} "
                       f"comparisons, {correction} corrected, alpha {alpha:g})")
-    for column in ("tier", "workload", "params", "setting", "current", "change [95% CI]",
-                   "p / adj.", "verdict", "other metrics"):
+    for column in ("tier", "workload", "params", "setting", "current",
+                   "cost [95% CI] (> 1 = slower)", "p / adj.", "verdict", "other metrics"):
         out.add_column(column, overflow="fold")
     colour = {"adopt": "green", "harmful": "red", "no evidence": "white"}
     for row in recommend_mod.rows(rec):
         out.add_row(*(escape(row[k]) for k in ("tier", "workload", "params", "setting",
                                                 "current")),
-                    escape(f"{row['metric'].split(' ')[0]} {row['change']}"), row["p"],
+                    escape(f"{row['metric']} {row['cost']}"), row["p"],
                     f"[{colour[row['verdict']]}]{row['verdict']}[/]", escape(row["others"]))
     console.print(out)
     if rec.shared_note:

@@ -30,13 +30,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image
+from bench.core import faults, hostinfo, image, runlock
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
 from bench.core.settings import settings
 from bench.run import adaptive
 from bench.run import plan as planning
+from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
 from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
@@ -101,7 +102,9 @@ def select_tiers(scenario: Scenario, only: Sequence[str] = ()) -> tuple[list[str
 
 class Runner:
     def __init__(self, scenario: Scenario, scenario_text: str, rundir: RunDir,
-                 tiers: list[str], skipped: dict[str, str], console: Console) -> None:
+                 tiers: list[str], skipped: dict[str, str], console: Console,
+                 clock: PhaseClock | None = None) -> None:
+        self.clock = clock or PhaseClock()
         self.scenario = scenario
         self.scenario_text = scenario_text
         self.rundir = rundir
@@ -170,6 +173,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
+        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
         self.workdir.mkdir(parents=True, exist_ok=True)
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
@@ -192,7 +196,8 @@ class Runner:
                 raise
             finally:
                 try:
-                    self._teardown()
+                    with self.clock.phase("teardown"):
+                        self._teardown()
                     self._finish_tuning(failing or stopped is not None)
                 except KeyboardInterrupt:
                     outcome.interrupted = True
@@ -202,7 +207,8 @@ class Runner:
                 try:
                     self.rundir.update_manifest(status=status, finished_at=time.time(),
                                                 tier_metadata={n: t.metadata()
-                                                               for n, t in self.tiers.items()})
+                                                               for n, t in self.tiers.items()},
+                                                phases_s=self.clock.as_dict())
                 except OSError as exc:
                     if failing or stopped is not None:
                         self._say(f"could not mark the run {status} in "
@@ -211,6 +217,8 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
+                finally:
+                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome
@@ -245,7 +253,8 @@ class Runner:
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
             self.tiers[name] = tier
-            tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
+            with self.clock.phase(f"prepare {name}"):
+                tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
 
     def _adapt(self, outcome: Outcome) -> None:
         """Adaptive repetitions: more rounds for cells whose CI is wider than `target_ci`."""
@@ -279,7 +288,8 @@ class Runner:
                 label = planned.cell.cell
                 progress.update(task, description=f"{label.tier:6} {label.label[:48]:48}"
                                 + (" (warm-up)" if planned.warmup else ""))
-                record = self._run_one(planned)
+                with self.clock.phase(f"runs {label.tier}"):
+                    record = self._run_one(planned)
                 self.rundir.add_record(record)
                 outcome.done += 1
                 if record.status != "ok":

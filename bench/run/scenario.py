@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bench.core import shipped, yamlio
 from bench.core.errors import ScenarioError
 from bench.core.limits import Limits, NetworkMode, ScratchMode
 from bench.core.settings import settings
@@ -23,12 +24,8 @@ DEFAULT_SCENARIO = "quick"
 
 
 def scenario_dir() -> Path:
-    """Shipped scenarios: $BENCH_SCENARIO_DIR, else the checkout's scenarios/, else ./scenarios."""
-    env = settings().scenario_dir
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "scenarios"
-    return checkout if checkout.is_dir() else Path("scenarios")
+    """Shipped scenarios: $BENCH_SCENARIO_DIR, else the package's own."""
+    return settings().scenario_dir or shipped.data_dir("scenarios")
 
 
 class WorkloadEntry(BaseModel):
@@ -241,7 +238,7 @@ def resolve_path(name_or_path: str) -> Path:
 
 def parse(text: str, source: str) -> Scenario:
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.safe_load(text)
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{source} is not valid YAML: {exc}",
                             "fix the YAML syntax at the line shown.") from None

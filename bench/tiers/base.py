@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,48 @@ class Availability:
     ok: bool
     reason: str = ""
     fix: str = ""
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """Memory of a set of host processes: resident set size, and proportional set size where
+    it can be read (None otherwise: RSS counts shared pages in full, so it is no stand-in)."""
+
+    rss: int
+    pss: int | None
+    processes: int
+
+
+def host_memory(pids: list[int]) -> HostMemory:
+    """The RSS and PSS of `pids`. A process that is gone holds nothing; one whose memory
+    cannot be read at all is an error, never left out of the sum."""
+    import psutil
+
+    from bench.core.errors import BenchError
+
+    pss: int | None = 0
+    rss = count = 0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            resident = int(proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error as exc:
+            raise BenchError(f"Cannot read the memory of process {pid}: {exc}; a sum without "
+                             "it would be too small.",
+                             "run bench as root, or on a host without hidepid on /proc.") from exc
+        try:
+            proportional = int(proc.memory_full_info().pss)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:  # smaps_rollup needs ptrace access; statm does not
+            pss = None
+        else:
+            pss = None if pss is None else pss + proportional
+        rss += resident
+        count += 1
+    return HostMemory(rss, pss, count)
 
 
 @dataclass
@@ -49,9 +92,14 @@ class Phases:
     """Start-up phase timestamps, seconds on the host's CLOCK_MONOTONIC."""
 
     stamps: dict[str, float] = field(default_factory=dict)
+    omitted: dict[str, str] = field(default_factory=dict)  # phase -> why it has no stamp
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.stamps[name] = time.monotonic() if at is None else at
+
+    def omit(self, name: str, why: str) -> None:
+        """A phase this instance cannot stamp on the host's clock (never a guess)."""
+        self.omitted[name] = why
 
 
 class Background(ABC):
@@ -131,6 +179,15 @@ class Tier(ABC):
     is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
     own_netns: ClassVar[bool] = True  # per-netns tunables are set inside each instance
+    # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
+    # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
+    # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);
+    # "": not at all
+    cache_devices: ClassVar[str] = ""
+
+    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+        raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
         """Start the daemons this tier needs if they are down (`bench setup`); say what it did."""
@@ -174,9 +231,9 @@ class Tier(ABC):
         """Remove leftovers of a run (all runs if None) after a crash; return what was removed."""
         return []
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """Memory of the tier's own host processes (daemons, shims), for density; None if the
-        tier has none or cannot see them."""
+        tier has none or cannot see them. Raises BenchError if it can read only some."""
         return None
 
     def layer_lab(self) -> Any:

@@ -110,6 +110,7 @@ class HostTier(Tier):
     is_baseline = True
     own_netns = False
     description = "bare metal: the bench image's root through chroot, no isolation, no limits"
+    cache_devices = "host"
 
     def available(self) -> Availability:
         if os.geteuid() != 0:

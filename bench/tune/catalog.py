@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bench.core import shipped, yamlio
 from bench.core.errors import BenchError
 from bench.core.settings import settings
 
@@ -259,17 +260,13 @@ class Catalog(BaseModel):
 
 
 def tuning_dir() -> Path:
-    """$BENCH_TUNING_DIR, else the checkout's tuning/, else ./tuning."""
-    env = settings().tuning_dir
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[2] / "tuning"
-    return checkout if checkout.is_dir() else Path("tuning")
+    """$BENCH_TUNING_DIR, else the package's own catalog and recipes (never ./tuning)."""
+    return settings().tuning_dir or shipped.data_dir("tuning")
 
 
 def parse_catalog(text: str, source: str) -> Catalog:
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.safe_load(text)
     except yaml.YAMLError as exc:
         raise TuneError(f"{source} is not valid YAML: {exc}", "fix the YAML syntax.") from None
     try:

@@ -52,9 +52,10 @@ def parse_fio_json(text: str, rw: str) -> list[Measurement]:
         Measurement(metric="iops", value=side["iops"], unit="IO/s", direction="higher",
                     metadata=meta),
     ]
-    clat = side.get("clat_ns", {})
-    found.append(Measurement(metric="clat_mean_us", value=clat.get("mean", 0.0) / 1e3,
-                             unit="us", direction="lower", metadata=meta))
+    clat = side.get("clat_ns") or {}
+    if clat.get("mean") is not None:  # a metric fio did not report is absent, not 0
+        found.append(Measurement(metric="clat_mean_us", value=clat["mean"] / 1e3,
+                                 unit="us", direction="lower", metadata=meta))
     for key, label in PERCENTILES.items():
         value = clat.get("percentile", {}).get(key)
         if value is not None:

@@ -19,37 +19,46 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from bench.core import image as image_mod
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.image import Image
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import sysmount
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.docker import engine as engine_mod
 
+if TYPE_CHECKING:
+    import docker
+    import requests
+    from docker.models.containers import Container
+else:
+    docker = lazy("docker")
+    requests = lazy("requests")
+
+
 RUN_LABEL = "bench.run"
 ROLE_LABEL = "bench.role"
-HASH_LABEL = "bench.core.image.hash"
+HASH_LABEL = "bench.image.hash"
 IMAGE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
 KEEPALIVE = ["sleep", "infinity"]
 # A background server: record its pid, then become it with its output in a log. The script is a
 # constant; the server's argv arrives as positional parameters, never inside the script text.
 SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
+                "ours: this phase would mix two clocks")
 TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
 
 
@@ -63,7 +72,7 @@ def import_image(engine: docker.DockerClient, img: Image, log: Any = None) -> tu
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(ImageNotFound):
+        with contextlib.suppress(docker.errors.ImageNotFound):
             found = engine.images.get(img.tag)
             if (found.labels or {}).get(HASH_LABEL) == img.hash:
                 return str(found.id), False
@@ -213,6 +222,9 @@ class DockerInstance(Instance):
         else:
             command = spec.command
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        if spec.command is not None and engine_mod.is_remote():
+            # bench-stamp reads the engine host's clock: not ours
+            self.phases.omit("first_instruction", REMOTE_CLOCK)
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
@@ -227,6 +239,7 @@ class DockerInstance(Instance):
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
         if engine_mod.is_remote():
+            self.phases.omit(phase, REMOTE_CLOCK)
             return
         stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
         if stamp is not None:
@@ -241,7 +254,7 @@ class DockerInstance(Instance):
         api.timeout = int(timeout) + 30  # the HTTP read waits for the command: give it room
         try:
             done = self.container.exec_run(wrapped, demux=True)
-        except (requests.exceptions.RequestException, APIError) as exc:
+        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
             raise CommandError(argv, -1, f"docker exec failed: {exc}") from exc
         finally:
             api.timeout = saved
@@ -278,7 +291,7 @@ class DockerInstance(Instance):
         try:
             result = self.container.wait(timeout=timeout)
         except requests.exceptions.RequestException:
-            with contextlib.suppress(DockerException):
+            with contextlib.suppress(docker.errors.DockerException):
                 self.container.kill()
             raise CommandTimeout(self.spec.command, timeout) from None
         self.phases.mark("exit_seen")
@@ -295,7 +308,7 @@ class DockerInstance(Instance):
     def read_file(self, path: str) -> bytes:
         try:
             stream, _ = self.container.get_archive(path)
-        except NotFound as exc:
+        except docker.errors.NotFound as exc:
             raise BenchError(f"No file {path} in container {self.name}.", "see raw/.") from exc
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
             member = next((m for m in archive.getmembers() if m.isfile()), None)
@@ -309,12 +322,12 @@ class DockerInstance(Instance):
             return
         self._stopped = True
         if self._container is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self._container.remove(force=True)
             if self.spec.command is not None:
                 self.phases.mark("removed")
         if self.volume is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
 
     def metadata(self) -> dict[str, Any]:
@@ -374,7 +387,7 @@ class DockerTier(Tier):
         labels = {RUN_LABEL: ctx.run_id, "bench.tier": "docker"}
         try:
             self.engine.networks.create(self.network_name, driver="bridge", labels=labels)
-        except APIError as exc:
+        except docker.errors.APIError as exc:
             raise TierUnavailable(f"Docker could not create network {self.network_name}: {exc}",
                                   "run `bench cleanup`; check the engine's log.") from exc
         self._facts = engine_mod.engine_facts(self.engine)
@@ -419,28 +432,28 @@ class DockerTier(Tier):
             return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
         for image in self.engine.images.list(filters={"label": label}):
-            with contextlib.suppress(NotFound, APIError):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.engine.images.remove(str(image.id), force=True)
                 removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
                 removed.append(f"container {container.name}")
         for network in self.engine.networks.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
                 removed.append(f"network {network.name}")
         for volume in self.engine.volumes.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
-        """Proportional set size of dockerd, containerd and the per-container shims."""
+    def support_memory(self) -> HostMemory | None:
+        """Memory of dockerd, containerd and the per-container shims."""
         if engine_mod.is_remote():
             return None
-        return int(engine_mod.support_memory()["pss_bytes"])
+        return host_memory(engine_mod.support_pids())
 
     # -- limits and storage -------------------------------------------------------------------
     def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -477,7 +490,7 @@ class DockerTier(Tier):
         return throttle_device(self.docker_root())
 
     def scratch_facts(self, mode: str) -> dict[str, str]:
-        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        """Where /scratch lives: the container's writable layer, or a local volume."""
         if engine_mod.is_remote():
             return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
                     else "volume", "scratch_device": "remote"}
@@ -485,9 +498,11 @@ class DockerTier(Tier):
         if mode == "overlay":
             return {"scratch_mode": "overlay", "scratch_fs": "overlay",
                     "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
-                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+                    "storage_driver": str(self._facts.get("storage_driver") or "unknown")}
         return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                 "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}
+        driver = self._facts.get("storage_driver") or "unknown"
+        return {"isolation": f"docker (namespaces, cgroups, storage driver {driver})",
+                **self._facts}

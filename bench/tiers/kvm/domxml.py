@@ -55,17 +55,31 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 
 def _disk(devices: ET.Element, path: Path, fmt: str, target: str, cache: str, io: str,
-          read_bps: int | None = None, write_bps: int | None = None) -> None:
+          read_bps: int | None = None, write_bps: int | None = None,
+          read_iops: int | None = None, write_iops: int | None = None) -> ET.Element:
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type=fmt, cache=cache, io=io, discard="unmap")
     _sub(disk, "source", file=str(path))
     _sub(disk, "target", dev=target, bus="virtio")
-    if read_bps or write_bps:
+    limits = {"read_bytes_sec": read_bps, "write_bytes_sec": write_bps,
+              "read_iops_sec": read_iops, "write_iops_sec": write_iops}
+    if any(limits.values()):
         tune = _sub(disk, "iotune")
-        if read_bps:
-            _sub(tune, "read_bytes_sec", str(read_bps))
-        if write_bps:
-            _sub(tune, "write_bytes_sec", str(write_bps))
+        for tag, value in limits.items():
+            if value:
+                _sub(tune, tag, str(value))
+    return disk
+
+
+def disk_xml(path: Path, target: str, readonly: bool = False, cache: str = "none",
+             **iotune: int | None) -> str:
+    """A raw virtio disk to hot-plug into a running domain (attachDeviceFlags). A file on
+    tmpfs cannot be opened with O_DIRECT: give it cache="writeback"."""
+    io = "native" if cache in ("none", "directsync") else "threads"
+    disk = _disk(ET.Element("devices"), path, "raw", target, cache, io, **iotune)
+    if readonly:
+        _sub(disk, "readonly")
+    return ET.tostring(disk, encoding="unicode")
 
 
 def domain_xml(cfg: DomainConfig) -> str:

@@ -13,20 +13,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import libvirt
-
 from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import sysmount
 from bench.tiers.base import (
     Background,
     Instance,
     InstanceSpec,
+    host_memory,
 )
 from bench.tiers.kvm import clock, domxml, libvirtd
 from bench.tiers.kvm.agent import Agent, AgentError, completed
 from bench.tiers.kvm.domxml import DomainConfig
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 if TYPE_CHECKING:
     from bench.tiers.kvm.tier import KvmTier
@@ -292,7 +298,10 @@ class KvmInstance(Instance):
 
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
-        return libvirtd.pss_bytes([self.pid]) if self.pid else None
+        if not self.pid:
+            return None
+        used = host_memory([self.pid])
+        return used.pss if used.processes else None
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)

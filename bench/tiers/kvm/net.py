@@ -7,12 +7,19 @@ import hashlib
 import xml.etree.ElementTree as ET
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import libvirt
 import psutil
 
 from bench.core.errors import TierUnavailable
+from bench.core.lazy import lazy
 from bench.tiers.kvm import domxml
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 NETWORK_PREFIX = "bench-kvm-"
 SUBNETS = [IPv4Network(f"192.168.{n}.0/24") for n in range(160, 250)]

@@ -46,23 +46,26 @@ import contextlib
 import itertools
 import shutil
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import libvirt
 import psutil
 
 from bench.core import image as image_mod
 from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
+from bench.core.lazy import lazy
 from bench.core.settings import settings
 from bench.tiers.base import (
     Availability,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import domxml, libvirtd
@@ -72,6 +75,12 @@ from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance, console_tail
 from bench.tiers.kvm.net import NETWORK_PREFIX
 from bench.tiers.kvm.runlock import hold_run_lock, lock_path, run_is_live
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 PROBE_CMDLINE = "console=ttyS0 panic=-1 rdinit=/bench-kvm-probe-absent"
 PROBE_MARKS = ("Freeing unused kernel", "Kernel panic")  # the kernel got through its init
@@ -91,6 +100,13 @@ class KvmTier(Tier):
     packages = ("libvirt-daemon-system", "qemu-system-x86", "qemu-utils", "dnsmasq-base",
                 "libvirt-dev", "pkg-config")
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
+    cache_devices = "guest"
+
+    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+        from bench.tiers.kvm.cachedisks import attach_cache_disks
+
+        assert isinstance(instance, KvmInstance)
+        return attach_cache_disks(instance, log)
 
     def __init__(self) -> None:
         self.uri = libvirtd.uri()
@@ -322,7 +338,7 @@ class KvmTier(Tier):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
         if not libvirtd.is_local(self.uri):
             return None
@@ -333,7 +349,7 @@ class KvmTier(Tier):
                         self.network_name and self.network_name in arg
                         for arg in proc.info["cmdline"] or []):
                     pids.append(proc.pid)
-        return libvirtd.pss_bytes(pids)
+        return host_memory(pids)
 
     def timeout_factor(self) -> float:
         """Under TCG, Python runs about 15x slower than on the host here (sysbench 5-7x)."""

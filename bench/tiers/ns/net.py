@@ -15,14 +15,19 @@ import os
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, Any
 
 from bench.core import procs
 from bench.core.errors import BenchError, CommandError
+from bench.core.lazy import lazy
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
+
+if TYPE_CHECKING:
+    import pyroute2
+else:
+    pyroute2 = lazy("pyroute2")
+
 
 POOL = ipaddress.IPv4Network("10.213.0.0/16")  # carved into one /24 per run
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -81,7 +86,7 @@ class Bridge:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.name = f"{LINK_PREFIX}{tag(run_id)}br"
-        self.ipr = IPRoute()
+        self.ipr = pyroute2.IPRoute()
         self.netlink = Netlink()
         self.subnet = self._free_subnet()
         hosts = list(self.subnet.hosts())
@@ -178,7 +183,7 @@ class Bridge:
 def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
     """(index, name) of the run's links (every run's, for None): those named with its tag,
     the tags of every run being read off the bridges that carry a `bench:` alias."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         links = [(msg["index"], msg.get_attr("IFLA_IFNAME") or "",
                   msg.get_attr("IFLA_IFALIAS") or "") for msg in ipr.get_links()]
     if run_id:
@@ -203,7 +208,7 @@ def cleanup(run_id: str | None) -> list[str]:
             _iptables("-t", table, *args)
             removed.append(f"iptables -t {table} {' '.join(args[1:])}")
     links = _bench_links(run_id)
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         for index, name in sorted(links, key=lambda link: link[1].endswith("br")):
             with contextlib.suppress(Exception):
                 ipr.link("del", index=index)

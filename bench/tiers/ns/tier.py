@@ -38,11 +38,13 @@ from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     ProcessBackground,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.host import ENV
 from bench.tiers.ns import net as ns_net
@@ -512,15 +514,14 @@ class NsTier(Tier):
             removed.append(f"directory {work}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """The runtime's own processes (their proportional set size): the zygote, outside
         every container's cgroup; or, with bench-nsinit, each container's PID 1 (which its
         cgroup charges too: there is no runtime process outside the containers)."""
         zygote = getattr(self, "zygote", None)
         pids = [zygote.proc.pid] if zygote is not None else [i.pid for i in self.instances
                                                              if i.pid]
-        sizes = [size for size in map(_pss, pids) if size is not None]
-        return sum(sizes) if sizes else None
+        return host_memory(pids) if pids else None
 
     def metadata(self) -> dict[str, Any]:
         h = getattr(self, "hierarchies", None)
@@ -536,14 +537,3 @@ class NsTier(Tier):
                           "joins them; instance metadata says which it got"
                           if getattr(self, "nsinit", None) else None),
                 "pool_errors": getattr(self, "pool_errors", [])[-3:]}
-
-
-def _pss(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return None
