@@ -192,7 +192,7 @@ def test_report_shows_layer_counts_and_when_merging_pays_off(tmp_path: Path) -> 
     page = Page("t", "t")
     section.section(Report([run], page))
     html = "".join(str(body) for _, _, body in page.sections)
-    assert "pull_s: merging paid off from 4 layers on" in html  # 0.9 s vs 0.5 s
+    assert "pull_s: merging pays off from 4 layers on" in html  # 0.9 s vs 0.5 s
     assert "(at 64 layers: 6.78 -&gt; 0.5" in html
     assert "first_start_ms: merging did not pay off" in html
     assert "16 merged into 1" in html

@@ -73,6 +73,10 @@ def _figure(frame: pd.DataFrame, tier: str, metrics: list[tuple[str, str]],
     return fig
 
 
+def _list(counts: list[int]) -> str:
+    return ", ".join(map(str, sorted(counts)))
+
+
 def payoff(frame: pd.DataFrame, tier: str, counts: list[int]) -> list[str]:
     """Per metric: from which layer count the merged image was faster (Mann-Whitney and the
     2% minimum effect, as everywhere in bench), and by how much at the most layers."""
@@ -85,21 +89,26 @@ def payoff(frame: pd.DataFrame, tier: str, counts: list[int]) -> list[str]:
                 verdicts[n] = stats.compare(layered, merged, "lower")
         if not verdicts:
             continue
-        faster = [n for n, c in verdicts.items() if c.verdict == "faster"]
+        faster = sorted(n for n, c in verdicts.items() if c.verdict == "faster")
+        slower = sorted(n for n, c in verdicts.items() if c.verdict == "slower")
         top = max(verdicts)
         last = verdicts[top]
         ratio = last.new.median / last.base.median if last.base.median else float("nan")
-        if faster:
-            found.append(f"{metric}: merging paid off from {min(faster)} layers on "
-                         f"(at {top} layers: {num(last.base.median)} -> "
-                         f"{num(last.new.median)}, {ratio:.2f}x); faster at "
-                         f"{', '.join(map(str, sorted(faster)))}.")
+        at_top = (f"at {top} layers: {num(last.base.median)} -> {num(last.new.median)}, "
+                  f"{ratio:.2f}x")
+        onward = [n for n in sorted(verdicts) if all(m in faster for m in verdicts if m >= n)]
+        if onward:
+            text = f"{metric}: merging pays off from {onward[0]} layers on ({at_top})"
+        elif faster:
+            text = (f"{metric}: the merged image was faster at {_list(faster)} layers but not "
+                    f"at {_list([n for n in verdicts if n not in faster])} ({at_top})")
         else:
             notes = sorted({c.note for c in verdicts.values() if c.note})
-            found.append(f"{metric}: merging did not pay off at any layer count measured "
-                         f"(at {top} layers: {num(last.base.median)} -> "
-                         f"{num(last.new.median)}, {ratio:.2f}x)"
-                         + (f"; {'; '.join(notes)}" if notes else "") + ".")
+            text = (f"{metric}: merging did not pay off at any layer count measured ({at_top})"
+                    + (f"; {'; '.join(notes)}" if notes else ""))
+        if slower:
+            text += f"; the merged image was slower at {_list(slower)} layers"
+        found.append(text + ".")
     return found
 
 
