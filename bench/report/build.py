@@ -105,13 +105,6 @@ def startup(report: Report) -> None:
                  f"panel per tier on its own scale ({counts})."))
 
 
-def layers(report: Report) -> None:
-    """image.layers: pull and start time against layer count (bench/report/layers.py)."""
-    html = layers_section.section(report.runs, report.page)  # every value in it is escaped
-    if html:
-        report.page.add("layers", "Image layers", Markup(html))  # noqa: S704
-
-
 def samples(report: Report) -> None:
     """Distributions, sweep heat maps and density curves of every headline metric."""
     page, tiers, mains = report.page, report.tiers, report.mains
@@ -200,8 +193,9 @@ def environment(report: Report) -> None:
 
 
 # the page's sections in order; a feature's section goes in with one line here
-SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
-                           samples, isolation, switch_runs, failures, tuning, environment]
+SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup,
+                           layers_section.section, samples, isolation, switch_runs, failures,
+                           tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:
