@@ -78,6 +78,11 @@ def test_quick_scenario_host_part(tmp_path: Path, results_dir: Path, bench_image
     # the summary table is printed with a median and CI per cell
     assert "median" in done.stdout and "events_per_s" in done.stdout
     assert "first_instruction_ms" in done.stdout
+    # where the time went: one line at the end, the same phases in the manifest
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("time ") and "prepare host" in last and "runs host" in last, last
+    phases = manifest["phases_s"]
+    assert phases["runs host"] > 0 and phases["total"] >= phases["runs host"]
     # nothing of the run stays mounted
     assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
 

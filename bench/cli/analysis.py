@@ -62,16 +62,20 @@ def report_cmd(runs: tuple[str, ...], output: Path | None) -> None:
               show_default=True, help="Smaller changes are 'same' even when significant.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=stats.ALPHA, show_default=True,
               help="Significance level of the Mann-Whitney U test.")
+@click.option("--correction", type=click.Choice(["holm", "bh"]), default="holm",
+              show_default=True,
+              help="Correction for testing many metrics at once: Holm, or Benjamini-Hochberg.")
 @click.option("--all-metrics", is_flag=True, help="Every metric, not only the headline ones.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the output to this file.")
 def compare_cmd(base: str, new: str, fmt: str, threshold: float, min_effect: float,
-                alpha: float, all_metrics: bool, output: Path | None) -> None:
-    """Compare run NEW with run BASE: change per metric with CI and verdict.
+                alpha: float, correction: str, all_metrics: bool, output: Path | None) -> None:
+    """Compare run NEW with run BASE: cost factor per metric (> 1 = slower) with CI and verdict.
 
     Exit status 1 when a metric is slower beyond --threshold (a regression), else 0."""
     result = compare_mod.compare(frame.load(base), frame.load(new), threshold=threshold,
-                                 all_metrics=all_metrics, alpha=alpha, min_effect=min_effect)
+                                 all_metrics=all_metrics, alpha=alpha, min_effect=min_effect,
+                                 correction="bh" if correction == "bh" else "holm")
     if not result.changes:
         raise BenchError(f"Runs {result.base} and {result.new} have no cell and metric in common "
                          "(different scenarios or tiers, or no samples), so nothing was compared.",

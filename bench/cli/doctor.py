@@ -68,6 +68,10 @@ def checks() -> list[Check]:
     for name, cls in TIERS.items():
         availability = cls().available()
         found.append(Check("tier", name, availability.ok, availability.reason, availability.fix))
+    from bench.tiers.docker import registry  # image.layers pushes to it and pulls from it
+
+    up = registry.available()
+    found.append(Check("core", "registry", up.ok, up.reason or registry.address(), up.fix))
     for name, workload in WORKLOADS.items():
         if img is None:
             found.append(Check("workload", name, False, "needs the bench image.",

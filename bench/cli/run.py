@@ -49,6 +49,9 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
 
 def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
                 only: tuple[str, ...] = ()) -> None:
+    from bench.run.phases import PhaseClock
+
+    clock = PhaseClock()
     for line in cleanup_dead_runs():
         console.print(f"[yellow]removed a leftover of a dead run: {line}[/yellow]",
                       highlight=False)
@@ -71,10 +74,11 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
     else:
         parsed, text = scenario_mod.load(scenario)
         tiers, skipped = select_tiers(parsed, only)
-        img = image_mod.find() or image_mod.build(log=console.print)
+        with clock.phase("image"):
+            img = image_mod.find() or image_mod.build(log=console.print)
         doctor_mod.preflight([w.workload for w in parsed.workloads], img)
         rundir = RunDir.create(new_run_id(parsed.name))
-    runner = Runner(parsed, text, rundir, tiers, skipped, console)
+    runner = Runner(parsed, text, rundir, tiers, skipped, console, clock)
     console.print(f"run [bold]{rundir.run_id}[/bold]: {len(runner.plan.runs)} runs of "
                   f"{len(runner.plan.cells)} cells on {', '.join(tiers)}; results in {rundir.path}")
     for tier, reason in skipped.items():
@@ -87,6 +91,7 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
         sys.exit(EXIT_INTERRUPTED)
     print_summary(rundir, console, all_metrics)
     console.print(f"results: {rundir.path}")
+    console.print(clock.line(), highlight=False)
 
 
 def _print_plan(plan: planning.Plan) -> None:
@@ -101,6 +106,8 @@ def _print_plan(plan: planning.Plan) -> None:
     console.print(out)
     for tier, reason in plan.skipped_tiers.items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]", highlight=False)
+    for cell, reason in plan.skipped_cells.items():
+        console.print(f"[yellow]{cell} takes no part: {reason}[/yellow]", highlight=False)
     warmups = sum(1 for r in plan.runs if r.warmup)
     console.print(f"{len(plan.cells)} cells, {len(plan.runs)} runs ({warmups} warm-up), "
                   f"estimated {plan.estimate_seconds() / 60:.1f} min of workload time")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from markupsafe import Markup
+
 from bench.analysis import isolation
 from bench.analysis.frame import Run
 from bench.core.rundir import RunDir
@@ -59,7 +61,9 @@ def add(page: Page, runs: list[Run]) -> None:
                 parts.append(page.figure(_heatmap(matrix)))
             parts.append(_table(matrix, colour="slowdown" in matrix.title))
     if parts:
-        page.add("isolation", "Isolation", "<p class=muted>How well each tier isolates: "
-                 "visibility (1 = the instance sees or may touch the host's own), interference "
-                 "(victim alone vs beside an antagonist, paired), fork-storm containment and "
-                 "memory accounting (bench/workloads/isolation/).</p>" + "".join(parts))
+        intro = ("<p class=muted>How well each tier isolates: visibility (1 = the instance sees "
+                 "or may touch the host's own), interference (victim alone vs beside an "
+                 "antagonist, paired), fork-storm containment and memory accounting "
+                 "(bench/workloads/isolation/).</p>")
+        body = Markup(intro + "".join(parts))  # noqa: S704 (every value in parts is escaped)
+        page.add("isolation", "Isolation", body)

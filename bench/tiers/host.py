@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.procs import Completed
-from bench.core.settings import settings
 from bench.kernel import cgroups, sysmount
 from bench.tiers.base import (
     Availability,
@@ -112,10 +111,7 @@ class HostInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        inside = (self.root / path.lstrip("/")).resolve()
-        if not str(inside).startswith(str(self.root.resolve())):
-            raise ValueError(f"{path} leaves the instance's root")
-        return inside.read_bytes()
+        return safefs.read_in_root(self.root, path)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -200,9 +196,8 @@ class HostTier(Tier):
                 shutil.rmtree(self.root, ignore_errors=True)
 
     def cleanup(self, run_id: str | None) -> list[str]:
-        base = settings().work_dir
         removed = self._remove_guards(run_id)
-        for work in sorted(base.glob(run_id or "*")):
+        for work in hostlock.run_dirs(run_id):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
         return removed
 

@@ -137,7 +137,11 @@ class TuningHook:
                 restored = [str(c) for c in self.host.restore_all()]
             except BenchError as exc:
                 problems.append(exc.cause)
-        removed = self.lab.destroy() if self.lab is not None else []
+        removed: list[str] = []
+        try:
+            removed = self.lab.destroy() if self.lab is not None else []
+        except BenchError as exc:  # a failed removal is a problem, never counted as removed
+            problems.append(exc.cause)
         self.guest_lab = None
         self._lab_of.clear()
         if self.journal is not None:
@@ -231,7 +235,7 @@ class TuningHook:
                 "scratch_device": built.top, "scratch_fs": "ext4", "scratch_mode": "cache setup",
                 "cache": {**built.details, "setup": cell.cache, "state": self.spec.cache_state
                           if self.spec else "cold", "dirty_left_after_drain": left,
-                          "counters": {k: v - before.get(k, 0) for k, v in now.items()}},
+                          "counters": {k: v - before[k] for k, v in now.items() if k in before}},
             })
         return meta
 

@@ -9,6 +9,7 @@ from bench.workloads.cpu_pyperf import PyperfMicro
 from bench.workloads.cpu_sysbench import SysbenchCpu
 from bench.workloads.density import DensityIdle
 from bench.workloads.disk_fio import Fio
+from bench.workloads.image_layers import ImageLayers
 from bench.workloads.isolation import common as isolation_common
 from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment
@@ -22,7 +23,7 @@ from bench.workloads.startup import Startup
 WORKLOADS: dict[str, Workload[Any]] = {
     w.name: w
     for w in (SysbenchCpu(), PyperfMicro(), Memory(), Fio(), Iperf3(), Sockperf(), Startup(),
-              DensityIdle(), Visibility(), Containment(), Interference(),
+              DensityIdle(), ImageLayers(), Visibility(), Containment(), Interference(),
               Accounting())
 }
 

@@ -63,13 +63,20 @@ class Startup(Workload[StartupParams]):
         if status != 0:
             raise CommandError([STAMP], status, output)
         stamps = dict(instance.phases.stamps)
-        stamps.setdefault("first_instruction", parse_stamp(output))
+        omitted = instance.phases.omitted
+        if "first_instruction" not in omitted:
+            stamps.setdefault("first_instruction", parse_stamp(output))
         created = stamps["create"]
         phases = {k: round((v - created) * 1e3, 4) for k, v in stamps.items()}
         meta = {"phases_ms": phases, "start": "cold" if params.cold else "warm",
                 **instance.metadata()}
-        found = [Measurement(metric="first_instruction_ms", value=phases["first_instruction"],
-                             unit="ms", direction="lower", metadata=meta)]
+        if omitted:  # phases on another clock: left out, never mixed with ours
+            meta["phases_omitted"] = dict(omitted)
+        found = []
+        if "first_instruction" in phases:
+            found.append(Measurement(metric="first_instruction_ms",
+                                     value=phases["first_instruction"], unit="ms",
+                                     direction="lower", metadata=meta))
         if "exit" in phases:
             found.append(Measurement(metric="exit_ms", value=phases["exit"], unit="ms",
                                      direction="lower", metadata=meta))

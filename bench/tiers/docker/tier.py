@@ -26,14 +26,18 @@ from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnav
 from bench.core.image import Image
 from bench.core.lazy import lazy
 from bench.core.procs import Completed
-from bench.kernel import sysmount
+from bench.kernel import cgroups, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
+    SwitchChange,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.docker import engine as engine_mod
 
@@ -55,6 +59,8 @@ KEEPALIVE = ["sleep", "infinity"]
 # A background server: record its pid, then become it with its output in a log. The script is a
 # constant; the server's argv arrives as positional parameters, never inside the script text.
 SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
+                "ours: this phase would mix two clocks")
 TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
 
 
@@ -189,6 +195,7 @@ class DockerInstance(Instance):
         self._spawned = itertools.count(1)
         self._stopped = False
         self.facts: dict[str, Any] = {}
+        self._cgroup_switched: dict[str, Any] = {}  # limits switched past the engine
 
     @property
     def container(self) -> Container:
@@ -218,6 +225,9 @@ class DockerInstance(Instance):
         else:
             command = spec.command
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        if spec.command is not None and engine_mod.is_remote():
+            # bench-stamp reads the engine host's clock: not ours
+            self.phases.omit("first_instruction", REMOTE_CLOCK)
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
@@ -227,11 +237,14 @@ class DockerInstance(Instance):
         if spec.command is None:
             self.container.reload()
             self._engine_phase("started", "StartedAt")
+            if spec.limits.net_mbit is not None and spec.network == "bridge":
+                tc.set_rate(switching.INSTANCE_LINK, spec.limits.net_mbit, self.host_pid())
             self.phases.mark("ready")
 
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
         if engine_mod.is_remote():
+            self.phases.omit(phase, REMOTE_CLOCK)
             return
         stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
         if stamp is not None:
@@ -322,9 +335,60 @@ class DockerInstance(Instance):
             with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
 
+    # -- live switches: the engine's update where it has the knob, else cgroup files / tc ---
+    def host_pid(self) -> int:
+        """The container's init as the host sees it (local engines only)."""
+        if engine_mod.is_remote():
+            raise BenchError("Network limits and live switches need the engine's host, which "
+                             f"is another one (${engine_mod.URL_ENV}).",
+                             "run bench on the engine's host, or drop net_mbit and switches.")
+        pid = int(self.container.attrs["State"].get("Pid") or 0)
+        if not pid:
+            self.container.reload()
+            pid = int(self.container.attrs["State"].get("Pid") or 0)
+        return pid
+
+    def cgroup(self) -> cgroups.Cgroup:
+        return switching.group_of(self.host_pid(), self.tier.hierarchies())
+
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        update = ENGINE_UPDATE.get(limit)
+        if update is not None:
+            fields = update(value)
+            try:
+                self.tier.update_container(str(self.container.id), fields)
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                return SwitchChange(limit, value, False, f"the engine refused it: {exc}")
+            # an update makes runc write every resource from the engine's own record again,
+            # block I/O rates included: put back those switched through the cgroup
+            for name, rate in self._cgroup_switched.items():
+                switching.cgroup_change(self.cgroup(), name, rate, self._io_device())
+            return SwitchChange(limit, value, True,
+                                f"docker engine container update ({', '.join(fields)})")
+        if limit == "net_mbit":
+            return switching.net_change(self.host_pid(), value, self.spec.network)
+        device = self._io_device() if limit.startswith("io_") else None
+        change = switching.cgroup_change(self.cgroup(), limit, value, device)
+        if change.live:
+            self._cgroup_switched[limit] = value
+            change.how += (" (the container's cgroup: docker update has no such knob; "
+                           "written again after each engine update, which resets it)")
+        return change
+
+    def _io_device(self) -> str:
+        st = os.stat(self.tier.scratch_device())
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def read_limits(self) -> dict[str, Any]:
+        device = self._io_device() if not engine_mod.is_remote() else None
+        return switching.readback(self.cgroup(), device, self.host_pid(), self.spec.network)
+
     def metadata(self) -> dict[str, Any]:
         network = ({"network_path": "host"} if self.spec.network == "host" else
                    {"network_path": "veth+bridge", "docker_network": self.tier.network_name})
+        if self.spec.limits.net_mbit is not None and self.spec.network == "bridge":
+            network["network_path"] += (f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on "
+                                        "the container's eth0, tc from the host)")
         return {**network, "network_mode": self.spec.network,
                 **self.tier.scratch_facts(self.spec.scratch), **self.facts}
 
@@ -378,11 +442,22 @@ class DockerInstance(Instance):
         return int(usage) if usage is not None else None
 
 
+# limits the engine's container update changes (API fields); the others go to the
+# container's cgroup files (block I/O rates) or tc (net_mbit)
+ENGINE_UPDATE: dict[str, Any] = {
+    "cpus": lambda v: {"NanoCpus": int(v * 1e9)},
+    "cpuset": lambda v: {"CpusetCpus": v},
+    "memory_mb": lambda v: {"Memory": v << 20, "MemorySwap": v << 20},
+    "pids": lambda v: {"PidsLimit": v},
+}
+
+
 class DockerTier(Tier):
     name = "docker"
     description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
                    f"${engine_mod.URL_ENV}); image imported from the bench image")
-    packages = ("docker.io",)
+    packages = ("docker.io", "docker-registry", "openssl")
+    live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self) -> None:
         self._engine: docker.DockerClient | None = None
@@ -391,6 +466,8 @@ class DockerTier(Tier):
         self._fresh_image = False
         self._facts: dict[str, Any] = {}
         self._seq = itertools.count(1)
+        self._layers: Any = None
+        self._hierarchies: cgroups.Hierarchies | None = None
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -399,7 +476,9 @@ class DockerTier(Tier):
         return self._engine
 
     def ensure_running(self) -> list[str]:
-        return engine_mod.ensure_running()
+        from bench.tiers.docker import registry
+
+        return engine_mod.ensure_running() + registry.ensure_running()
 
     def available(self) -> Availability:
         return engine_mod.diagnose()
@@ -434,15 +513,32 @@ class DockerTier(Tier):
             raise
         return instance
 
+    def layer_lab(self) -> Any:
+        """Pulls of N-layer images from bench's registries (bench/tiers/docker/layers.py)."""
+        if self._layers is None:
+            from bench.tiers.docker.layers import DockerLayers
+
+            self._layers = DockerLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if self._layers is not None:
+            self._layers.close()
+            self._layers = None
         if hasattr(self, "ctx") and self._engine is not None:
             self.cleanup(self.ctx.run_id)
 
     def cleanup(self, run_id: str | None) -> list[str]:
+        from bench.tiers.docker import limited, registry
+
+        removed = limited.cleanup(run_id) + registry.remove_run(run_id)
         if self._engine is None and not engine_mod.diagnose().ok:
-            return []  # no engine, nothing it could still hold
+            return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
-        removed = []
+        for image in self.engine.images.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.engine.images.remove(str(image.id), force=True)
+                removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
@@ -457,11 +553,11 @@ class DockerTier(Tier):
                 removed.append(f"volume {volume.name}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
-        """Proportional set size of dockerd, containerd and the per-container shims."""
+    def support_memory(self) -> HostMemory | None:
+        """Memory of dockerd, containerd and the per-container shims."""
         if engine_mod.is_remote():
             return None
-        return int(engine_mod.support_memory()["pss_bytes"])
+        return host_memory(engine_mod.support_pids())
 
     # -- limits and storage -------------------------------------------------------------------
     def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -476,13 +572,27 @@ class DockerTier(Tier):
             options["memswap_limit"] = f"{limits.memory_mb}m"  # no swap beyond the limit
         if limits.pids is not None:
             options["pids_limit"] = limits.pids
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
+        if limits.has_io:
             device = self.scratch_device()
-            if limits.io_read_bps is not None:
-                options["device_read_bps"] = [{"Path": device, "Rate": limits.io_read_bps}]
-            if limits.io_write_bps is not None:
-                options["device_write_bps"] = [{"Path": device, "Rate": limits.io_write_bps}]
+            for key, option in (("io_read_bps", "device_read_bps"),
+                                ("io_write_bps", "device_write_bps"),
+                                ("io_read_iops", "device_read_iops"),
+                                ("io_write_iops", "device_write_iops")):
+                if getattr(limits, key) is not None:
+                    options[option] = [{"Path": device, "Rate": getattr(limits, key)}]
         return options
+
+    def update_container(self, container_id: str, fields: dict[str, Any]) -> None:
+        """POST /containers/{id}/update: the SDK's update() lacks NanoCpus and PidsLimit."""
+        api: Any = self.engine.api  # private helpers of the SDK's APIClient
+        response = api._post_json(api._url("/containers/{0}/update", container_id),
+                                  data=fields)
+        api._raise_for_status(response)
+
+    def hierarchies(self) -> cgroups.Hierarchies:
+        if self._hierarchies is None:
+            self._hierarchies = cgroups.detect()
+        return self._hierarchies
 
     def docker_root(self) -> str:
         return str(self._facts.get("docker_root") or self.engine.info()["DockerRootDir"])
@@ -498,7 +608,7 @@ class DockerTier(Tier):
         return throttle_device(self.docker_root())
 
     def scratch_facts(self, mode: str) -> dict[str, str]:
-        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        """Where /scratch lives: the container's writable layer, or a local volume."""
         if engine_mod.is_remote():
             return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
                     else "volume", "scratch_device": "remote"}
@@ -506,9 +616,11 @@ class DockerTier(Tier):
         if mode == "overlay":
             return {"scratch_mode": "overlay", "scratch_fs": "overlay",
                     "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
-                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+                    "storage_driver": str(self._facts.get("storage_driver") or "unknown")}
         return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                 "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}
+        driver = self._facts.get("storage_driver") or "unknown"
+        return {"isolation": f"docker (namespaces, cgroups, storage driver {driver})",
+                **self._facts}

@@ -58,16 +58,20 @@ from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
 from bench.core.lazy import lazy
 from bench.core.settings import settings
+from bench.kernel import tc
 from bench.tiers.base import (
     Availability,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import domxml, libvirtd
 from bench.tiers.kvm import guest as guest_mod
+from bench.tiers.kvm import limits as kvm_limits
 from bench.tiers.kvm import net as kvm_net
 from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance, console_tail
@@ -98,6 +102,7 @@ class KvmTier(Tier):
     packages = ("libvirt-daemon-system", "qemu-system-x86", "qemu-utils", "dnsmasq-base",
                 "libvirt-dev", "pkg-config")
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
+    live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
 
     def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
@@ -313,6 +318,8 @@ class KvmTier(Tier):
                     if domain.isPersistent():
                         domain.undefine()
                     removed.append(f"domain {domain.name()}")
+                    tc.remove_ifb(None, kvm_limits.ifb_name(str(meta.get("run")),
+                                                            domain.name()))
             for network in conn.listAllNetworks():
                 with contextlib.suppress(libvirt.libvirtError):
                     name = network.name()
@@ -336,7 +343,7 @@ class KvmTier(Tier):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
         if not libvirtd.is_local(self.uri):
             return None
@@ -347,7 +354,7 @@ class KvmTier(Tier):
                         self.network_name and self.network_name in arg
                         for arg in proc.info["cmdline"] or []):
                     pids.append(proc.pid)
-        return libvirtd.pss_bytes(pids)
+        return host_memory(pids)
 
     def timeout_factor(self) -> float:
         """Under TCG, Python runs about 15x slower than on the host here (sysbench 5-7x)."""

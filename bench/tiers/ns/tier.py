@@ -29,20 +29,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
 from bench.core.settings import settings
-from bench.kernel import cgroups, linuxns, sysmount
+from bench.kernel import cgroups, linuxns, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     ProcessBackground,
+    SwitchChange,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.host import ENV
 from bench.tiers.ns import net as ns_net
@@ -74,13 +78,17 @@ def capabilities_from_env() -> frozenset[str]:
 
 
 class NsInstance(Instance):
-    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str) -> None:
+    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str,
+                 lower: str | None = None) -> None:
         super().__init__(spec)
         self.tier = tier
         self.name = name
+        self.lower = lower or str(tier.ctx.image.rootfs)  # overlayfs lowerdir (top first)
         self.dir = tier.ctx.workdir / name
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
-                                     cgroups.controllers_for(spec.limits))
+                                     cgroups.controllers_for(spec.limits)
+                                     | cgroups.controllers_for(spec.ceiling))
+        self.io_device: str | None = None
         self.pid = 0  # PID 1 of the container, as the host sees it
         self.child = 0  # bench-nsinit, spawned by bench as the container's PID 1
         self.pidfd: int | None = None
@@ -107,12 +115,13 @@ class NsInstance(Instance):
             path.mkdir(parents=True)
         limits = self.spec.limits
         io_device = None
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            io_device = cgroups.block_device(scratch or upper)
+        if limits.has_io or (self.spec.ceiling is not None and self.spec.ceiling.has_io):
+            io_device = self.io_device = cgroups.block_device(scratch or upper)
         flags = NAMESPACE_FLAGS
         child_fds: dict[str, int] = {}
         pools = self.tier.pools if self.tier.nsinit is not None else None
-        pooled_group = pools.take_group(limits) if pools is not None else None
+        pooled_group = pools.take_group(limits) if pools is not None and \
+            self.spec.ceiling is None else None
         if pooled_group is not None:
             self.cgroup = pooled_group
         self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
@@ -129,7 +138,7 @@ class NsInstance(Instance):
             flags=flags, cgroup_join=[str(f) for f in self.cgroup.join_files],
             cgroup_setup=[] if pooled_group is not None else
             [(str(p), v) for p, v in self.cgroup.setup(limits, io_device)],
-            root=RootPlan(str(self.tier.ctx.image.rootfs), str(upper), str(work), str(merged),
+            root=RootPlan(self.lower, str(upper), str(work), str(merged),
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps))
@@ -157,6 +166,8 @@ class NsInstance(Instance):
             self._follow(go_w)
         finally:
             os.close(go_w)
+        if limits.net_mbit is not None and self.spec.network == "bridge":
+            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
     def _adopt(self, pid: int) -> None:
         self.pid = pid
@@ -278,7 +289,8 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
@@ -340,6 +352,15 @@ class NsInstance(Instance):
     def scratch_dir(self) -> str:
         return "/scratch"
 
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        if limit == "net_mbit":
+            return switching.net_change(self.pid or None, value, self.spec.network)
+        return switching.cgroup_change(self.cgroup, limit, value, self.io_device)
+
+    def read_limits(self) -> dict[str, Any]:
+        return switching.readback(self.cgroup, self.io_device, self.pid or None,
+                                  self.spec.network)
+
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:  # worked out once: the directories go with `stop`
             if self.spec.scratch == "bind":
@@ -351,6 +372,8 @@ class NsInstance(Instance):
                 scratch = {"scratch_mode": "overlay", "scratch_fs": "overlay",
                            "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"]}
             network = "veth+bridge" if self.spec.network == "bridge" else "host"
+            if self.spec.limits.net_mbit is not None:
+                network += f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on eth0)"
             self._metadata = {"network_path": network, "network_mode": self.spec.network,
                               **scratch, **{f"{k}_source": v for k, v in self.sources.items()}}
         return self._metadata
@@ -360,7 +383,8 @@ class NsTier(Tier):
     name = "ns"
     description = ("own containers: clone/unshare, setns, pivot_root, overlayfs, cgroups, "
                    "veth + bridge + NAT (no Docker)")
-    packages = ("iptables", "util-linux")
+    packages = ("iptables", "util-linux", "iproute2")
+    live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self, capabilities: frozenset[str] | None = None) -> None:
         self.capabilities = capabilities if capabilities is not None else capabilities_from_env()
@@ -453,9 +477,10 @@ class NsTier(Tier):
             self.zygote = Zygote(self.keep_caps)
         return self.zygote
 
-    def start(self, spec: InstanceSpec) -> Instance:
+    def start(self, spec: InstanceSpec, lower: str | None = None) -> Instance:
+        """Start an instance; `lower` stacks these directories instead of the bench image."""
         self.counter += 1
-        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}")
+        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}", lower)
         self.instances.append(instance)
         try:
             instance.launch()
@@ -468,7 +493,18 @@ class NsTier(Tier):
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
 
+    def layer_lab(self) -> Any:
+        """overlayfs over N layer directories (bench/tiers/ns/layers.py)."""
+        if getattr(self, "_layers", None) is None:
+            from bench.tiers.ns.layers import NsLayers
+
+            self._layers: Any = NsLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if getattr(self, "_layers", None) is not None:
+            self._layers.close()
+            self._layers = None
         if not hasattr(self, "bridge"):
             return
         self._finishing = True
@@ -496,25 +532,34 @@ class NsTier(Tier):
         except BenchError:
             hierarchies = None
         if hierarchies is not None:
-            rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
-            removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+            runs = [run_id] if run_id else sorted(
+                {p.name for root in hierarchies.unique_roots
+                 for p in (root / CGROUP_ROOT).glob("*") if p.is_dir()})
+            for run in runs:
+                if run_id is None and hostlock.run_is_live(run):
+                    continue  # a run still going: not a leftover
+                removed += [f"cgroup {p}" for p in
+                            cgroups.remove_tree(hierarchies, f"{CGROUP_ROOT}/{run}")]
         removed += ns_net.cleanup(run_id)
-        base = settings().work_dir
-        for work in sorted(base.glob(f"{run_id or '*'}/ns")):
+        from bench.tiers.ns import layers as ns_layers
+
+        removed += ns_layers.cleanup(run_id)
+        for run_dir in hostlock.run_dirs(run_id):
+            work = run_dir / "ns"
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(f"directory {work}")
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)  # fd-based: follows no symlink inside
+                removed.append(f"directory {work}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """The runtime's own processes (their proportional set size): the zygote, outside
         every container's cgroup; or, with bench-nsinit, each container's PID 1 (which its
         cgroup charges too: there is no runtime process outside the containers)."""
         zygote = getattr(self, "zygote", None)
         pids = [zygote.proc.pid] if zygote is not None else [i.pid for i in self.instances
                                                              if i.pid]
-        sizes = [size for size in map(_pss, pids) if size is not None]
-        return sum(sizes) if sizes else None
+        return host_memory(pids) if pids else None
 
     def metadata(self) -> dict[str, Any]:
         h = getattr(self, "hierarchies", None)
@@ -532,14 +577,3 @@ class NsTier(Tier):
                           "joins them; instance metadata says which it got"
                           if getattr(self, "nsinit", None) else None),
                 "pool_errors": getattr(self, "pool_errors", [])[-3:]}
-
-
-def _pss(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return None

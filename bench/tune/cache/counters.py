@@ -59,7 +59,7 @@ def _human_bytes(text: str) -> int:
     """bcache prints sizes like '1.5M'."""
     found = re.fullmatch(r"\s*([\d.]+)([kKMGTP]?)\s*", text)
     if not found:
-        return 0
+        raise ValueError(f"not a bcache size: {text!r}")
     scale = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
              "P": 1 << 50}[found.group(2)]
     return int(float(found.group(1)) * scale)

@@ -15,7 +15,7 @@ from bench.tune.cache.counters import (
     parse_dm_writecache_status,
 )
 from bench.tune.cache.devices import DeviceBuilder
-from bench.tune.cache.teardown import _undo
+from bench.tune.cache.teardown import CLEANUP_FIX, _undo, failed_text
 
 
 class CacheLab(DeviceBuilder):
@@ -76,7 +76,13 @@ class CacheLab(DeviceBuilder):
             self.shell.write(str(built.bcache_dir / "writeback_percent"), "0")
         try:
             while True:
-                dirty = self.counters(name).get(dirty_key, 0)
+                dirty = self.counters(name).get(dirty_key)
+                if dirty is None:  # unknown is not clean
+                    raise BenchError(
+                        f"Cannot read the dirty counter ({dirty_key}) of cache setup {name}, "
+                        "so whether its writeback finished is unknown.",
+                        f"check {built.bcache_dir or built.dm_name} (dmsetup status / "
+                        "sysfs) and the kernel log.")
                 if dirty == 0 or time.monotonic() > deadline:
                     return dirty
                 time.sleep(0.2)
@@ -86,8 +92,12 @@ class CacheLab(DeviceBuilder):
                                  str(built.details["options"].get("writeback_percent", 10)))
 
     def destroy(self) -> list[str]:
-        removed = _undo(self.state)
+        """Remove everything made; raises BenchError naming what could not be removed (the
+        state file stays, so `bench cleanup` tries again)."""
+        removed, failed = _undo(self.state)
         self.built.clear()
+        if failed:
+            raise BenchError(failed_text(failed, removed), CLEANUP_FIX)
         self.state_path.unlink(missing_ok=True)
         return removed
 
