@@ -45,6 +45,8 @@ CPU_QUOTA = 0.5
 IO_BPS = 20 * 2**20
 TBF_MBIT = 200
 FRAME_EFFICIENCY = 1448 / 1514
+IOPS = 300  # io_read_iops: fio 4k random reads (the bps limit does not bind at 1.2 MB/s)
+NET_MBIT = 100  # net_mbit: the instance's own egress limit, iperf3 from it to another
 ROUNDS = 3
 
 
@@ -259,12 +261,16 @@ class SelfTest:
         try:
             checks.append(_cpu_check(name, lambda a: free.exec(a, 120).stdout,
                                      lambda a: limited.exec(a, 120).stdout))
+            checks += _readback_checks(name, limited, Limits(cpus=CPU_QUOTA))
         finally:
             limited.stop()
-        io = tier.start(InstanceSpec(role="st-io", limits=Limits(io_read_bps=IO_BPS),
-                                     scratch="bind"))
+        io_limits = Limits(io_read_bps=IO_BPS, io_read_iops=IOPS, net_mbit=NET_MBIT)
+        io = tier.start(InstanceSpec(role="st-io", limits=io_limits, scratch="bind"))
         try:
             checks.append(_io_check(name, lambda a: io.exec(a, 120).stdout, io.scratch_dir()))
+            checks += _readback_checks(name, io, io_limits)
+            checks.append(_iops_check(name, lambda a: io.exec(a, 120).stdout, io.scratch_dir()))
+            checks.append(_net_limit_check(name, io, free))
         except BenchError as exc:
             checks.append(Check(name, "block I/O read 20 MiB/s", 20, 0, "MiB/s",
                                 skipped=exc.cause))
@@ -296,6 +302,38 @@ class SelfTest:
             server.stop()
             client.stop()
             host.finish()
+
+
+def _readback_checks(tier: str, instance: Instance, limits: Limits) -> list[Check]:
+    """Every numeric limit set on `instance`, as the kernel or hypervisor holds it now."""
+    back = instance.read_limits()
+    return [Check(tier, f"readback {key}", float(value), float(back.get(key) or 0), "as set",
+                  "read back from the instance's cgroup, tc qdisc or libvirt")
+            for key, value in limits.set_fields().items() if isinstance(value, int | float)]
+
+
+def _iops_check(tier: str, run: Callable[[list[str]], str], scratch: str) -> Check:
+    def once() -> float:
+        out = run(["fio", "--name=selftest-iops", f"--filename={scratch}/selftest-iops.dat",
+                   "--rw=randread", "--bs=4k", "--direct=1", "--size=32m", "--runtime=4",
+                   "--time_based", "--ioengine=libaio", "--iodepth=8", "--output-format=json"])
+        return next(m.value for m in parse_fio_json(out, "randread") if m.metric == "iops")
+
+    return Check(tier, f"io_read_iops {IOPS}", IOPS, _median([once() for _ in range(2)]),
+                 "IO/s", "fio O_DIRECT 4k random reads")
+
+
+def _net_limit_check(tier: str, limited: Instance, server_side: Instance) -> Check:
+    """net_mbit: the limited instance's own egress, iperf3 from it to another instance."""
+    server = server_side.spawn(["iperf3", "-s", "-B", server_side.address(), "-p", "5203"])
+    try:
+        run = _until_listening(lambda argv: limited.exec(argv, 60).stdout)
+        measured = _median([_iperf3(run, server_side.address(), 5203) for _ in range(2)])
+    finally:
+        server.stop()
+    return Check(tier, f"net_mbit {NET_MBIT}", NET_MBIT * FRAME_EFFICIENCY, measured, "Mbit/s",
+                 f"iperf3 TCP goodput out of an instance with net_mbit {NET_MBIT} "
+                 f"(expected {NET_MBIT} x 1448/1514)")
 
 
 def as_json(checks: list[Check]) -> str:
