@@ -17,10 +17,15 @@ from pydantic import BaseModel, ConfigDict
 
 from bench.core.errors import BenchError
 from bench.core.samples import Sample, append_jsonl, read_samples
+from bench.core.settings import settings
+
+# formats of the run directory's files; a reader refuses a newer one instead of misreading it
+MANIFEST_VERSION = 1
+JOURNAL_VERSION = 1
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get("BENCH_RESULTS_DIR", "results"))
+    return settings().results_dir
 
 
 def new_run_id(scenario: str) -> str:
@@ -33,6 +38,7 @@ class RunRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    format_version: int = JOURNAL_VERSION
     key: str
     cell: str
     repetition: int
@@ -80,6 +86,8 @@ class RunDir:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
         try:
+            manifest = {**manifest, "format_version": manifest.get("format_version",
+                                                                    MANIFEST_VERSION)}
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             os.replace(tmp, self.manifest_path)
         except OSError:
@@ -88,6 +96,11 @@ class RunDir:
 
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.manifest_path.read_text())
+        version = data.get("format_version", 1)  # manifests before versioning were version 1
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise BenchError(f"{self.manifest_path} has manifest format {version!r}; this bench "
+                             f"reads formats up to {MANIFEST_VERSION}.",
+                             "read it with the newer bench that wrote it.")
         return data
 
     def update_manifest(self, **fields: Any) -> None:
@@ -105,14 +118,24 @@ class RunDir:
         return list(read_samples(self.samples_path))
 
     def records(self) -> list[RunRecord]:
+        """The journal of finished runs. Only a torn last line (a crash mid-write) is skipped:
+        any other unreadable line is an error, since the runs it recorded would be redone or
+        go unreported."""
         if not self.journal_path.exists():
             return []
         found = []
-        for line in self.journal_path.read_text().splitlines():
+        lines = self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 found.append(RunRecord.model_validate_json(line))
             except ValueError:
-                continue  # a torn last line from a crash
+                if number == len(lines):
+                    break
+                raise BenchError(f"{self.journal_path}:{number} is not a run record.",
+                                 "repair or delete that line (the runs it recorded will be "
+                                 "run again by --resume).") from None
         return found
 
     def done_keys(self) -> set[str]:

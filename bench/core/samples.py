@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FORMAT_VERSION = 1
+# the tier cost factors are measured against (its Tier class says is_baseline; a test checks)
+BASELINE_TIER = "host"
 READABLE_VERSIONS = (1,)
 
 Direction = Literal["higher", "lower"]

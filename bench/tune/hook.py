@@ -27,18 +27,19 @@ from bench.core import faults
 from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run.scenario import Scenario
+from bench.tiers import TIERS
 from bench.tiers.base import Instance, Tier
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
 from bench.tune import sweep as sweep_mod
 from bench.tune.cache import CacheLab
+from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.catalog import Tunable, TuneError
 from bench.tune.sysfs import HostFs, InstanceFs, block_device_of
 from bench.tune.tuner import Change, Tuner, key_text, recover
-
-GUEST_TIERS = ("kvm",)  # tiers whose instances run their own kernel
 
 _GUEST_DEVICE = (
     "import os,sys\n"
@@ -50,7 +51,7 @@ _GUEST_DEVICE = (
 
 
 def _work_root() -> Path:
-    return Path(os.environ.get("BENCH_WORK_DIR", "/var/tmp/bench"))
+    return settings().work_dir
 
 
 class TuningHook:
@@ -69,6 +70,8 @@ class TuningHook:
         self.lab: CacheLab | None = None
         self.bound: dict[str, str] = {}  # tier -> cache setup mounted over its scratch
         self._bound_paths: dict[str, Path] = {}
+        self.guest_lab: tuple[Instance, GivenDevicesLab] | None = None  # the current guest's lab
+        self._lab_of: dict[str, CacheLab] = {}  # cell key -> the lab its setup is in
         self._counters: dict[str, dict[str, int]] = {}
         self._applied: dict[str, dict[str, Any]] = {}
         self.writes: dict[str, int] = {}  # tunable -> writes during the run (restores included)
@@ -135,7 +138,13 @@ class TuningHook:
                 restored = [str(c) for c in self.host.restore_all()]
             except BenchError as exc:
                 problems.append(exc.cause)
-        removed = self.lab.destroy() if self.lab is not None else []
+        removed: list[str] = []
+        try:
+            removed = self.lab.destroy() if self.lab is not None else []
+        except BenchError as exc:  # a failed removal is a problem, never counted as removed
+            problems.append(exc.cause)
+        self.guest_lab = None
+        self._lab_of.clear()
         if self.journal is not None:
             self.journal.close()
         after = self.snapshot()
@@ -159,18 +168,18 @@ class TuningHook:
                    peer: Instance | None) -> None:
         if not self.started or self.host is None:
             return
-        self._cache_in_place(cell, tier)
+        self._cache_in_place(cell, tier, instance)
         host_wanted: dict[tuple[str, str | None], Any] = {}
         inside: dict[tuple[str, str | None], Any] = {}
         applied: dict[str, Any] = {}
-        in_guest = cell.tier in GUEST_TIERS
+        in_guest = TIERS[cell.tier].runs_own_kernel
         for name, value in cell.tunables.items():
             tunable = self.catalog.get(name)
             if in_guest and tunable.guest:
                 device = self._guest_device(instance) if tunable.per_device else None
                 inside[(name, device)] = value
                 where = "inside the guest (guest-local)"
-            elif tunable.scope == "per-netns" and cell.tier != "host":
+            elif tunable.scope == "per-netns" and TIERS[cell.tier].own_netns:
                 inside[(name, None)] = value
                 where = "inside the instance's network namespace"
             else:
@@ -178,7 +187,7 @@ class TuningHook:
                 host_wanted[(name, device)] = value
                 where = "on the host, shared by every tier of this run that runs on the " \
                     "host's kernel (" + ", ".join(t for t in self.tiers
-                                                  if t not in GUEST_TIERS) + ")"
+                                                  if not TIERS[t].runs_own_kernel) + ")"
             applied[name] = {"value": value, "scope": tunable.scope, "set": where}
             if tunable.per_device:
                 applied[name]["device"] = next(
@@ -202,8 +211,9 @@ class TuningHook:
         self._applied[cell.key] = applied
         if applied:
             faults.point("tune.applied")
-        if cell.cache != "none" and self.lab is not None:
-            self._counters[cell.key] = self.lab.counters(cell.cache)
+        lab = self._lab(cell)
+        if cell.cache != "none" and lab is not None:
+            self._counters[cell.key] = lab.counters(cell.cache)
 
     def after_run(self, cell: Cell) -> dict[str, Any]:
         """Metadata for the run's samples (merged over the instance's own)."""
@@ -213,19 +223,20 @@ class TuningHook:
         applied = self._applied.pop(cell.key, {})
         if applied:
             meta["tuning"] = applied
-        if cell.cache != "none" and self.lab is not None and cell.cache in self.lab.built:
+        lab = self._lab(cell)
+        if cell.cache != "none" and lab is not None:
             before = self._counters.pop(cell.key, {})
             try:
-                left = self.lab.drain(cell.cache)
-                now = self.lab.counters(cell.cache)
+                left = lab.drain(cell.cache)
+                now = lab.counters(cell.cache)
             except (BenchError, OSError) as exc:
                 return {**meta, "cache_error": str(exc)}
-            built = self.lab.built[cell.cache]
+            built = lab.built[cell.cache]
             meta.update({
                 "scratch_device": built.top, "scratch_fs": "ext4", "scratch_mode": "cache setup",
                 "cache": {**built.details, "setup": cell.cache, "state": self.spec.cache_state
                           if self.spec else "cold", "dirty_left_after_drain": left,
-                          "counters": {k: v - before.get(k, 0) for k, v in now.items()}},
+                          "counters": {k: v - before[k] for k, v in now.items() if k in before}},
             })
         return meta
 
@@ -242,7 +253,7 @@ class TuningHook:
                         if self.catalog.get(n).scope in ("host-global", "per-device")})
         if not names:
             return ""
-        host_tiers = [t for t in self.tiers if t not in GUEST_TIERS]
+        host_tiers = [t for t in self.tiers if not TIERS[t].runs_own_kernel]
         return (f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} host-wide: set on "
                 f"the host and shared by every tier that runs on it ({', '.join(host_tiers)})"
                 + ("; the kvm tier sets its own copy inside the guest" if
@@ -251,8 +262,9 @@ class TuningHook:
     def _device_for(self, cell: Cell, tunable: Tunable) -> str | None:
         if not tunable.per_device:
             return None
-        if cell.cache != "none" and self.lab is not None and cell.cache in self.lab.built:
-            return Path(os.path.realpath(self.lab.built[cell.cache].top)).name
+        lab = self._lab(cell)
+        if cell.cache != "none" and lab is not None and lab is self.lab:
+            return Path(os.path.realpath(lab.built[cell.cache].top)).name
         return self.device
 
     def _guest_device(self, instance: Instance | None) -> str:
@@ -263,8 +275,12 @@ class TuningHook:
                              timeout=30)
         return done.stdout.strip()
 
-    def _cache_in_place(self, cell: Cell, tier: Tier) -> None:
-        """Bind the cell's cache setup over the host tier's scratch (or unbind it)."""
+    def _cache_in_place(self, cell: Cell, tier: Tier, instance: Instance | None) -> None:
+        """Put the cell's cache setup under the instance's scratch (or take it away)."""
+        where = getattr(tier, "cache_devices", "")
+        if where == "guest":
+            self._cache_in_guest(cell, tier, instance)
+            return
         current = self.bound.get(cell.tier)
         if current == cell.cache or (current is None and cell.cache == "none"):
             if cell.cache != "none":
@@ -275,9 +291,9 @@ class TuningHook:
         if cell.cache == "none":
             return
         root = getattr(tier, "root", None)
-        if cell.tier not in sweep_mod.CACHE_TIERS or not isinstance(root, Path):
+        if where != "host" or not isinstance(root, Path):
             raise TuneError(f"Cache setups cannot be mounted into the {cell.tier} tier.",
-                            "measure cache setups on the host tier.")
+                            "measure cache setups on a tier that can (host, kvm).")
         assert self.lab is not None
         built = self.lab.build(cell.cache)
         sysmount.bind(built.mount, root / "scratch")
@@ -285,12 +301,38 @@ class TuningHook:
         self._bound_paths[cell.tier] = root / "scratch"
         self._state(cell.cache)
 
-    def _state(self, setup: str) -> None:
-        assert self.lab is not None
+    def _cache_in_guest(self, cell: Cell, tier: Tier, instance: Instance | None) -> None:
+        """Build the setup inside the instance, on the disks its tier hot-plugs into it."""
+        self._lab_of.pop(cell.key, None)
+        if cell.cache == "none":
+            if self.guest_lab is not None and self.guest_lab[0] is instance:
+                self.guest_lab[1].unbind()  # the cell runs on the instance's own scratch
+            return
+        if instance is None:
+            raise TuneError(f"Cache setup {cell.cache} needs an instance of the {cell.tier} "
+                            "tier to be built in.", "sweep cache setups with disk workloads.")
+        if self.guest_lab is None or self.guest_lab[0] is not instance:
+            # a new instance: the previous one (and the lab inside it) is gone
+            names = list(self.spec.cache) if self.spec is not None else [cell.cache]
+            self.guest_lab = (instance, tier.cache_lab(instance, names,
+                                                       log=lambda m: self.say(f"[tune] {m}")))
+        lab = self.guest_lab[1]
+        lab.build(cell.cache)
+        self._lab_of[cell.key] = lab
+        self._state(cell.cache, lab)
+
+    def _state(self, setup: str, lab: CacheLab | None = None) -> None:
+        lab = lab or self.lab
+        assert lab is not None
         if self.spec is not None and self.spec.cache_state == "warm":
-            self.lab.make_warm(setup)
+            lab.make_warm(setup)
         else:
-            self.lab.make_cold(setup)
+            lab.make_cold(setup)
+
+    def _lab(self, cell: Cell) -> CacheLab | None:
+        """The lab holding the cell's cache setup (a guest's own, or the host's)."""
+        lab = self._lab_of.get(cell.key, self.lab)
+        return lab if lab is not None and cell.cache in lab.built else None
 
     def _unbind(self, tier: str) -> None:
         path = self._bound_paths.pop(tier, None)

@@ -18,6 +18,7 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict
 
+from bench.core.settings import settings
 from bench.tune.catalog import TuneError
 
 STATE_ENV = "BENCH_TUNE_STATE_DIR"
@@ -26,7 +27,7 @@ _SESSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get(STATE_ENV, "/var/lib/bench/tune"))
+    return settings().tune_state_dir
 
 
 class Entry(BaseModel):
@@ -74,6 +75,10 @@ class MemoryJournal:
         """Nothing to release."""
 
 
+class JournalBusy(TuneError):
+    """Another live process holds this journal."""
+
+
 class Journal(MemoryJournal):
     """A session's journal file, held open under an exclusive flock while the session lives."""
 
@@ -96,10 +101,14 @@ class Journal(MemoryJournal):
         except BlockingIOError:
             self._lock.close()
             self._lock = None
-            raise TuneError(f"Another bench process holds the tuning journal {self.path}.",
-                            "wait for it to finish (or stop it; its values are restored at "
-                            "the next start).") from None
-        self._entries = _read(self.path)
+            raise JournalBusy(f"Another bench process holds the tuning journal {self.path}.",
+                              "wait for it to finish (or stop it; its values are restored at "
+                              "the next start).") from None
+        try:
+            self._entries = _read(self.path)
+        except TuneError:
+            self.close()
+            raise
 
     def record(self, entry: Entry) -> None:
         """Append and fsync (and fsync the directory when the file is new) before any write."""

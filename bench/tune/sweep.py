@@ -28,8 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import TuneError, Value
 
-CACHE_TIERS = ("host",)  # tiers whose scratch a cache device can be mounted over
-
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -135,6 +133,8 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
     """(tunables, cache) pairs a cell on `tier` is measured under, and why any were left out."""
     if spec is None:
         return [({}, "none")], []
+    from bench.tiers import TIERS
+    from bench.tune.cache import setups as cache_setups
     from bench.tune.cache import unavailable_reason
     from bench.tune.sysfs import HostFs
     from bench.tune.tuner import Tuner
@@ -150,7 +150,7 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
             if tier not in tunable.tiers:
                 why = (f"{name} cannot be set from the {tier} tier"
                        + (f": {tunable.tiers_note}" if tunable.tiers_note else ""))
-            elif tunable.probe and not (tier == "kvm" and tunable.guest):
+            elif tunable.probe and not (TIERS[tier].runs_own_kernel and tunable.guest):
                 why = host.available(name)
             if why:
                 break
@@ -163,15 +163,32 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
         if name == "none":
             caches.append(name)
             continue
-        why = unavailable_reason(name)
-        if not why and tier not in CACHE_TIERS:
-            why = (f"cache setups are measured on the {', '.join(CACHE_TIERS)} tier only (its "
-                   "scratch directory is where bench mounts the cache device)")
+        where = cache_devices(tier)
+        if where == "host":
+            why = unavailable_reason(name)
+        elif where == "guest":  # built inside the tier's own kernel: only the name is checked
+            why = "" if name in cache_setups() else f"no cache setup named {name!r}"
+        else:
+            why = (f"the {tier} tier cannot mount a cache device as an instance's scratch "
+                   f"(tiers that can: {', '.join(cache_tiers())})")
         if why:
             notes.append(f"{tier}: cache setup {name} unavailable: {why}")
         else:
             caches.append(name)
     return [(s, c) for c in caches for s in settings], notes
+
+
+def cache_devices(tier: str) -> str:
+    """Where the tier can mount a cache setup as an instance's scratch (Tier.cache_devices)."""
+    from bench.tiers import TIERS
+
+    return TIERS[tier].cache_devices if tier in TIERS else ""
+
+
+def cache_tiers() -> list[str]:
+    from bench.tiers import TIERS
+
+    return [name for name, cls in TIERS.items() if cls.cache_devices]
 
 
 def notes(spec: SweepSpec | None, tiers: list[str]) -> list[str]:
@@ -184,4 +201,4 @@ def notes(spec: SweepSpec | None, tiers: list[str]) -> list[str]:
     return found
 
 
-__all__ = ["CACHE_TIERS", "SweepSpec", "TuneError", "axes", "notes"]
+__all__ = ["SweepSpec", "TuneError", "axes", "cache_devices", "cache_tiers", "notes"]

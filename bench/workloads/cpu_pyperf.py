@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import uuid
 
-import pyperf
 from pydantic import Field
 
 from bench.core.errors import ParseError
@@ -23,6 +22,8 @@ class PyperfParams(Params):
 
 def parse_pyperf_json(text: str) -> list[Measurement]:
     try:
+        import pyperf
+
         suite = pyperf.BenchmarkSuite.loads(text)
     except Exception as exc:
         raise ParseError(f"pyperf output is not a pyperf JSON suite: {exc}", "see raw/.") from exc

@@ -6,7 +6,6 @@ import random
 import time
 import uuid
 
-import numpy as np
 from pydantic import Field
 
 from bench.core.errors import CommandError, ParseError
@@ -43,6 +42,8 @@ def parse_sockperf_log(text: str) -> list[Measurement]:
                 rtts.append((rx - tx) * 1e6)
     if not rtts:
         raise ParseError("sockperf's full log holds no round trips.", "see raw/.")
+    import numpy as np
+
     values = np.asarray(rtts)
     meta = {"observations": len(rtts)}
     found = [Measurement(metric="rtt_mean_us", value=float(values.mean()), unit="us",

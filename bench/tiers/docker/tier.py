@@ -19,37 +19,48 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import docker
-import requests
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from bench.core import image as image_mod
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.image import Image
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
-from bench.kernel import sysmount
+from bench.kernel import cgroups, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
+    SwitchChange,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.docker import engine as engine_mod
 
+if TYPE_CHECKING:
+    import docker
+    import requests
+    from docker.models.containers import Container
+else:
+    docker = lazy("docker")
+    requests = lazy("requests")
+
+
 RUN_LABEL = "bench.run"
 ROLE_LABEL = "bench.role"
-HASH_LABEL = "bench.core.image.hash"
+HASH_LABEL = "bench.image.hash"
 IMAGE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8", "TERM=dumb")
 KEEPALIVE = ["sleep", "infinity"]
 # A background server: record its pid, then become it with its output in a log. The script is a
 # constant; the server's argv arrives as positional parameters, never inside the script text.
 SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
+                "ours: this phase would mix two clocks")
 TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
 
 
@@ -63,7 +74,7 @@ def import_image(engine: docker.DockerClient, img: Image, log: Any = None) -> tu
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with contextlib.suppress(ImageNotFound):
+        with contextlib.suppress(docker.errors.ImageNotFound):
             found = engine.images.get(img.tag)
             if (found.labels or {}).get(HASH_LABEL) == img.hash:
                 return str(found.id), False
@@ -184,6 +195,7 @@ class DockerInstance(Instance):
         self._spawned = itertools.count(1)
         self._stopped = False
         self.facts: dict[str, Any] = {}
+        self._cgroup_switched: dict[str, Any] = {}  # limits switched past the engine
 
     @property
     def container(self) -> Container:
@@ -213,6 +225,9 @@ class DockerInstance(Instance):
         else:
             command = spec.command
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        if spec.command is not None and engine_mod.is_remote():
+            # bench-stamp reads the engine host's clock: not ours
+            self.phases.omit("first_instruction", REMOTE_CLOCK)
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
@@ -222,11 +237,14 @@ class DockerInstance(Instance):
         if spec.command is None:
             self.container.reload()
             self._engine_phase("started", "StartedAt")
+            if spec.limits.net_mbit is not None and spec.network == "bridge":
+                tc.set_rate(switching.INSTANCE_LINK, spec.limits.net_mbit, self.host_pid())
             self.phases.mark("ready")
 
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
         if engine_mod.is_remote():
+            self.phases.omit(phase, REMOTE_CLOCK)
             return
         stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
         if stamp is not None:
@@ -241,7 +259,7 @@ class DockerInstance(Instance):
         api.timeout = int(timeout) + 30  # the HTTP read waits for the command: give it room
         try:
             done = self.container.exec_run(wrapped, demux=True)
-        except (requests.exceptions.RequestException, APIError) as exc:
+        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
             raise CommandError(argv, -1, f"docker exec failed: {exc}") from exc
         finally:
             api.timeout = saved
@@ -278,7 +296,7 @@ class DockerInstance(Instance):
         try:
             result = self.container.wait(timeout=timeout)
         except requests.exceptions.RequestException:
-            with contextlib.suppress(DockerException):
+            with contextlib.suppress(docker.errors.DockerException):
                 self.container.kill()
             raise CommandTimeout(self.spec.command, timeout) from None
         self.phases.mark("exit_seen")
@@ -295,7 +313,7 @@ class DockerInstance(Instance):
     def read_file(self, path: str) -> bytes:
         try:
             stream, _ = self.container.get_archive(path)
-        except NotFound as exc:
+        except docker.errors.NotFound as exc:
             raise BenchError(f"No file {path} in container {self.name}.", "see raw/.") from exc
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
             member = next((m for m in archive.getmembers() if m.isfile()), None)
@@ -304,24 +322,120 @@ class DockerInstance(Instance):
                 raise BenchError(f"{path} in container {self.name} is not a file.", "see raw/.")
             return data.read()
 
+    def cgroup_pid(self) -> int | None:
+        """The container's init as this host sees it (a local engine's containers only)."""
+        if self._container is None or self._stopped or engine_mod.is_remote():
+            return None
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.reload()
+            return int(self.container.attrs["State"].get("Pid") or 0) or None
+        return None
+
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         if self._container is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self._container.remove(force=True)
             if self.spec.command is not None:
                 self.phases.mark("removed")
         if self.volume is not None:
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
+
+    # -- live switches: the engine's update where it has the knob, else cgroup files / tc ---
+    def host_pid(self) -> int:
+        """The container's init as the host sees it (local engines only)."""
+        if engine_mod.is_remote():
+            raise BenchError("Network limits and live switches need the engine's host, which "
+                             f"is another one (${engine_mod.URL_ENV}).",
+                             "run bench on the engine's host, or drop net_mbit and switches.")
+        pid = int(self.container.attrs["State"].get("Pid") or 0)
+        if not pid:
+            self.container.reload()
+            pid = int(self.container.attrs["State"].get("Pid") or 0)
+        return pid
+
+    def cgroup(self) -> cgroups.Cgroup:
+        return switching.group_of(self.host_pid(), self.tier.hierarchies())
+
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        update = ENGINE_UPDATE.get(limit)
+        if update is not None:
+            fields = update(value)
+            try:
+                self.tier.update_container(str(self.container.id), fields)
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                return SwitchChange(limit, value, False, f"the engine refused it: {exc}")
+            # an update makes runc write every resource from the engine's own record again,
+            # block I/O rates included: put back those switched through the cgroup
+            for name, rate in self._cgroup_switched.items():
+                switching.cgroup_change(self.cgroup(), name, rate, self._io_device())
+            return SwitchChange(limit, value, True,
+                                f"docker engine container update ({', '.join(fields)})")
+        if limit == "net_mbit":
+            return switching.net_change(self.host_pid(), value, self.spec.network)
+        device = self._io_device() if limit.startswith("io_") else None
+        change = switching.cgroup_change(self.cgroup(), limit, value, device)
+        if change.live:
+            self._cgroup_switched[limit] = value
+            change.how += (" (the container's cgroup: docker update has no such knob; "
+                           "written again after each engine update, which resets it)")
+        return change
+
+    def _io_device(self) -> str:
+        st = os.stat(self.tier.scratch_device())
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def read_limits(self) -> dict[str, Any]:
+        device = self._io_device() if not engine_mod.is_remote() else None
+        return switching.readback(self.cgroup(), device, self.host_pid(), self.spec.network)
 
     def metadata(self) -> dict[str, Any]:
         network = ({"network_path": "host"} if self.spec.network == "host" else
                    {"network_path": "veth+bridge", "docker_network": self.tier.network_name})
+        if self.spec.limits.net_mbit is not None and self.spec.network == "bridge":
+            network["network_path"] += (f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on "
+                                        "the container's eth0, tc from the host)")
         return {**network, "network_mode": self.spec.network,
                 **self.tier.scratch_facts(self.spec.scratch), **self.facts}
+
+    def _memory_dir(self) -> Path | None:
+        cid = self.container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/docker/{cid}",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"):
+            if Path(path, "memory.stat").exists():
+                return Path(path)
+        return None
+
+    def memory_report(self) -> dict[str, int]:
+        """The container's memory cgroup (usage, memory.stat, v1 kernel memory) and what
+        `docker stats` shows from it: usage less inactive file pages."""
+        path = self._memory_dir()
+        if path is None:
+            return super().memory_report()
+        found: dict[str, int] = {}
+        for line in (path / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.isdigit():
+                found[key] = int(value)
+        for key, name in (("usage", "memory.usage_in_bytes"), ("usage", "memory.current"),
+                          ("kmem_usage", "memory.kmem.usage_in_bytes")):
+            with contextlib.suppress(OSError, ValueError):
+                found.setdefault(key, int((path / name).read_text()))
+        if "usage" in found:
+            inactive = found.get("total_inactive_file", found.get("inactive_file", 0))
+            found["docker_stats"] = found["usage"] - inactive
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        path = self._memory_dir()
+        if path is None:
+            return None
+        with contextlib.suppress(OSError):
+            return {int(p) for p in (path / "cgroup.procs").read_text().split()}
+        return None
 
     def memory_bytes(self) -> int | None:
         """What the container's memory cgroup charges it (its page cache included)."""
@@ -337,11 +451,22 @@ class DockerInstance(Instance):
         return int(usage) if usage is not None else None
 
 
+# limits the engine's container update changes (API fields); the others go to the
+# container's cgroup files (block I/O rates) or tc (net_mbit)
+ENGINE_UPDATE: dict[str, Any] = {
+    "cpus": lambda v: {"NanoCpus": int(v * 1e9)},
+    "cpuset": lambda v: {"CpusetCpus": v},
+    "memory_mb": lambda v: {"Memory": v << 20, "MemorySwap": v << 20},
+    "pids": lambda v: {"PidsLimit": v},
+}
+
+
 class DockerTier(Tier):
     name = "docker"
     description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
                    f"${engine_mod.URL_ENV}); image imported from the bench image")
-    packages = ("docker.io",)
+    packages = ("docker.io", "docker-registry", "openssl")
+    live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self) -> None:
         self._engine: docker.DockerClient | None = None
@@ -350,6 +475,8 @@ class DockerTier(Tier):
         self._fresh_image = False
         self._facts: dict[str, Any] = {}
         self._seq = itertools.count(1)
+        self._layers: Any = None
+        self._hierarchies: cgroups.Hierarchies | None = None
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -358,7 +485,9 @@ class DockerTier(Tier):
         return self._engine
 
     def ensure_running(self) -> list[str]:
-        return engine_mod.ensure_running()
+        from bench.tiers.docker import registry
+
+        return engine_mod.ensure_running() + registry.ensure_running()
 
     def available(self) -> Availability:
         return engine_mod.diagnose()
@@ -371,7 +500,7 @@ class DockerTier(Tier):
         labels = {RUN_LABEL: ctx.run_id, "bench.tier": "docker"}
         try:
             self.engine.networks.create(self.network_name, driver="bridge", labels=labels)
-        except APIError as exc:
+        except docker.errors.APIError as exc:
             raise TierUnavailable(f"Docker could not create network {self.network_name}: {exc}",
                                   "run `bench cleanup`; check the engine's log.") from exc
         self._facts = engine_mod.engine_facts(self.engine)
@@ -393,34 +522,51 @@ class DockerTier(Tier):
             raise
         return instance
 
+    def layer_lab(self) -> Any:
+        """Pulls of N-layer images from bench's registries (bench/tiers/docker/layers.py)."""
+        if self._layers is None:
+            from bench.tiers.docker.layers import DockerLayers
+
+            self._layers = DockerLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if self._layers is not None:
+            self._layers.close()
+            self._layers = None
         if hasattr(self, "ctx") and self._engine is not None:
             self.cleanup(self.ctx.run_id)
 
     def cleanup(self, run_id: str | None) -> list[str]:
+        from bench.tiers.docker import limited, registry
+
+        removed = limited.cleanup(run_id) + registry.remove_run(run_id)
         if self._engine is None and not engine_mod.diagnose().ok:
-            return []  # no engine, nothing it could still hold
+            return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
-        removed = []
+        for image in self.engine.images.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.engine.images.remove(str(image.id), force=True)
+                removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
                 removed.append(f"container {container.name}")
         for network in self.engine.networks.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 network.remove()
                 removed.append(f"network {network.name}")
         for volume in self.engine.volumes.list(filters={"label": label}):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(docker.errors.NotFound):
                 volume.remove(force=True)
                 removed.append(f"volume {volume.name}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
-        """Proportional set size of dockerd, containerd and the per-container shims."""
+    def support_memory(self) -> HostMemory | None:
+        """Memory of dockerd, containerd and the per-container shims."""
         if engine_mod.is_remote():
             return None
-        return int(engine_mod.support_memory()["pss_bytes"])
+        return host_memory(engine_mod.support_pids())
 
     # -- limits and storage -------------------------------------------------------------------
     def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -435,13 +581,27 @@ class DockerTier(Tier):
             options["memswap_limit"] = f"{limits.memory_mb}m"  # no swap beyond the limit
         if limits.pids is not None:
             options["pids_limit"] = limits.pids
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
+        if limits.has_io:
             device = self.scratch_device()
-            if limits.io_read_bps is not None:
-                options["device_read_bps"] = [{"Path": device, "Rate": limits.io_read_bps}]
-            if limits.io_write_bps is not None:
-                options["device_write_bps"] = [{"Path": device, "Rate": limits.io_write_bps}]
+            for key, option in (("io_read_bps", "device_read_bps"),
+                                ("io_write_bps", "device_write_bps"),
+                                ("io_read_iops", "device_read_iops"),
+                                ("io_write_iops", "device_write_iops")):
+                if getattr(limits, key) is not None:
+                    options[option] = [{"Path": device, "Rate": getattr(limits, key)}]
         return options
+
+    def update_container(self, container_id: str, fields: dict[str, Any]) -> None:
+        """POST /containers/{id}/update: the SDK's update() lacks NanoCpus and PidsLimit."""
+        api: Any = self.engine.api  # private helpers of the SDK's APIClient
+        response = api._post_json(api._url("/containers/{0}/update", container_id),
+                                  data=fields)
+        api._raise_for_status(response)
+
+    def hierarchies(self) -> cgroups.Hierarchies:
+        if self._hierarchies is None:
+            self._hierarchies = cgroups.detect()
+        return self._hierarchies
 
     def docker_root(self) -> str:
         return str(self._facts.get("docker_root") or self.engine.info()["DockerRootDir"])
@@ -457,7 +617,7 @@ class DockerTier(Tier):
         return throttle_device(self.docker_root())
 
     def scratch_facts(self, mode: str) -> dict[str, str]:
-        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        """Where /scratch lives: the container's writable layer, or a local volume."""
         if engine_mod.is_remote():
             return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
                     else "volume", "scratch_device": "remote"}
@@ -465,9 +625,11 @@ class DockerTier(Tier):
         if mode == "overlay":
             return {"scratch_mode": "overlay", "scratch_fs": "overlay",
                     "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
-                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+                    "storage_driver": str(self._facts.get("storage_driver") or "unknown")}
         return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                 "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}
+        driver = self._facts.get("storage_driver") or "unknown"
+        return {"isolation": f"docker (namespaces, cgroups, storage driver {driver})",
+                **self._facts}

@@ -10,13 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
-
-import libvirt
-import libvirt_qemu
+from typing import TYPE_CHECKING, Any
 
 from bench.core.errors import BenchError, CommandError, CommandTimeout
+from bench.core.lazy import lazy
 from bench.core.procs import Completed
+
+if TYPE_CHECKING:
+    import libvirt
+    import libvirt_qemu
+else:
+    libvirt = lazy("libvirt")
+    libvirt_qemu = lazy("libvirt_qemu")
+
 
 GUEST_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "HOME=/root", "LANG=C.UTF-8", "TERM=dumb"]

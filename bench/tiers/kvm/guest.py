@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import json
 import os
@@ -37,7 +36,9 @@ from typing import Any
 from bench.core.errors import ImageError
 from bench.core.image import Image, recipe_hash
 from bench.core.procs import run
+from bench.core.settings import settings
 from bench.kernel import sysmount
+from bench.kernel.libc import LIBC
 
 GUEST_RECIPE_VERSION = 1  # bump when the build steps below change
 GUEST_PACKAGES = (
@@ -48,6 +49,12 @@ GUEST_PACKAGES = (
     "udev",
     "kmod",
     "e2fsprogs",
+    # a typical test host: what bench builds cache setups and ns containers with inside the guest
+    "dmsetup",
+    "lvm2",
+    "bcache-tools",
+    "iptables",
+    "libvirt0",  # libvirt-python (a dependency of bench, wheel built on the host) loads it
 )
 ROOT_DEVICE = "/dev/vda"
 SCRATCH_DEVICE = "/dev/vdb"
@@ -86,11 +93,11 @@ APT_ENV = {
 HEADROOM_BYTES = 1 << 30  # free space on the guest's root file system
 CLONE_NEWNS = 0x00020000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = LIBC
 
 
 def guests_dir() -> Path:
-    return Path(os.environ.get("BENCH_GUEST_DIR", "/var/lib/bench/guests"))
+    return settings().guest_dir
 
 
 def recipe(img: Image) -> dict[str, Any]:

@@ -12,12 +12,19 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import libvirt
 import psutil
 
 from bench.core.errors import TierUnavailable
+from bench.core.lazy import lazy
+from bench.core.settings import settings
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy("libvirt")
+
 
 URI_ENV = "BENCH_LIBVIRT_URI"
 DEFAULT_URI = "qemu:///system"
@@ -32,7 +39,7 @@ DEFAULT_QEMU_USER = "libvirt-qemu"  # Debian's build default
 
 
 def uri() -> str:
-    return os.environ.get(URI_ENV, DEFAULT_URI)
+    return settings().libvirt_uri
 
 
 def is_local(name: str | None = None) -> bool:
@@ -44,11 +51,9 @@ def _quiet(_ctx: Any, _err: Any) -> None:
     """libvirt prints every error to stderr by default; ours are raised, not printed."""
 
 
-libvirt.registerErrorHandler(_quiet, None)
-
-
 def connect(name: str | None = None) -> libvirt.virConnect:
     target = name or uri()
+    libvirt.registerErrorHandler(_quiet, None)  # once would do; it is idempotent and cheap
     try:
         return libvirt.open(target)
     except libvirt.libvirtError as exc:
@@ -168,14 +173,6 @@ def started_at_monotonic(pid: int) -> float | None:
     since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
     now_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     return time.monotonic() - (now_boot - since_boot)
-
-
-def pss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            total += int(psutil.Process(pid).memory_full_info().pss)
-    return total
 
 
 def versions(conn: libvirt.virConnect) -> dict[str, str]:

@@ -18,6 +18,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from bench.core.settings import settings
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.init import InitPlan
 
@@ -29,7 +30,7 @@ def source() -> bytes:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR", "/var/cache/bench"))
+    return settings().cache_dir
 
 
 def build() -> tuple[Path | None, str]:
