@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,10 @@ MiB = 1 << 20
 # the shared guest carries every limit the tier maps (a fractional CPU count is whole vCPUs
 # plus a CFS quota; disk limits are iotune on /scratch), so one boot proves them all
 GUEST_LIMITS = Limits(cpus=1.5, memory_mb=1024, io_read_bps=8 * MiB, io_write_bps=4 * MiB)
+# the shared guest can also be switched live (tests at the end): RAM up to 1280 MiB behind a
+# balloon, an egress shaper for net_mbit (tests/test_switches_live.py has the container tiers)
+GUEST_CEILING = Limits(cpus=1.5, memory_mb=1280, io_read_bps=12 * MiB, io_read_iops=1000,
+                       net_mbit=10_000)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -91,13 +97,18 @@ def prepared(bench_image: Image, run_id: str, raw: Path) -> KvmTier:
 # -- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
-def work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Guests' disks live under BENCH_WORK_DIR; pytest's directories are private (0700), which
-    QEMU must cope with."""
-    path = tmp_path_factory.mktemp("kvm-work")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENCH_WORK_DIR", str(path))
-        yield path
+def work_root() -> Iterator[Path]:
+    """Guests' disks live under BENCH_WORK_DIR: here a directory libvirt's unprivileged QEMU
+    user can reach, as the default /var/tmp/bench is (pytest's own are private, 0700; a guest
+    there runs as root, which test_qemu_runs_as_root_only_where_its_user_is_shut_out checks)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-kvm-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("BENCH_WORK_DIR", str(path))
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +125,7 @@ def guest(libvirt_up: None, bench_image: Image,
     run_id = new_run_id("kvm")
     tier = prepared(bench_image, run_id, tmp_path_factory.mktemp("kvm-raw"))
     try:
-        main = tier.start(InstanceSpec(role="main", limits=GUEST_LIMITS))
+        main = tier.start(InstanceSpec(role="main", limits=GUEST_LIMITS, ceiling=GUEST_CEILING))
         assert isinstance(main, KvmInstance)
         yield tier, main
         main.stop()
@@ -136,11 +147,14 @@ def test_domain_xml_carries_the_scenario_limits(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ET
 
     dom = ET.fromstring(domxml.domain_xml(cfg))
-    assert dom.get("type") == "qemu" and dom.find("cpu") is None  # TCG: QEMU's default CPU
+    assert dom.get("type") == "qemu"  # TCG: an x86-64-v2 model (SSE4.2, POPCNT), no AVX
+    assert dom.findtext("cpu/model") == "Nehalem"
     assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "1536"
     pins = {p.get("vcpu"): p.get("cpuset") for p in dom.iterfind("cputune/vcpupin")}
     assert pins == {"0": "0", "1": "1"}
-    assert dom.findtext("cputune/global_quota") == "150000"
+    # 1.5 CPUs over 2 vCPUs: 0.75 of a CPU per vCPU thread, QEMU's own threads not charged
+    assert dom.findtext("cputune/quota") == "75000" and dom.findtext("cputune/period") == "100000"
+    assert dom.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
     disks = {d.find("target").get("dev"): d for d in dom.iterfind("devices/disk")}  # type: ignore[union-attr]
     assert disks["vda"].find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
     scratch = disks["vdb"]
@@ -373,7 +387,7 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
                    main.read_file("/proc/meminfo").decode().splitlines())
     total_mib = int(meminfo["MemTotal"].split()[0]) / 1024
     assert 850 < total_mib <= 1024, total_mib
-    # CPU quota: the domain's cgroup on the host allows 1.5 CPUs per period
+    # CPU quota: the vCPU threads' cgroups on the host allow 1.5 CPUs per period in all
     assert main.pid is not None
     lines = Path(f"/proc/{main.pid}/cgroup").read_text().splitlines()
     (cpu_path,) = [line.split(":", 2)[2] for line in lines
@@ -383,9 +397,10 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
                       else "/sys/fs/cgroup/cpu") / cpu_path.strip("/")
     while domain_dir.name in ("emulator", "vcpu0", "vcpu1", "iothread1"):
         domain_dir = domain_dir.parent
-    quota = int((domain_dir / "cpu.cfs_quota_us").read_text())
-    period = int((domain_dir / "cpu.cfs_period_us").read_text())
-    assert quota / period == pytest.approx(1.5), (domain_dir, quota, period)
+    allowed = sum(int((domain_dir / v / "cpu.cfs_quota_us").read_text())
+                  / int((domain_dir / v / "cpu.cfs_period_us").read_text())
+                  for v in ("vcpu0", "vcpu1"))
+    assert allowed == pytest.approx(1.5), (domain_dir, allowed)
     # disk: fio inside the guest runs at the iotune rates (QEMU throttles /scratch)
     assert main.domain is not None
     tune = main.domain.blockIoTune("vdb", 0)
@@ -521,3 +536,141 @@ def test_guest_recipe_is_derived_from_the_image(bench_image: Image) -> None:
     assert "/scratch" in data["files"]["etc/fstab"]
     assert guest_mod.recipe_hash(data) != guest_mod.recipe_hash({**data, "image": "other"})
 
+
+
+# -- live switches on the shared guest (the table: tests/test_switches_live.py) ----------------
+
+class _GatewayPeer:
+    """The host as an iperf3 server on the guests' network (its bridge address): what the
+    guest sends leaves through its tap, the host side a shaper works on."""
+
+    def __init__(self, host: Instance, address: str) -> None:
+        self.host = host
+        self._address = address
+
+    def spawn(self, argv: list[str]) -> Any:
+        return self.host.spawn(argv)
+
+    def address(self) -> str:
+        return self._address
+
+
+@pytest.mark.integration
+@pytest.mark.part("kvm")
+def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
+        guest: tuple[KvmTier, KvmInstance]) -> None:
+    from tests.test_switches_live import MUST_SWITCH_LIVE
+
+    tier, main = guest
+    assert set(tier.live_switches) == MUST_SWITCH_LIVE["kvm"]
+    new = Limits(cpus=1.0, memory_mb=1152, io_read_bps=6 * MiB, io_write_bps=3 * MiB,
+                 io_read_iops=300, io_write_iops=250, net_mbit=120)
+    result = main.switch(new)
+    assert {c.limit for c in result.changes if c.live} == MUST_SWITCH_LIVE["kvm"], result
+    back = main.read_limits()
+    for limit, value in new.set_fields().items():
+        assert back[limit] == pytest.approx(value, rel=0.01), (limit, back)
+    assert main.metadata()["net_shaper"].startswith(("ifb", "libvirt"))
+    refused = {c.limit: c for c in main.switch(
+        Limits(cpus=3, memory_mb=2048, cpuset="0", pids=100)).changes}
+    assert not any(c.live for c in refused.values())
+    assert "2 vCPU" in refused["cpus"].how and "1280 MB" in refused["memory_mb"].how
+    assert main.read_limits()["cpus"] == pytest.approx(1.0)  # a refused switch changed nothing
+    main.switch(GUEST_LIMITS.merged(Limits(io_read_iops=1000, io_write_iops=1000,
+                                           net_mbit=10_000)))
+
+
+@pytest.mark.integration
+@pytest.mark.part("kvm")
+@pytest.mark.parametrize(("limit", "low", "high"), [("cpus", 0.1, 0.2),
+                                                    ("io_read_bps", 4 * MiB, 12 * MiB),
+                                                    ("net_mbit", 50, 150)])
+def test_kvm_rate_after_each_switch_matches_the_new_limit(
+        guest: tuple[KvmTier, KvmInstance], bench_image: Image, tmp_path: Path, limit: str,
+        low: Any, high: Any) -> None:
+    from bench.analysis.paired import check_ratio
+    from tests.test_switches_live import SEGMENT_S, TOLERANCE, rate_ratios, series_run
+
+    tier, main = guest
+    base = GUEST_LIMITS.merged(Limits(io_read_iops=1000, net_mbit=10_000))
+    cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 3 * SEGMENT_S}),
+             "io_read_bps": ("disk.fio", {"rw": "read", "bs": "256k", "size_mb": 64,
+                                          "runtime_s": 3 * SEGMENT_S, "iodepth": 4}),
+             "net_mbit": ("network.iperf3", {"seconds": 3 * SEGMENT_S})}
+    workload, params = cases[limit]
+    host = HostTier()
+    peer: Any = None
+    if limit == "net_mbit":
+        assert tier.subnet is not None
+        host.prepare(TierContext(new_run_id("host"), bench_image,
+                                 Path(os.environ["BENCH_WORK_DIR"]) / "host-peer", tmp_path))
+        peer = _GatewayPeer(host.start(InstanceSpec(role="peer", limits=Limits())),
+                            str(next(tier.subnet.hosts())))
+    try:
+        runs = []
+
+        def measure() -> Any:
+            runs.append(series_run(tier, main, peer, tmp_path, limit, low, high, workload,
+                                   params, base))
+            return rate_ratios(runs[-1], limit, low, high)
+
+        check = check_ratio(measure, 1.0, TOLERANCE, retries=1)
+        assert check.ok, f"kvm {limit}: {check.describe()}"
+        assert all(i["live"] for e in runs[-1].events for i in e.instances)
+    finally:
+        main.switch(base)
+        if peer is not None:
+            host.finish()
+
+
+@pytest.mark.integration
+@pytest.mark.part("kvm")
+def test_kvm_memory_switch_moves_the_guests_memtotal(guest: tuple[KvmTier, KvmInstance],
+                                                     tmp_path: Path) -> None:
+    from bench.run import switches
+    from bench.run.scenario import Switch
+
+    tier, main = guest
+    load = WORKLOADS["cpu.sysbench"]
+    done = switches.run(context(tier, main, None, tmp_path), load,
+                        load.parse_params({"threads": 1, "seconds": 4}),
+                        [Switch(at_s=1, set=Limits(memory_mb=768))], {"main": main},
+                        GUEST_LIMITS)
+    try:
+        memory = done.events[0].memory
+        assert memory is not None and memory["how"] == "guest MemTotal", memory
+        assert memory["reached"], memory  # moved by the 256 MiB switched, within 5%
+        assert memory["moved_mb"] == pytest.approx(-256, rel=0.05)
+    finally:
+        main.switch(Limits(memory_mb=GUEST_LIMITS.memory_mb))
+
+
+def test_qemu_runs_as_libvirts_unprivileged_user(guest: tuple[KvmTier, KvmInstance]) -> None:
+    """QEMU runs as libvirt's QEMU user (Debian: libvirt-qemu), not root; the run's disks are
+    given to it, the shared guest files stay root's."""
+    import pwd
+
+    _, main = guest
+    user = libvirtd.qemu_user()
+    assert main.pid is not None
+    assert Path(f"/proc/{main.pid}").stat().st_uid == pwd.getpwnam(user).pw_uid
+    assert main.metadata()["qemu_user"] == user
+    assert main.overlay.stat().st_uid == pwd.getpwnam(user).pw_uid
+    assert main.tier.guest.disk.stat().st_uid == 0
+
+
+def test_qemu_runs_as_root_only_where_its_user_is_shut_out(tmp_path: Path) -> None:
+    from bench.tiers.kvm import qemuuser
+
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    readable = Path("/etc/hostname")
+    assert qemuuser.choose([readable], [closed / "root.qcow2"]).uid == 0
+    assert "cannot reach" in qemuuser.choose([readable], [closed / "root.qcow2"]).reason
+    opened = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        opened.chmod(0o755)
+        chosen = qemuuser.choose([readable], [opened / "root.qcow2"])
+        assert chosen.name == libvirtd.qemu_user() and chosen.uid != 0, chosen
+    finally:
+        opened.rmdir()

@@ -79,7 +79,8 @@ def cost_factors(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
     families: dict[tuple[str, str], list[float]] = defaultdict(list)
     for (label, metric, tier, unit, direction), values in groups.items():
         workload = WORKLOADS.get(workload_of[label])
-        if tier == BASELINE_TIER or workload is None or metric not in workload.headline:
+        if tier == BASELINE_TIER or workload is None or metric not in workload.headline \
+                or workload.family == "isolation":  # not a cost vs host: own tables
             continue
         base = groups.get((label, metric, BASELINE_TIER, unit, direction))
         if not base:
@@ -138,6 +139,8 @@ def emulated_tiers(samples: list[Sample]) -> list[str]:
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
     """The answer first (tier x family cost factors), the per-cell table with --all-metrics
     (or when only the baseline ran: then the medians are the answer)."""
+    from bench.analysis import isolation
+
     samples = rundir.samples()
     matrix = cost_matrix(samples, list(dict.fromkeys(rundir.manifest().get("tiers", []))))
     if matrix is not None:
@@ -146,6 +149,7 @@ def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -
         console.print(table(rundir, all_metrics))
     else:
         console.print("per cell and metric: `bench summary RUN --all-metrics`", highlight=False)
+    isolation.print_tables(samples, console)
     emulated = emulated_tiers(samples)
     if emulated:
         console.print(Panel(emulation_banner(emulated), style="bold red"))

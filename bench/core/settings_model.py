@@ -26,8 +26,6 @@ class Settings(BaseSettings):
     tune_state_dir: Path = Field(Path("/var/lib/bench/tune"),
                                  description="tuning journals and cache devices")
     scenario_dir: Path | None = Field(None, description="shipped scenarios (default: packaged)")
-    tuning_dir: Path | None = Field(None, description="tunables catalog and cache recipes "
-                                    "(default: packaged)")
     sysfs_root: Path = Field(Path("/"), description="root that /proc/sys and /sys are read and "
                              "written under (a fake tree for tests)")
     history_url: str | None = Field(None, description="history database (SQLAlchemy URL; "
@@ -59,8 +57,6 @@ class Settings(BaseSettings):
     kvm_memory_mb: int = Field(1024, ge=128, description="guest RAM without a memory limit")
     kvm_cmdline_extra: str = Field("", description="appended to the guest kernel command line")
     kvm_lock_dir: Path = Field(Path("/run/lock/bench-kvm"), description="per-run kvm locks")
-    run_lock_dir: Path = Field(Path("/run/lock/bench"),
-                               description="per-run liveness locks (cleanup spares live runs)")
     # tests only: fault injection (inert unless FAULT_AT is set)
     fault_at: str | None = Field(None, description="tests: pause a run at this named point")
     fault_hit: int = Field(1, ge=1, description="tests: at the N-th time the point is reached")

@@ -10,6 +10,10 @@ hierarchy the suite uses. `Limits` keys mean the same on both versions:
 | memory_mb | memory.limit_in_bytes (+ memsw if accounted) | memory.max, memory.swap.max=0 |
 | pids | pids.max | pids.max |
 | io_read_bps / io_write_bps | blkio.throttle.{read,write}_bps_device | io.max rbps= wbps= |
+| io_read_iops / io_write_iops | blkio.throttle.{read,write}_iops_device | io.max riops= wiops= |
+
+`update` changes the limits of a group that processes already use (a live switch): the same
+files, written in an order the kernel accepts (v1: memsw never below the memory limit).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ class _Unlimited:
     pids: int | None = None
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    io_read_iops: int | None = None
+    io_write_iops: int | None = None
 
+
+IO_FILES_V1 = (("io_read_bps", "read_bps_device"), ("io_write_bps", "write_bps_device"),
+               ("io_read_iops", "read_iops_device"), ("io_write_iops", "write_iops_device"))
+IO_KEYS_V2 = (("io_read_bps", "rbps"), ("io_write_bps", "wbps"), ("io_read_iops", "riops"),
+              ("io_write_iops", "wiops"))
 
 _UNLIMITED: Limits = _Unlimited()  # type: ignore[assignment]
 
@@ -106,7 +117,7 @@ def block_device(path: str | Path) -> str:
     if os.major(st.st_dev) == 0 or not sys_dev.exists():
         raise CgroupError(
             f"{path} is not on a block device (device {dev}), so I/O throttling cannot apply.",
-            "put BENCH_WORK_DIR on a disk, or drop io_read_bps/io_write_bps from the limits.")
+            "put BENCH_WORK_DIR on a disk, or drop the io_* limits from the scenario.")
     if (sys_dev / "partition").exists():
         return (sys_dev.resolve().parent / "dev").read_text().strip()
     return dev
@@ -128,9 +139,9 @@ def controllers_for(limits: Limits | None) -> set[str]:
     needed = {"memory"}
     if limits is not None:
         needed |= {c for c, used in (("cpu", limits.cpus), ("cpuset", limits.cpuset),
-                                     ("pids", limits.pids), ("blkio", limits.io_read_bps),
-                                     ("blkio", limits.io_write_bps), ("io", limits.io_read_bps),
-                                     ("io", limits.io_write_bps)) if used is not None}
+                                     ("pids", limits.pids)) if used is not None}
+        if limits.has_io:
+            needed |= {"blkio", "io"}
     return needed
 
 
@@ -217,7 +228,7 @@ class Cgroup:
                 steps.append((memory / "memory.memsw.limit_in_bytes", value))
         if limits.pids is not None:
             steps.append((self.dir("pids") / "pids.max", str(limits.pids)))
-        for key, name in (("io_read_bps", "read_bps_device"), ("io_write_bps", "write_bps_device")):
+        for key, name in IO_FILES_V1:
             value = getattr(limits, key)
             if value is not None:
                 if io_device is None or "blkio" not in self.h.roots:
@@ -241,12 +252,25 @@ class Cgroup:
                 steps.append((path / "memory.swap.max", "0"))
         if limits.pids is not None:
             steps.append((path / "pids.max", str(limits.pids)))
-        io = [f"{k}={v}" for k, v in (("rbps", limits.io_read_bps), ("wbps", limits.io_write_bps))
-              if v is not None]
+        io = [f"{k}={getattr(limits, key)}" for key, k in IO_KEYS_V2
+              if getattr(limits, key) is not None]
         if io:
             if io_device is None:
                 raise CgroupError("I/O limits need a block device.", "drop the I/O limit.")
             steps.append((path / "io.max", f"{io_device} {' '.join(io)}"))
+        return steps
+
+    def update(self, limits: Limits, io_device: str | None = None) -> list[tuple[Path, str]]:
+        """Change the limits `limits` sets on the live group; return what was written. On v1
+        the memory limit and memsw are written in the order that keeps memsw >= the limit."""
+        steps = [(p, v) for p, v in (self._limits_v2(limits, io_device) if self.h.version == 2
+                                     else self._limits_v1(limits, io_device)) if v is not None]
+        if limits.memory_mb is not None and self.h.version == 1:
+            current = int((self.dir("memory") / "memory.limit_in_bytes").read_text())
+            if (limits.memory_mb << 20) > current:  # growing: memsw first
+                steps.sort(key=lambda step: step[0].name != "memory.memsw.limit_in_bytes")
+        for path, value in steps:
+            _write(path, value)
         return steps
 
     # -- using ------------------------------------------------------------------------------
@@ -348,3 +372,51 @@ def remove_tree(hierarchies: Hierarchies, rel: str) -> list[str]:
             if group.remove():
                 removed.append(str(path))
     return removed
+
+
+def _counter(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _number(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def limit_events(pid: int) -> dict[str, int | None]:
+    """What the kernel counted against the limits of `pid`'s groups: OOM kills, refused forks,
+    and the memory peak and limits (None: not readable here). Works for any process on the
+    host (a container's init, a docker container's State.Pid), on cgroup v1 and v2."""
+    groups: dict[str, str] = {}
+    for line in _read(Path(f"/proc/{pid}/cgroup")).splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            groups[controller] = path.lstrip("/")
+    try:
+        h = detect()
+    except CgroupError:
+        return {}
+    if h.version == 2:
+        memory = pids = h.roots["memory"] / groups.get("", "")
+        oom = _counter(_read(memory / "memory.events"), "oom_kill")
+        peak, limit = _number(_read(memory / "memory.peak")), _number(_read(memory / "memory.max"))
+    else:
+        memory = h.roots["memory"] / groups.get("memory", "")
+        pids = h.roots["pids"] / groups.get("pids", "")
+        oom = _counter(_read(memory / "memory.oom_control"), "oom_kill")
+        peak = _number(_read(memory / "memory.max_usage_in_bytes"))
+        limit = _number(_read(memory / "memory.limit_in_bytes"))
+    return {"oom_kill": oom, "memory_peak": peak, "memory_limit": limit,
+            "pids_refused": _counter(_read(pids / "pids.events"), "max"),
+            "pids_limit": _number(_read(pids / "pids.max"))}

@@ -21,7 +21,8 @@ from markupsafe import Markup
 from bench.analysis import methodology
 from bench.analysis.frame import Run
 from bench.analysis.summary import emulation_banner
-from bench.report import figures
+from bench.report import figures, switches
+from bench.report import isolation as isolation_section
 from bench.report import layers as layers_section
 from bench.report import tables as analysis
 from bench.report.page import Page
@@ -46,8 +47,14 @@ class Report:
 
     @cached_property
     def mains(self) -> list[tuple[Run, pd.DataFrame]]:
-        """Each run with its headline-metric rows (the columns the figures read)."""
-        return [(run, methodology.headline(run.frame)) for run in self.runs]
+        """Each run with its headline-metric rows, only the columns the figures read (every
+        filter below copies what it keeps: on a million rows the metadata columns cost)."""
+        found = []
+        for run in self.runs:
+            columns = [c for c in run.frame.columns if not c.startswith("meta.")
+                       and c not in ("timestamp", "repetition", "params", "tunables")]
+            found.append((run, methodology.headline(run.frame[columns])))
+        return found
 
     @cached_property
     def checked(self) -> list[list[methodology.Finding]]:
@@ -147,6 +154,11 @@ def samples(report: Report) -> None:
         empty="No density samples in these runs."))
 
 
+def isolation(report: Report) -> None:
+    """Visibility, interference, containment and accounting (bench/report/isolation.py)."""
+    isolation_section.add(report.page, report.runs)  # only when a run has isolation samples
+
+
 def failures(report: Report) -> None:
     failed = [(run.run_id, r) for run in report.runs for r in run.failures if r.status != "ok"]
     if failed:
@@ -165,6 +177,12 @@ def tuning(report: Report) -> None:
                             Markup(html))  # noqa: S704 (escaped by recommend's template)
 
 
+def switch_runs(report: Report) -> None:
+    """Runs with `switches:` (bench/report/switches.py, which escapes its own HTML)."""
+    for run in report.runs:
+        switches.section(report.page, run.run_id, run.path)
+
+
 def environment(report: Report) -> None:
     envs = [analysis.environment(run.manifest) for run in report.runs]
     differ, same = analysis.environment_diff(envs)
@@ -176,7 +194,8 @@ def environment(report: Report) -> None:
 
 # the page's sections in order; a feature's section goes in with one line here
 SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup,
-                           layers_section.section, samples, failures, tuning, environment]
+                           layers_section.section, samples, isolation, switch_runs, failures,
+                           tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:

@@ -34,7 +34,7 @@ PAYOFF = ("pull_s", "pull_limited_s", "first_start_ms", "first_exit_ms")
 
 
 def layer_frame(runs: list[Run]) -> pd.DataFrame:
-    parts = [r.frame[r.frame["workload"].astype(str) == WORKLOAD] for r in runs
+    parts = [r.frame[r.frame["workload"] == WORKLOAD] for r in runs
              if not r.frame.empty and "param.layers" in r.frame]
     if not parts:
         return pd.DataFrame()

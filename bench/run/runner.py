@@ -11,13 +11,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,13 +28,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image, runlock
+from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
-from bench.core.settings import settings
-from bench.run import adaptive
+from bench.run import adaptive, kills
 from bench.run import plan as planning
+from bench.run import switches as switching
 from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
 from bench.tiers import get as get_tier
@@ -48,8 +46,7 @@ from bench.workloads.base import RunContext
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def work_root() -> Path:
-    return settings().work_dir
+work_root = hostlock.work_root
 
 
 @dataclass
@@ -119,8 +116,11 @@ class Runner:
 
     # -- instances -------------------------------------------------------------------------
     def _spec(self, role: str, command: list[str] | None) -> InstanceSpec:
+        top = switching.ceiling(self.scenario.limits, self.scenario.switches) \
+            if self.scenario.switches else None
         return InstanceSpec(role=role, limits=self.scenario.limits, command=command,
-                            network=self.scenario.network, scratch=self.scenario.scratch)
+                            network=self.scenario.network, scratch=self.scenario.scratch,
+                            ceiling=top)
 
     def _instance(self, tier: str, role: str) -> Instance:
         """The tier's long-lived `role` instance. The first one asked for brings up every role
@@ -173,8 +173,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
-        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.run_lock = hostlock.RunLock(self.rundir.run_id)  # spared by others' cleanups
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
         with _sigterm_as_interrupt():
@@ -217,8 +216,6 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
-                finally:
-                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome
@@ -228,13 +225,18 @@ class Runner:
 
     def _finish_tuning(self, quiet: bool) -> None:
         """Restore tunables and remove cache devices; when the run is already failing, a
-        failure to note that in the manifest (a full disk) must not hide the first error."""
+        failure to note that in the manifest (a full disk) must not hide the first error.
+        Then the work directory goes, and the run's liveness lock with it."""
         try:
             self.tuning.finish()
         except OSError as exc:
             if not quiet:
                 raise
             self._say(f"tuning state could not be written to the manifest: {exc}")
+        finally:
+            run_lock = getattr(self, "run_lock", None)
+            if run_lock is not None:
+                run_lock.release()
 
     def _results_full(self, exc: OSError) -> BenchError:
         return BenchError(
@@ -273,7 +275,6 @@ class Runner:
             except Exception as exc:  # report, and keep tearing the others down
                 self.console.print(f"[red]cleanup of tier {tier.name} failed: {exc}; "
                                    "run `bench cleanup`[/red]")
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _loop(self, todo: list[planning.PlannedRun], outcome: Outcome) -> None:
         total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)
@@ -315,15 +316,26 @@ class Runner:
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             faults.point("workload.running")
-            measurements = workload.run(ctx, params)
+            before = kills.snapshot(instance)
+            try:
+                if self.scenario.switches:
+                    measurements = self._switch_run(ctx, workload, params, planned)
+                else:
+                    measurements = workload.run(ctx, params)
+            except (CommandError, CommandTimeout) as exc:  # say what killed it, when known
+                explained = kills.explain(exc, before, kills.snapshot(instance),
+                                          self.scenario.limits, cell.workload, cell.label,
+                                          timeout)
+                if explained is exc:
+                    raise
+                raise explained from exc
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                 raise  # our disk is full, not the workload failing: the run stops
-            status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
-            stderr = getattr(exc, "stderr", "") or ""
-            if isinstance(exc, CommandError | CommandTimeout):
-                stderr = exc.stderr
+            cause = exc.__cause__ if isinstance(exc.__cause__, CommandTimeout) else exc
+            status = "timeout" if isinstance(cause, CommandTimeout) else "failed"
+            stderr = getattr(exc, "stderr", "") or getattr(exc.__cause__, "stderr", "") or ""
             return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                              status=status, seconds=time.monotonic() - started,
                              error=str(exc), stderr=stderr[-4000:],
@@ -346,6 +358,30 @@ class Runner:
                     timestamp=now, metadata={**meta, **m.metadata}))
         return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                          status="ok", seconds=time.monotonic() - started, raw=ctx.raw_files)
+
+    def _switch_run(self, ctx: RunContext, workload: Any, params: Any,
+                    planned: planning.PlannedRun) -> list[Any]:
+        """A run with the scenario's switches; its series and switch events go to
+        switches.jsonl; the instances get the scenario's limits back after it (or are
+        restarted when a tier cannot switch them back live)."""
+        instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
+                     if i is not None}
+        try:
+            done = switching.run(ctx, workload, params, self.scenario.switches, instances,
+                                 self.scenario.limits)
+        finally:
+            back = [i.switch(self.scenario.limits) for i in instances.values()]
+            if not all(r.live for r in back):
+                self._drop_instances(ctx.tier.name)
+        if not planned.warmup:
+            cell = planned.cell.cell
+            record = {"run_key": ctx.run_key, "tier": cell.tier, "workload": cell.workload,
+                      "cell": cell.key, "repetition": planned.repetition, **done.record()}
+            with open(self.rundir.path / switching.SERIES_FILE, "a") as fh:
+                fh.write(json.dumps(record, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return done.measurements()
 
     def _drop_orphan_samples(self, done_keys: set[str]) -> None:
         """Samples of a run that never reached the journal are set aside, then the run is redone."""

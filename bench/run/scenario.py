@@ -82,6 +82,15 @@ class TierOverride(BaseModel):
         return names
 
 
+class Switch(BaseModel):
+    """Limits changed on the running instances `at_s` seconds into a switch run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    at_s: float = Field(gt=0, le=3600, description="seconds after the workload started")
+    set: Limits = Field(description="the limits to change (the others stay as they are)")
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -112,6 +121,9 @@ class Scenario(BaseModel):
     tier_overrides: dict[str, TierOverride] = Field(
         default_factory=dict, description="tier -> fewer repetitions / warm-ups on that tier")
     workloads: list[WorkloadEntry] = Field(min_length=1)
+    switches: list[Switch] = Field(
+        default_factory=list, description="live limit changes during each run (a switch run: "
+        "one long workload reports a 1-second time series; see bench/run/switches.py)")
     sweep: SweepSpec | None = Field(
         None, description="tunables / profiles / cache setups each cell is measured under "
         "(bench/tune/sweep.py)")
@@ -223,6 +235,38 @@ def _check_params(scenario: Scenario) -> list[str]:
     return problems
 
 
+def _check_switches(scenario: Scenario) -> list[str]:
+    """net_mbit needs a link of the instance's own; switch runs need a time series and tiers
+    that take switches; switches come in time order."""
+    problems = []
+    sets = [("limits", scenario.limits)] + [
+        (f"switches[{i}].set", s.set) for i, s in enumerate(scenario.switches)]
+    if scenario.network == "host":
+        for where, limits in sets:
+            if limits.net_mbit is not None:
+                problems.append(f"{where}.net_mbit: an egress rate needs network: bridge; with "
+                                "network: host it would shape the host's own interfaces")
+    if not scenario.switches:
+        return problems
+    for i, switch in enumerate(scenario.switches):
+        if not switch.set.set_fields():
+            problems.append(f"switches[{i}].set: sets no limit")
+        if i and switch.at_s <= scenario.switches[i - 1].at_s:
+            problems.append(f"switches[{i}].at_s: {switch.at_s:g} is not after the switch "
+                            f"before ({scenario.switches[i - 1].at_s:g}); list them in time order")
+    for name in scenario.tiers:
+        if not TIERS[name].live_switches:
+            problems.append(f"tiers: {name!r} has no limits and takes no switches; drop it from "
+                            "a scenario with switches")
+    for index, entry in enumerate(scenario.workloads):
+        if WORKLOADS[entry.workload].series_metric is None:
+            with_series = sorted(n for n, w in WORKLOADS.items() if w.series_metric)
+            problems.append(f"workloads[{index}].workload: {entry.workload!r} reports no time "
+                            f"series, so switches cannot be followed; allowed: "
+                            f"{', '.join(with_series)}")
+    return problems
+
+
 def resolve_path(name_or_path: str) -> Path:
     """A scenario is named by its path or by the name of a shipped one (`quick`, `full`)."""
     path = Path(name_or_path)
@@ -252,7 +296,7 @@ def parse(text: str, source: str) -> Scenario:
         problems = [_describe(err, Scenario) for err in exc.errors()]
         raise ScenarioError(f"{source} is not a valid scenario:\n  - " + "\n  - ".join(problems),
                             "correct the fields named above (see scenarios/quick.yaml).") from None
-    problems = _check_params(scenario)
+    problems = _check_params(scenario) + _check_switches(scenario)
     if problems:
         raise ScenarioError(f"{source} is not a valid scenario:\n  - " + "\n  - ".join(problems),
                             "correct the fields named above (`bench list` shows each "

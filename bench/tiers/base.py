@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -75,6 +76,53 @@ class InstanceSpec:
     command: list[str] | None = None
     network: NetworkMode = "bridge"
     scratch: ScratchMode = "overlay"
+    # Safety limits for an antagonist (fork storm, memory hog), kept even where the tier
+    # isolates nothing: the host tier runs the instance's processes in a cgroup of bench's own
+    # with them; an isolating tier gets them merged into `limits` (see guarded()).
+    guard: Limits | None = None
+    # the largest limits live switches will set (a VM boots with that many vCPUs and that much
+    # RAM behind a balloon; a container joins those controllers); None: no switches planned
+    ceiling: Limits | None = None
+
+
+def tighter(limits: Limits, guard: Limits) -> Limits:
+    """`limits` with every limit of `guard` that is unset or looser there."""
+    update = {}
+    for key, value in guard.model_dump(exclude_none=True).items():
+        mine = getattr(limits, key)
+        if mine is None or (key != "cpuset" and value < mine):  # a cpuset is not ordered
+            update[key] = value
+    return limits.model_copy(update=update)
+
+
+def guarded(spec: InstanceSpec, guard: Limits) -> InstanceSpec:
+    """`spec` with safety limits: as a guard (host tier) and within its limits (the others)."""
+    return dataclasses.replace(spec, limits=tighter(spec.limits, guard), guard=guard)
+
+
+@dataclass
+class SwitchChange:
+    """One limit of a switch: made live through `how`, or not live and why."""
+
+    limit: str
+    value: Any
+    live: bool
+    how: str
+
+
+@dataclass
+class SwitchResult:
+    """What a live switch did, limit by limit, and how long the call took."""
+
+    changes: list[SwitchChange]
+    latency_s: float
+
+    @property
+    def live(self) -> bool:
+        return all(c.live for c in self.changes)
+
+    def not_live(self) -> list[SwitchChange]:
+        return [c for c in self.changes if not c.live]
 
 
 @dataclass
@@ -129,6 +177,10 @@ class Instance(ABC):
         self.spec = spec
         self.phases = Phases()
 
+    def go(self) -> None:
+        """Start the command of an instance from `Tier.start_prepared` (marks phase `go`)."""
+        raise NotImplementedError("only a prepared instance (warm start) waits for go")
+
     @abstractmethod
     def exec(self, argv: list[str], timeout: float) -> Completed:
         """Run argv inside and wait for it; raises CommandError/CommandTimeout."""
@@ -153,6 +205,11 @@ class Instance(ABC):
     def read_file(self, path: str) -> bytes:
         """Copy a file out of the instance."""
 
+    def cgroup_pid(self) -> int | None:
+        """A host pid in the instance's control groups (its limits' counters are read there);
+        None where the limits are not host cgroups (a VM's guest, the host tier)."""
+        return None
+
     @abstractmethod
     def stop(self) -> None:
         """Stop and remove everything this instance made. Idempotent."""
@@ -165,8 +222,39 @@ class Instance(ABC):
         """Memory its cgroup charges to this instance, where the tier accounts it (density)."""
         return None
 
+    def memory_report(self) -> dict[str, int]:
+        """What the tier itself reports of the instance's memory, in bytes, by the tier's own
+        names (cgroup memory.stat, docker stats, libvirt memory stats); {} if nothing."""
+        usage = self.memory_bytes()
+        return {} if usage is None else {"usage": usage}
+
+    def host_pids(self) -> set[int] | None:
+        """The instance's processes as host PIDs, where the host can see them (their PSS)."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Facts that go into every sample taken in this instance (file system, network path)."""
+        return {}
+
+    def switch(self, limits: Limits) -> SwitchResult:
+        """Change the limits `limits` sets on the running instance, each through the tier's
+        live interface; a limit the tier cannot change live is reported as not live (and left
+        as it was), never faked. Tiers override `_switch_one`."""
+        started = time.monotonic()
+        changes = [self._switch_one(name, value) for name, value in limits.set_fields().items()]
+        return SwitchResult(changes, time.monotonic() - started)
+
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        return SwitchChange(limit, value, False, "this tier has no limits and takes no switches")
+
+    def memory_seen_mb(self) -> float | None:
+        """The memory the instance itself sees, where that moves with its limit (a VM's
+        MemTotal); None where it does not (a container sees the host's /proc/meminfo)."""
+        return None
+
+    def read_limits(self) -> dict[str, Any]:
+        """Each limit as the kernel/hypervisor holds it now (readback), where the tier can
+        read it; limit -> value in Limits' units (None: no limit in force)."""
         return {}
 
 
@@ -175,6 +263,9 @@ class Tier(ABC):
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    applies_limits: ClassVar[bool] = True  # False: the scenario's limits are not enforced
+    # the limits an instance of this tier can change while it runs (Instance.switch)
+    live_switches: ClassVar[frozenset[str]] = frozenset()
     # capabilities, read by the planner, the tuner and the analysis instead of tier names
     is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
@@ -185,8 +276,10 @@ class Tier(ABC):
     # "": not at all
     cache_devices: ClassVar[str] = ""
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
-        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance` that
+        can build the cache setups `names`."""
         raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
@@ -204,6 +297,14 @@ class Tier(ABC):
     @abstractmethod
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
+
+    # `start_prepared`: an instance built up to its command (namespaces, cgroup, root ready),
+    # the command started into it on demand (`Instance.go`): the warm start mode
+    warm_start: ClassVar[bool] = False
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        """An instance ready to run `spec.command` once `go()` is called (warm_start tiers)."""
+        raise NotImplementedError(f"the {self.name} tier has no warm start mode")
 
     def timeout_factor(self) -> float:
         """How many times slower than the host this tier may run a workload (after prepare;

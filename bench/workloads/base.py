@@ -19,7 +19,20 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image",
+                 "isolation"]
+
+
+@dataclass
+class Series:
+    """A workload's 1-second time series (switch runs): metric -> [(t, value)], t in seconds
+    since the tool started, each value the rate over the second that ends at t; with the run's
+    usual summary measurements."""
+
+    points: dict[str, list[tuple[float, float]]]
+    units: dict[str, str]
+    measurements: list[Measurement] = field(default_factory=list)
+    duration_s: float | None = None  # the tool's own run time (puts t=0 on the host's clock)
 
 
 class Params(BaseModel):
@@ -79,6 +92,17 @@ class Workload(ABC, Generic[P]):
     tools: ClassVar[tuple[str, ...]] = ()  # programs it needs inside the bench image
     # tiers this workload takes no part in, each with the reason (the plan leaves them out)
     not_on: ClassVar[dict[str, str]] = {}
+    # switch runs: the series metric a limit's switch shows in (limit -> metric); None: the
+    # workload reports no time series
+    series_metric: ClassVar[dict[str, str] | None] = None
+
+    def before_series(self, ctx: RunContext, params: P) -> None:
+        """Set-up a switch run does before its clock starts (e.g. laying out a file), so that
+        the switches fall where the scenario puts them in the tool's run."""
+
+    def run_series(self, ctx: RunContext, params: P) -> Series:
+        """Run once like `run`, reporting a 1-second time series as well (switch runs)."""
+        raise NotImplementedError(f"{self.name} reports no time series")
 
     def parse_params(self, raw: dict[str, Any]) -> P:
         return self.params_model.model_validate(raw)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from pydantic import Field
 
 from bench.core.errors import ParseError
 from bench.core.samples import Measurement
-from bench.workloads.base import Params, RunContext, Workload
+from bench.workloads.base import Params, RunContext, Series, Workload
 
 
 class SysbenchParams(Params):
@@ -21,6 +22,15 @@ class SysbenchParams(Params):
 _EVENTS = re.compile(r"events per second:\s+([0-9.]+)")
 _THREADS = re.compile(r"Number of threads:\s+(\d+)")
 _LAT = re.compile(r"^\s+(min|avg|max|95th percentile):\s+([0-9.]+)", re.M)
+
+
+_TOTAL = re.compile(r"total time:\s+([0-9.]+)s")
+_INTERVAL = re.compile(r"^\[ *([0-9.]+)s \] thds: \d+ eps: ([0-9.]+)", re.M)
+
+
+def parse_sysbench_intervals(text: str) -> list[tuple[float, float]]:
+    """`--report-interval=1` lines: (seconds since start, events/s over that second)."""
+    return [(float(t), float(eps)) for t, eps in _INTERVAL.findall(text)]
 
 
 def parse_sysbench_cpu(text: str) -> list[Measurement]:
@@ -46,19 +56,30 @@ class SysbenchCpu(Workload[SysbenchParams]):
     description = "sysbench cpu: prime search, events/s (threads=1 or 0 for all CPUs)"
     params_model = SysbenchParams
     tools = ("sysbench", "nproc")
+    series_metric: ClassVar[dict[str, str] | None] = {"cpus": "events_per_s"}
 
     def estimate_seconds(self, params: SysbenchParams) -> float:
         return params.seconds + 0.3
 
-    def run(self, ctx: RunContext, params: SysbenchParams) -> list[Measurement]:
+    def _run(self, ctx: RunContext, params: SysbenchParams, extra: list[str]) -> str:
         instance = ctx.main()
         threads = params.threads
         if threads == 0:
             threads = int(instance.exec(["nproc"], timeout=ctx.remaining()).stdout.strip())
         done = instance.exec(
             ["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds}",
-             f"--cpu-max-prime={params.max_prime}", "run"],
+             f"--cpu-max-prime={params.max_prime}", *extra, "run"],
             timeout=ctx.remaining(),
         )
         ctx.save_raw("sysbench.txt", done.stdout)
-        return parse_sysbench_cpu(done.stdout)
+        return done.stdout
+
+    def run(self, ctx: RunContext, params: SysbenchParams) -> list[Measurement]:
+        return parse_sysbench_cpu(self._run(ctx, params, []))
+
+    def run_series(self, ctx: RunContext, params: SysbenchParams) -> Series:
+        out = self._run(ctx, params, ["--report-interval=1"])
+        total = _TOTAL.search(out)
+        return Series({"events_per_s": parse_sysbench_intervals(out)},
+                      {"events_per_s": "events/s"}, parse_sysbench_cpu(out),
+                      float(total.group(1)) if total else None)

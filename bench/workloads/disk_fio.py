@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from bench.core.errors import ParseError
+from bench.core.errors import BenchError, ParseError
 from bench.core.samples import Measurement
-from bench.workloads.base import Params, RunContext, Workload
+from bench.workloads.base import Params, RunContext, Series, Workload
 
 Pattern = Literal["read", "write", "randread", "randwrite"]
 
@@ -64,6 +65,38 @@ def parse_fio_json(text: str, rw: str) -> list[Measurement]:
     return found
 
 
+def fio_argv(params: FioParams, scratch: str) -> list[str]:
+    """The fio command line of one run (bench selftest measures limits with the same one)."""
+    # Reads get a file of their own, which fio lays out with real data. A file a write job
+    # left behind is only partly written (fio allocates it whole, writes what the runtime
+    # allows): reading its unwritten extents returns zeros without any disk I/O, so a read
+    # limit would seem not to hold (1.5x the limit under io_write_bps, when the write job
+    # wrote half the file before the read job read it).
+    kind = "write" if "write" in params.rw else "read"
+    argv = [
+        "fio", "--name=bench",
+        f"--filename={scratch}/bench-fio-{kind}-{params.size_mb}m.dat",
+        f"--rw={params.rw}", f"--bs={params.block_size}", f"--direct={int(params.direct)}",
+        f"--size={params.size_mb}m", f"--runtime={params.runtime_s:g}", "--time_based",
+        f"--ioengine={params.ioengine}", f"--iodepth={params.iodepth}",
+        "--invalidate=1", "--output-format=json",
+    ]
+    if "write" in params.rw and params.end_fsync:
+        argv.append("--end_fsync=1")
+    return argv
+
+
+def parse_fio_log(text: str, scale: float) -> list[tuple[float, float]]:
+    """A fio bw/iops log averaged per second (`--log_avg_msec=1000`): lines of
+    `msec, value, direction, bs, offset`; returns (seconds, value x scale)."""
+    points = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0].isdigit():
+            points.append((int(fields[0]) / 1e3, float(fields[1]) * scale))
+    return points
+
+
 class Fio(Workload[FioParams]):
     name = "disk.fio"
     family = "disk"
@@ -71,23 +104,41 @@ class Fio(Workload[FioParams]):
     description = "fio: sequential MB/s, random IOPS and latency percentiles; direct or buffered"
     params_model = FioParams
     tools = ("fio",)
+    series_metric: ClassVar[dict[str, str] | None] = {
+        "io_read_bps": "bandwidth_MBps", "io_write_bps": "bandwidth_MBps",
+        "io_read_iops": "iops", "io_write_iops": "iops"}
 
     def estimate_seconds(self, params: FioParams) -> float:
         return params.runtime_s + 0.5 + params.size_mb / 500
 
     def run(self, ctx: RunContext, params: FioParams) -> list[Measurement]:
+        return self._run(ctx, params, [])
+
+    def before_series(self, ctx: RunContext, params: FioParams) -> None:
+        self._run(ctx, params, ["--create_only=1"], keep=False)
+
+    def run_series(self, ctx: RunContext, params: FioParams) -> Series:
+        log = f"{ctx.main().scratch_dir()}/bench-fio-log"
+        found = self._run(ctx, params, [f"--write_bw_log={log}", f"--write_iops_log={log}",
+                                        "--log_avg_msec=1000", "--per_job_logs=0"])
+        points, units = {}, {"bandwidth_MBps": "MB/s", "iops": "IO/s"}
+        for metric, kind, scale in (("bandwidth_MBps", "bw", 1024 / 1e6), ("iops", "iops", 1.0)):
+            text = ctx.main().read_file(f"{log}_{kind}.log").decode(errors="replace")
+            ctx.save_raw(f"fio_{kind}.log", text)
+            points[metric] = parse_fio_log(text, scale)
+        with contextlib.suppress(BenchError):
+            ctx.main().exec(["rm", "-f", f"{log}_bw.log", f"{log}_iops.log"], timeout=30)
+        runtime = found[0].metadata.get("runtime_ms")
+        return Series(points, units, found, runtime / 1e3 if runtime else None)
+
+    def _run(self, ctx: RunContext, params: FioParams, extra: list[str],
+             keep: bool = True) -> list[Measurement]:
         instance = ctx.main()
         scratch = instance.scratch_dir()
-        argv = [
-            "fio", "--name=bench", f"--filename={scratch}/bench-fio-{params.size_mb}m.dat",
-            f"--rw={params.rw}", f"--bs={params.block_size}", f"--direct={int(params.direct)}",
-            f"--size={params.size_mb}m", f"--runtime={params.runtime_s:g}", "--time_based",
-            f"--ioengine={params.ioengine}", f"--iodepth={params.iodepth}",
-            "--invalidate=1", "--output-format=json",
-        ]
-        if "write" in params.rw and params.end_fsync:
-            argv.append("--end_fsync=1")
+        argv = [*fio_argv(params, scratch), *extra]
         done = instance.exec(argv, timeout=ctx.remaining())
+        if not keep:
+            return []
         ctx.save_raw("fio.json", done.stdout)
         found = parse_fio_json(done.stdout, params.rw)
         for m in found:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from typing import ClassVar
 
 from pydantic import Field
 
 from bench.core.errors import CommandError, ParseError
 from bench.core.samples import Measurement
-from bench.workloads.base import Params, RunContext, Workload
+from bench.workloads.base import Params, RunContext, Series, Workload
 
 
 class Iperf3Params(Params):
@@ -40,6 +41,13 @@ def parse_iperf3_json(text: str) -> list[Measurement]:
     return found
 
 
+def parse_iperf3_intervals(text: str) -> list[tuple[float, float]]:
+    """`-J -i 1`: (seconds since start, Mbit/s over that interval), the sender's side."""
+    data = json.loads(text)
+    return [(float(i["sum"]["end"]), i["sum"]["bits_per_second"] / 1e6)
+            for i in data.get("intervals", []) if i["sum"].get("seconds", 0) > 0.5]
+
+
 class Iperf3(Workload[Iperf3Params]):
     name = "network.iperf3"
     family = "network"
@@ -48,18 +56,28 @@ class Iperf3(Workload[Iperf3Params]):
     params_model = Iperf3Params
     tools = ("iperf3",)
     needs_peer = True
+    series_metric: ClassVar[dict[str, str] | None] = {"net_mbit": "throughput_Mbps"}
 
     def estimate_seconds(self, params: Iperf3Params) -> float:
         return params.seconds + 0.8
 
     def run(self, ctx: RunContext, params: Iperf3Params) -> list[Measurement]:
+        return parse_iperf3_json(self._run(ctx, params, []))
+
+    def run_series(self, ctx: RunContext, params: Iperf3Params) -> Series:
+        out = self._run(ctx, params, ["-i", "1"])
+        found = parse_iperf3_json(out)
+        return Series({"throughput_Mbps": parse_iperf3_intervals(out)},
+                      {"throughput_Mbps": "Mbit/s"}, found, found[0].metadata.get("seconds"))
+
+    def _run(self, ctx: RunContext, params: Iperf3Params, extra: list[str]) -> str:
         assert ctx.peer is not None
         port = random.randint(20000, 29999)
         address = ctx.peer.address()  # listen only on the peer's own address, never on all
         server = ctx.peer.spawn(["iperf3", "-s", "-B", address, "-p", str(port)])
         try:
             argv = ["iperf3", "-c", address, "-p", str(port), "-J",
-                    "-t", f"{params.seconds}", "-P", str(params.parallel)]
+                    "-t", f"{params.seconds}", "-P", str(params.parallel), *extra]
             if params.reverse:
                 argv.append("-R")
             while True:  # the server may still be binding: retry refused connections
@@ -79,4 +97,4 @@ class Iperf3(Workload[Iperf3Params]):
         finally:
             server.stop()
         ctx.save_raw("iperf3.json", done.stdout)
-        return parse_iperf3_json(done.stdout)
+        return done.stdout

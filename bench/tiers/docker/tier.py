@@ -26,13 +26,15 @@ from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnav
 from bench.core.image import Image
 from bench.core.lazy import lazy
 from bench.core.procs import Completed
-from bench.kernel import sysmount
+from bench.kernel import cgroups, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
     HostMemory,
     Instance,
     InstanceSpec,
+    SwitchChange,
     Tier,
     TierContext,
     host_memory,
@@ -193,6 +195,7 @@ class DockerInstance(Instance):
         self._spawned = itertools.count(1)
         self._stopped = False
         self.facts: dict[str, Any] = {}
+        self._cgroup_switched: dict[str, Any] = {}  # limits switched past the engine
 
     @property
     def container(self) -> Container:
@@ -234,6 +237,8 @@ class DockerInstance(Instance):
         if spec.command is None:
             self.container.reload()
             self._engine_phase("started", "StartedAt")
+            if spec.limits.net_mbit is not None and spec.network == "bridge":
+                tc.set_rate(switching.INSTANCE_LINK, spec.limits.net_mbit, self.host_pid())
             self.phases.mark("ready")
 
     def _engine_phase(self, phase: str, field: str) -> None:
@@ -317,6 +322,15 @@ class DockerInstance(Instance):
                 raise BenchError(f"{path} in container {self.name} is not a file.", "see raw/.")
             return data.read()
 
+    def cgroup_pid(self) -> int | None:
+        """The container's init as this host sees it (a local engine's containers only)."""
+        if self._container is None or self._stopped or engine_mod.is_remote():
+            return None
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.reload()
+            return int(self.container.attrs["State"].get("Pid") or 0) or None
+        return None
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -330,11 +344,98 @@ class DockerInstance(Instance):
             with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
 
+    # -- live switches: the engine's update where it has the knob, else cgroup files / tc ---
+    def host_pid(self) -> int:
+        """The container's init as the host sees it (local engines only)."""
+        if engine_mod.is_remote():
+            raise BenchError("Network limits and live switches need the engine's host, which "
+                             f"is another one (${engine_mod.URL_ENV}).",
+                             "run bench on the engine's host, or drop net_mbit and switches.")
+        pid = int(self.container.attrs["State"].get("Pid") or 0)
+        if not pid:
+            self.container.reload()
+            pid = int(self.container.attrs["State"].get("Pid") or 0)
+        return pid
+
+    def cgroup(self) -> cgroups.Cgroup:
+        return switching.group_of(self.host_pid(), self.tier.hierarchies())
+
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        update = ENGINE_UPDATE.get(limit)
+        if update is not None:
+            fields = update(value)
+            try:
+                self.tier.update_container(str(self.container.id), fields)
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                return SwitchChange(limit, value, False, f"the engine refused it: {exc}")
+            # an update makes runc write every resource from the engine's own record again,
+            # block I/O rates included: put back those switched through the cgroup
+            for name, rate in self._cgroup_switched.items():
+                switching.cgroup_change(self.cgroup(), name, rate, self._io_device())
+            return SwitchChange(limit, value, True,
+                                f"docker engine container update ({', '.join(fields)})")
+        if limit == "net_mbit":
+            return switching.net_change(self.host_pid(), value, self.spec.network)
+        device = self._io_device() if limit.startswith("io_") else None
+        change = switching.cgroup_change(self.cgroup(), limit, value, device)
+        if change.live:
+            self._cgroup_switched[limit] = value
+            change.how += (" (the container's cgroup: docker update has no such knob; "
+                           "written again after each engine update, which resets it)")
+        return change
+
+    def _io_device(self) -> str:
+        st = os.stat(self.tier.scratch_device())
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+
+    def read_limits(self) -> dict[str, Any]:
+        device = self._io_device() if not engine_mod.is_remote() else None
+        return switching.readback(self.cgroup(), device, self.host_pid(), self.spec.network)
+
     def metadata(self) -> dict[str, Any]:
         network = ({"network_path": "host"} if self.spec.network == "host" else
                    {"network_path": "veth+bridge", "docker_network": self.tier.network_name})
+        if self.spec.limits.net_mbit is not None and self.spec.network == "bridge":
+            network["network_path"] += (f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on "
+                                        "the container's eth0, tc from the host)")
         return {**network, "network_mode": self.spec.network,
                 **self.tier.scratch_facts(self.spec.scratch), **self.facts}
+
+    def _memory_dir(self) -> Path | None:
+        cid = self.container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/docker/{cid}",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"):
+            if Path(path, "memory.stat").exists():
+                return Path(path)
+        return None
+
+    def memory_report(self) -> dict[str, int]:
+        """The container's memory cgroup (usage, memory.stat, v1 kernel memory) and what
+        `docker stats` shows from it: usage less inactive file pages."""
+        path = self._memory_dir()
+        if path is None:
+            return super().memory_report()
+        found: dict[str, int] = {}
+        for line in (path / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.isdigit():
+                found[key] = int(value)
+        for key, name in (("usage", "memory.usage_in_bytes"), ("usage", "memory.current"),
+                          ("kmem_usage", "memory.kmem.usage_in_bytes")):
+            with contextlib.suppress(OSError, ValueError):
+                found.setdefault(key, int((path / name).read_text()))
+        if "usage" in found:
+            inactive = found.get("total_inactive_file", found.get("inactive_file", 0))
+            found["docker_stats"] = found["usage"] - inactive
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        path = self._memory_dir()
+        if path is None:
+            return None
+        with contextlib.suppress(OSError):
+            return {int(p) for p in (path / "cgroup.procs").read_text().split()}
+        return None
 
     def memory_bytes(self) -> int | None:
         """What the container's memory cgroup charges it (its page cache included)."""
@@ -350,11 +451,22 @@ class DockerInstance(Instance):
         return int(usage) if usage is not None else None
 
 
+# limits the engine's container update changes (API fields); the others go to the
+# container's cgroup files (block I/O rates) or tc (net_mbit)
+ENGINE_UPDATE: dict[str, Any] = {
+    "cpus": lambda v: {"NanoCpus": int(v * 1e9)},
+    "cpuset": lambda v: {"CpusetCpus": v},
+    "memory_mb": lambda v: {"Memory": v << 20, "MemorySwap": v << 20},
+    "pids": lambda v: {"PidsLimit": v},
+}
+
+
 class DockerTier(Tier):
     name = "docker"
     description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
                    f"${engine_mod.URL_ENV}); image imported from the bench image")
     packages = ("docker.io", "docker-registry", "openssl")
+    live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self) -> None:
         self._engine: docker.DockerClient | None = None
@@ -364,6 +476,7 @@ class DockerTier(Tier):
         self._facts: dict[str, Any] = {}
         self._seq = itertools.count(1)
         self._layers: Any = None
+        self._hierarchies: cgroups.Hierarchies | None = None
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -468,13 +581,27 @@ class DockerTier(Tier):
             options["memswap_limit"] = f"{limits.memory_mb}m"  # no swap beyond the limit
         if limits.pids is not None:
             options["pids_limit"] = limits.pids
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
+        if limits.has_io:
             device = self.scratch_device()
-            if limits.io_read_bps is not None:
-                options["device_read_bps"] = [{"Path": device, "Rate": limits.io_read_bps}]
-            if limits.io_write_bps is not None:
-                options["device_write_bps"] = [{"Path": device, "Rate": limits.io_write_bps}]
+            for key, option in (("io_read_bps", "device_read_bps"),
+                                ("io_write_bps", "device_write_bps"),
+                                ("io_read_iops", "device_read_iops"),
+                                ("io_write_iops", "device_write_iops")):
+                if getattr(limits, key) is not None:
+                    options[option] = [{"Path": device, "Rate": getattr(limits, key)}]
         return options
+
+    def update_container(self, container_id: str, fields: dict[str, Any]) -> None:
+        """POST /containers/{id}/update: the SDK's update() lacks NanoCpus and PidsLimit."""
+        api: Any = self.engine.api  # private helpers of the SDK's APIClient
+        response = api._post_json(api._url("/containers/{0}/update", container_id),
+                                  data=fields)
+        api._raise_for_status(response)
+
+    def hierarchies(self) -> cgroups.Hierarchies:
+        if self._hierarchies is None:
+            self._hierarchies = cgroups.detect()
+        return self._hierarchies
 
     def docker_root(self) -> str:
         return str(self._facts.get("docker_root") or self.engine.info()["DockerRootDir"])

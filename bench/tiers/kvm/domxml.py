@@ -38,13 +38,26 @@ class DomainConfig:
     cpu_quota: float | None = None  # in CPUs, for all vCPUs together (fractional limits)
     io_read_bps: int | None = None
     io_write_bps: int | None = None
+    io_read_iops: int | None = None
+    io_write_iops: int | None = None
+    memory_max_mb: int | None = None  # above memory_mb: RAM behind a virtio balloon (switches)
+    net_kbytes: int | None = None  # libvirt <bandwidth> outbound average, KiB/s (tc police)
     agent: bool = True
+    dac_label: str = "+0:+0"  # +uid:+gid QEMU runs as (bench.tiers.kvm.qemuuser)
     host_cpu: bool = True  # under KVM: the host's CPU (host-passthrough), else QEMU's default
 
     @property
     def io_mode(self) -> str:
         """io='native' needs O_DIRECT, i.e. a cache mode that bypasses the host's page cache."""
         return "native" if self.disk_cache in ("none", "directsync") else "threads"
+
+
+TCG_CPU_MODEL = "Nehalem"
+
+
+def vcpu_quota_us(cpus: float, vcpus: int) -> int:
+    """The CFS quota of each vCPU thread for `cpus` CPUs over `vcpus` vCPUs in all."""
+    return max(1000, round(cpus / vcpus * QUOTA_PERIOD_US))
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -82,13 +95,15 @@ def disk_xml(path: Path, target: str, readonly: bool = False, cache: str = "none
     return ET.tostring(disk, encoding="unicode")
 
 
+
 def domain_xml(cfg: DomainConfig) -> str:
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     dom = ET.Element("domain", type=cfg.domain_type)
     _sub(dom, "name", cfg.name)
     meta = _sub(dom, "metadata")
     ET.SubElement(meta, f"{{{METADATA_NS}}}instance", {"run": cfg.run_id, "role": cfg.role})
-    _sub(dom, "memory", str(cfg.memory_mb), unit="MiB")
+    _sub(dom, "memory", str(max(cfg.memory_mb, cfg.memory_max_mb or 0)), unit="MiB")
+    _sub(dom, "currentMemory", str(cfg.memory_mb), unit="MiB")
     _sub(dom, "vcpu", str(cfg.vcpus), placement="static")
     if cfg.cpuset or cfg.cpu_quota:
         tune = _sub(dom, "cputune")
@@ -96,9 +111,9 @@ def domain_xml(cfg: DomainConfig) -> str:
             _sub(tune, "vcpupin", vcpu=str(index), cpuset=str(cfg.cpuset[index % len(cfg.cpuset)]))
         if cfg.cpuset:
             _sub(tune, "emulatorpin", cpuset=",".join(str(c) for c in cfg.cpuset))
-        if cfg.cpu_quota:
-            _sub(tune, "global_period", str(QUOTA_PERIOD_US))
-            _sub(tune, "global_quota", str(round(cfg.cpu_quota * QUOTA_PERIOD_US)))
+        if cfg.cpu_quota:  # per vCPU thread: QEMU's own threads are not charged to the guest
+            _sub(tune, "period", str(QUOTA_PERIOD_US))
+            _sub(tune, "quota", str(vcpu_quota_us(cfg.cpu_quota, cfg.vcpus)))
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64")
     _sub(os_, "kernel", str(cfg.kernel))
@@ -107,10 +122,14 @@ def domain_xml(cfg: DomainConfig) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    # KVM: the host's CPU as it is. TCG: QEMU's default model (qemu64); `-cpu max` offers
-    # AVX2 too, whose emulation in QEMU 7.2 broke systemd and mount in guests here.
+    # KVM: the host's CPU as it is. TCG: Nehalem (x86-64-v2: SSE4.2, POPCNT), the baseline of
+    # today's binaries (NumPy 2.4 wheels die with SIGILL on QEMU's default qemu64); not
+    # `-cpu max`, whose AVX2 emulation in QEMU 7.2 broke systemd and mount in guests here.
     if cfg.domain_type == "kvm" and cfg.host_cpu:
         _sub(dom, "cpu", mode="host-passthrough")
+    elif cfg.domain_type == "qemu":
+        cpu = _sub(dom, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", TCG_CPU_MODEL, fallback="forbid")
     _sub(dom, "clock", offset="utc")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(dom, event, "destroy")
@@ -119,22 +138,29 @@ def domain_xml(cfg: DomainConfig) -> str:
         _disk(devices, cfg.root_disk, "qcow2", "vda", cfg.disk_cache, cfg.io_mode)
     if cfg.scratch_disk is not None:
         _disk(devices, cfg.scratch_disk, "raw", "vdb", cfg.disk_cache, cfg.io_mode,
-              cfg.io_read_bps, cfg.io_write_bps)
+              cfg.io_read_bps, cfg.io_write_bps, cfg.io_read_iops, cfg.io_write_iops)
     if cfg.network is not None:
         nic = _sub(devices, "interface", type="network")
         _sub(nic, "source", network=cfg.network)
         _sub(nic, "model", type="virtio")
+        if cfg.net_kbytes:  # outbound = what the guest sends (tc police on the tap's ingress)
+            bandwidth = _sub(nic, "bandwidth")
+            _sub(bandwidth, "outbound", average=str(cfg.net_kbytes),
+                 burst=str(max(64, cfg.net_kbytes // 100)))
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=str(cfg.console_log))
     _sub(serial, "target", port="0")
     if cfg.agent:
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
-    _sub(devices, "memballoon", model="none")  # guest RAM stays what the limit says
-    # QEMU runs as root for our domains (bench runs as root): the run's disks may sit in
-    # directories only root can reach, and libvirt need not chown them back and forth
+    if cfg.memory_max_mb and cfg.memory_max_mb > cfg.memory_mb:  # switches: a balloon
+        _sub(devices, "memballoon", model="virtio")
+    else:
+        _sub(devices, "memballoon", model="none")  # guest RAM stays what the limit says
+    # a static label: QEMU runs as the user bench chose and gave the run's files to, and
+    # libvirt need not chown anything back and forth
     label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
-    _sub(label, "label", "+0:+0")
+    _sub(label, "label", cfg.dac_label)
     return ET.tostring(dom, encoding="unicode")
 
 

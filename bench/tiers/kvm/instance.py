@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,11 +23,14 @@ from bench.tiers.base import (
     Background,
     Instance,
     InstanceSpec,
+    SwitchChange,
     host_memory,
 )
-from bench.tiers.kvm import clock, domxml, libvirtd
+from bench.tiers.kvm import clock, domxml, libvirtd, qemuuser
 from bench.tiers.kvm.agent import Agent, AgentError, completed
 from bench.tiers.kvm.domxml import DomainConfig
+from bench.tiers.kvm.limits import GuestLimits, net_kbytes, shaper, shaper_note
+from bench.tiers.kvm.limits import tap_of as limits_tap
 
 if TYPE_CHECKING:
     import libvirt
@@ -96,7 +100,9 @@ class KvmInstance(Instance):
         self._command_pid: int | None = None
         self._output = ""
         self._stopped = False
+        self.live = GuestLimits(self)
         self.config = self._config()
+        self.qemu = qemuuser.ROOT
 
     @property
     def agent(self) -> Agent:
@@ -105,11 +111,17 @@ class KvmInstance(Instance):
         return Agent(self.domain)
 
     def _config(self) -> DomainConfig:
-        limits = self.spec.limits
+        """Limits as the domain's XML; with switches planned (spec.ceiling) the guest boots
+        with as many vCPUs as the largest CPU limit needs and RAM up to the largest memory
+        limit behind a balloon inflated to the starting one."""
+        limits, top = self.spec.limits, self.spec.ceiling or self.spec.limits
         cpuset = tuple(_parse_cpuset(limits.cpuset)) if limits.cpuset else ()
         host_cpus = len(cpuset) if cpuset else (os.cpu_count() or 1)
-        vcpus = max(1, math.ceil(limits.cpus)) if limits.cpus else host_cpus
+        most = max(limits.cpus or 0, top.cpus or 0)
+        vcpus = max(1, math.ceil(most)) if limits.cpus else host_cpus
         quota = limits.cpus if limits.cpus and limits.cpus < vcpus else None
+        memory = limits.memory_mb or self.tier.default_memory_mb
+        police = limits.net_mbit is not None and shaper() == "libvirt-bandwidth"
         cmdline = " ".join(filter(None, [self.tier.guest.cmdline, self.tier.cmdline_extra]))
         return DomainConfig(
             name=self.name, domain_type=self.tier.acceleration.domain_type,
@@ -118,7 +130,10 @@ class KvmInstance(Instance):
             kernel=self.tier.guest.kernel, initrd=self.tier.guest.initrd, cmdline=cmdline,
             console_log=self.console, root_disk=self.overlay, scratch_disk=self.scratch,
             disk_cache=self.tier.disk_cache, network=self.tier.network_name, cpuset=cpuset,
-            cpu_quota=quota, io_read_bps=limits.io_read_bps, io_write_bps=limits.io_write_bps)
+            cpu_quota=quota, io_read_bps=limits.io_read_bps, io_write_bps=limits.io_write_bps,
+            io_read_iops=limits.io_read_iops, io_write_iops=limits.io_write_iops,
+            memory_max_mb=top.memory_mb if (top.memory_mb or 0) > memory else None,
+            net_kbytes=net_kbytes(limits.net_mbit) if police and limits.net_mbit else None)
 
     # -- start-up ------------------------------------------------------------------------------
     def boot(self) -> None:
@@ -147,6 +162,13 @@ class KvmInstance(Instance):
         procs.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                    "-b", str(self.tier.guest.disk), str(self.overlay)], timeout=60)
         self.tier.make_scratch(self.scratch)
+        self.console.touch()
+        guest = self.tier.guest
+        own = [self.overlay, self.scratch, self.console]
+        self.qemu = qemuuser.choose([guest.disk, guest.kernel, guest.initrd], own)
+        for path in own:  # the files only: the directory stays root's
+            self.qemu.give(path)
+        self.config = dataclasses.replace(self.config, dac_label=self.qemu.label)
         self.domain = self.tier.conn.defineXML(domxml.domain_xml(self.config))
         self.phases.mark("defined")
         self.phases.mark("start_call")
@@ -157,6 +179,9 @@ class KvmInstance(Instance):
                              f"{exc.get_error_message()}",
                              "see /var/log/libvirt/qemu/ and `bench doctor`.") from exc
         self.phases.mark("start_returned")
+        ceiling = self.spec.ceiling
+        self.live.start_network(self.spec.limits.net_mbit,
+                                ceiling is not None and ceiling.net_mbit is not None)
         self.pid = libvirtd.qemu_pid(self.name)
         started = libvirtd.started_at_monotonic(self.pid) if self.pid else None
         if started is not None:
@@ -274,6 +299,7 @@ class KvmInstance(Instance):
                 self.phases.mark("shutdown")
             with contextlib.suppress(libvirt.libvirtError):
                 self.domain.undefine()
+        self.live.stop_network()
         shutil.rmtree(self.files, ignore_errors=True)
         if "create" in self.phases.stamps:
             self.phases.mark("removed")
@@ -296,6 +322,20 @@ class KvmInstance(Instance):
                 shutil.copyfile(self.console,
                                 self.tier.ctx.raw_dir / f"kvm-{self.name}-{why}-console.log")
 
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        return self.live.switch_one(limit, value)
+
+    def read_limits(self) -> dict[str, Any]:
+        return self.live.read()
+
+    def memory_seen_mb(self) -> float | None:
+        return self.live.guest_memtotal_mb()
+
+    def host_link(self) -> str | None:
+        """The host side of the guest's NIC (its tap): what the host sends the guest leaves
+        through it."""
+        return self.live.tap or (limits_tap(self.domain) if self.domain else None)
+
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
         if not self.pid:
@@ -315,6 +355,7 @@ class KvmInstance(Instance):
             "scratch_backing_device": scratch_fs["device"],
             "disk_cache": self.config.disk_cache,
             "disk_io": self.config.io_mode,
+            "qemu_user": self.qemu.name + (f" ({self.qemu.reason})" if self.qemu.reason else ""),
             "guest_cpu": "host-passthrough" if self.config.domain_type == "kvm"
             else "qemu64 (QEMU's TCG default)",
             "vcpus": self.config.vcpus,
@@ -328,8 +369,14 @@ class KvmInstance(Instance):
             found["vcpu_pinning"] = list(self.config.cpuset)
         if self.config.cpu_quota:
             found["cpu_quota"] = self.config.cpu_quota
-        if self.config.io_read_bps or self.config.io_write_bps:
+        if self.config.io_read_bps or self.config.io_write_bps or self.config.io_read_iops \
+                or self.config.io_write_iops:
             found["io_limit"] = "QEMU iotune on the scratch disk (/dev/vdb)"
+        if self.config.memory_max_mb:
+            found["memory_balloon"] = f"virtio, up to {self.config.memory_max_mb} MB"
+        if self.live.net_shaper:
+            found["net_shaper"] = shaper_note(self.live.net_shaper)
+            found["network_path"] += f" (egress shaped: {self.live.net_shaper})"
         if self.sync is not None:
             found["clock_sync_uncertainty_ms"] = round(self.sync.uncertainty_s * 1e3, 3)
         return found

@@ -58,6 +58,7 @@ from bench.core import procs
 from bench.core.errors import BenchError, TierUnavailable
 from bench.core.lazy import lazy
 from bench.core.settings import settings
+from bench.kernel import tc
 from bench.tiers.base import (
     Availability,
     HostMemory,
@@ -70,6 +71,7 @@ from bench.tiers.base import (
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import domxml, libvirtd
 from bench.tiers.kvm import guest as guest_mod
+from bench.tiers.kvm import limits as kvm_limits
 from bench.tiers.kvm import net as kvm_net
 from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance, console_tail
@@ -100,13 +102,15 @@ class KvmTier(Tier):
     packages = ("libvirt-daemon-system", "qemu-system-x86", "qemu-utils", "dnsmasq-base",
                 "libvirt-dev", "pkg-config")
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
+    live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
         from bench.tiers.kvm.cachedisks import attach_cache_disks
 
         assert isinstance(instance, KvmInstance)
-        return attach_cache_disks(instance, log)
+        return attach_cache_disks(instance, names, log)
 
     def __init__(self) -> None:
         self.uri = libvirtd.uri()
@@ -315,6 +319,8 @@ class KvmTier(Tier):
                     if domain.isPersistent():
                         domain.undefine()
                     removed.append(f"domain {domain.name()}")
+                    tc.remove_ifb(None, kvm_limits.ifb_name(str(meta.get("run")),
+                                                            domain.name()))
             for network in conn.listAllNetworks():
                 with contextlib.suppress(libvirt.libvirtError):
                     name = network.name()

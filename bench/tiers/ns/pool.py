@@ -46,7 +46,7 @@ def new_netns() -> int:
 def limits_key(limits: Limits) -> tuple[Any, ...] | None:
     """What makes two instances' groups interchangeable; None: not pooled (I/O limits need the
     instance's own block device)."""
-    if limits.io_read_bps is not None or limits.io_write_bps is not None:
+    if limits.has_io:
         return None
     return (limits.cpus, limits.cpuset, limits.memory_mb, limits.pids)
 

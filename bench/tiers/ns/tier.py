@@ -29,12 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
 from bench.core.settings import settings
-from bench.kernel import cgroups, linuxns, sysmount
+from bench.kernel import cgroups, linuxns, sysmount, tc
+from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
@@ -42,6 +43,7 @@ from bench.tiers.base import (
     Instance,
     InstanceSpec,
     ProcessBackground,
+    SwitchChange,
     Tier,
     TierContext,
     host_memory,
@@ -84,7 +86,9 @@ class NsInstance(Instance):
         self.lower = lower or str(tier.ctx.image.rootfs)  # overlayfs lowerdir (top first)
         self.dir = tier.ctx.workdir / name
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
-                                     cgroups.controllers_for(spec.limits))
+                                     cgroups.controllers_for(spec.limits)
+                                     | cgroups.controllers_for(spec.ceiling))
+        self.io_device: str | None = None
         self.pid = 0  # PID 1 of the container, as the host sees it
         self.child = 0  # bench-nsinit, spawned by bench as the container's PID 1
         self.pidfd: int | None = None
@@ -101,9 +105,12 @@ class NsInstance(Instance):
         self.sources: dict[str, str] = {}  # what came from the tier's pools, what was made
         self._net_pooled = False
         self._ready = False
+        self._go: int | None = None  # a prepared instance's go pipe, until go()
 
     # -- start ------------------------------------------------------------------------------
-    def launch(self) -> None:
+    def launch(self, hold: bool = False) -> None:
+        """Build the container; with `hold`, stop short of its command until `go()` (a warm
+        start: namespaces, cgroup and root ready, the init waiting on its go pipe)."""
         self.phases.mark("create")
         upper, work, merged = (self.dir / d for d in ("upper", "work", "merged"))
         scratch = self.dir / "scratch" if self.spec.scratch == "bind" else None
@@ -111,12 +118,13 @@ class NsInstance(Instance):
             path.mkdir(parents=True)
         limits = self.spec.limits
         io_device = None
-        if limits.io_read_bps is not None or limits.io_write_bps is not None:
-            io_device = cgroups.block_device(scratch or upper)
+        if limits.has_io or (self.spec.ceiling is not None and self.spec.ceiling.has_io):
+            io_device = self.io_device = cgroups.block_device(scratch or upper)
         flags = NAMESPACE_FLAGS
         child_fds: dict[str, int] = {}
         pools = self.tier.pools if self.tier.nsinit is not None else None
-        pooled_group = pools.take_group(limits) if pools is not None else None
+        pooled_group = pools.take_group(limits) if pools is not None and \
+            self.spec.ceiling is None else None
         if pooled_group is not None:
             self.cgroup = pooled_group
         self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
@@ -158,9 +166,14 @@ class NsInstance(Instance):
                 for fd in child_fds.values():
                     os.close(fd)
             self.metadata()
-            self._follow(go_w)
+            self._follow(go_w, hold)
         finally:
-            os.close(go_w)
+            if hold and self._ready:
+                self._go = go_w
+            else:
+                os.close(go_w)
+        if limits.net_mbit is not None and self.spec.network == "bridge":
+            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
     def _adopt(self, pid: int) -> None:
         self.pid = pid
@@ -185,11 +198,12 @@ class NsInstance(Instance):
                 return
             self._buffer += chunk
 
-    def _follow(self, go_w: int) -> None:
+    def _follow(self, go_w: int, hold: bool = False) -> None:
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
         bridge mode bench wires the veth in as soon as the namespace exists, while the init
-        goes on, and says go then; with no network to wire, go is said at once."""
-        if self.net is None or self._net_pooled:
+        goes on, and says go then; with no network to wire, go is said at once. With `hold`,
+        go is left to `go()`."""
+        if (self.net is None or self._net_pooled) and not hold:
             with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
                 os.write(go_w, b"go")
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
@@ -205,7 +219,8 @@ class NsInstance(Instance):
                     with open(f"/proc/{self.pid}/ns/net", "rb") as netns:
                         self.tier.bridge.wire(netns.fileno(), self.net)
                     self.phases.mark("network_ready")
-                    os.write(go_w, b"go")
+                    if not hold:
+                        os.write(go_w, b"go")
                 except OSError:
                     if not self._dead(1.0):
                         raise
@@ -227,6 +242,15 @@ class NsInstance(Instance):
             return True
         ready, _, _ = select.select([self.pidfd], [], [], timeout)
         return bool(ready)
+
+    def go(self) -> None:
+        if self._go is None:
+            raise NsStartError(f"Container {self.name} is not a prepared instance waiting for "
+                               "its command.", "start it with NsTier.start_prepared.")
+        self.phases.mark("go")
+        os.write(self._go, b"go")
+        os.close(self._go)
+        self._go = None
 
     # -- use --------------------------------------------------------------------------------
     def _preexec(self) -> Any:
@@ -282,15 +306,33 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
+
+    def cgroup_pid(self) -> int | None:
+        return self.pid or None
+
+    def memory_report(self) -> dict[str, int]:
+        """The cgroup's usage, its memory.stat, and (v1) its kernel memory usage."""
+        found = {"usage": self.cgroup.memory_bytes(), **self.cgroup.memory_stat()}
+        kmem = self.cgroup.dir("memory") / "memory.kmem.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            found["kmem_usage"] = int(kmem.read_text())
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        return self.cgroup.procs()
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
+        if self._go is not None:  # prepared, never started: closing the pipe ends the init
+            os.close(self._go)
+            self._go = None
         if self.pidfd is not None:
             if not self._dead(0):
                 # PID 1 killed: the kernel kills the rest of its PID namespace
@@ -333,6 +375,15 @@ class NsInstance(Instance):
     def scratch_dir(self) -> str:
         return "/scratch"
 
+    def _switch_one(self, limit: str, value: Any) -> SwitchChange:
+        if limit == "net_mbit":
+            return switching.net_change(self.pid or None, value, self.spec.network)
+        return switching.cgroup_change(self.cgroup, limit, value, self.io_device)
+
+    def read_limits(self) -> dict[str, Any]:
+        return switching.readback(self.cgroup, self.io_device, self.pid or None,
+                                  self.spec.network)
+
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:  # worked out once: the directories go with `stop`
             if self.spec.scratch == "bind":
@@ -344,6 +395,8 @@ class NsInstance(Instance):
                 scratch = {"scratch_mode": "overlay", "scratch_fs": "overlay",
                            "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"]}
             network = "veth+bridge" if self.spec.network == "bridge" else "host"
+            if self.spec.limits.net_mbit is not None:
+                network += f" (egress tbf {self.spec.limits.net_mbit:g} Mbit/s on eth0)"
             self._metadata = {"network_path": network, "network_mode": self.spec.network,
                               **scratch, **{f"{k}_source": v for k, v in self.sources.items()}}
         return self._metadata
@@ -353,7 +406,9 @@ class NsTier(Tier):
     name = "ns"
     description = ("own containers: clone/unshare, setns, pivot_root, overlayfs, cgroups, "
                    "veth + bridge + NAT (no Docker)")
-    packages = ("iptables", "util-linux")
+    packages = ("iptables", "util-linux", "iproute2")
+    live_switches = switching.CONTAINER_SWITCHES
+    warm_start = True  # start_prepared: the init holds before the command until go()
 
     def __init__(self, capabilities: frozenset[str] | None = None) -> None:
         self.capabilities = capabilities if capabilities is not None else capabilities_from_env()
@@ -448,11 +503,17 @@ class NsTier(Tier):
 
     def start(self, spec: InstanceSpec, lower: str | None = None) -> Instance:
         """Start an instance; `lower` stacks these directories instead of the bench image."""
+        return self._start(spec, lower, hold=False)
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        return self._start(spec, None, hold=True)
+
+    def _start(self, spec: InstanceSpec, lower: str | None, hold: bool) -> NsInstance:
         self.counter += 1
         instance = NsInstance(self, spec, f"{spec.role}-{self.counter}", lower)
         self.instances.append(instance)
         try:
-            instance.launch()
+            instance.launch(hold)
         except BaseException:
             instance.stop()
             raise
@@ -501,17 +562,24 @@ class NsTier(Tier):
         except BenchError:
             hierarchies = None
         if hierarchies is not None:
-            rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
-            removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+            runs = [run_id] if run_id else sorted(
+                {p.name for root in hierarchies.unique_roots
+                 for p in (root / CGROUP_ROOT).glob("*") if p.is_dir()})
+            for run in runs:
+                if run_id is None and hostlock.run_is_live(run):
+                    continue  # a run still going: not a leftover
+                removed += [f"cgroup {p}" for p in
+                            cgroups.remove_tree(hierarchies, f"{CGROUP_ROOT}/{run}")]
         removed += ns_net.cleanup(run_id)
         from bench.tiers.ns import layers as ns_layers
 
         removed += ns_layers.cleanup(run_id)
-        base = settings().work_dir
-        for work in sorted(base.glob(f"{run_id or '*'}/ns")):
+        for run_dir in hostlock.run_dirs(run_id):
+            work = run_dir / "ns"
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(f"directory {work}")
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)  # fd-based: follows no symlink inside
+                removed.append(f"directory {work}")
         return removed
 
     def support_memory(self) -> HostMemory | None:
@@ -528,6 +596,8 @@ class NsTier(Tier):
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
+                "seccomp": "none (Docker applies its default profile: ns and docker differ "
+                           "in the system calls they allow)",
                 "root": "overlayfs over the bench image",
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),

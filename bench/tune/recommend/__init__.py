@@ -22,6 +22,7 @@ tier adopt it and none finds it harmful; the rollback script writes back what th
 manifest recorded as found.
 """
 
+from bench.analysis.stats import CORRECTIONS
 from bench.tune.recommend.analysis import (
     BASE_CACHE,
     METRICS,
@@ -40,6 +41,6 @@ from bench.tune.recommend.present import (
     setting_text,
 )
 
-__all__ = ["BASE_CACHE", "METRICS", "STOCK_PROFILE", "Comparison", "Recommendation",
+__all__ = ["BASE_CACHE", "CORRECTIONS", "METRICS", "STOCK_PROFILE", "Comparison", "Recommendation",
            "SettingResult", "Verdict", "analyse", "html_fragment", "markdown",
            "recommendation_html", "rows", "setting_text", "write_files"]
