@@ -176,3 +176,30 @@ def test_ns_overlay_of_n_layers(bench_image: Image, tmp_path: Path) -> None:
         tier.finish()
     assert not sysmount.mounts_under(tmp_path)
     assert not ns_layers.link_dir(run_id).exists()
+
+
+def test_cleanup_by_run_id_after_a_crash(bench_image: Image, tmp_path: Path) -> None:
+    """A run killed mid-way leaves its repositories, namespace, veth and CA: `bench cleanup
+    --run` (DockerTier.cleanup) removes them all, and nothing of other runs."""
+    need("docker", docker_engine.diagnose().ok, docker_engine.diagnose().reason)
+    need("registry", registry.available().ok, registry.available().reason)
+    before = registry.blob_digests()
+    run_id = f"test-crash-{secrets.token_hex(3)}"
+    tier = DockerTier()
+    tier.prepare(TierContext(run_id, bench_image, tmp_path / "docker", tmp_path))
+    lab: DockerLayers = tier.layer_lab()
+    lab.push(LayerPoint(1, 2, False))
+    limited = lab.limited_registry(50.0)  # "killed" here: no finish, no close
+    assert (registry.repositories_dir() / "bench" / run_id).exists()
+    removed = DockerTier().cleanup(run_id)
+    assert any("network namespace" in r for r in removed), removed
+    assert any("certificate directory" in r for r in removed), removed
+    assert not (registry.repositories_dir() / "bench" / run_id).exists()
+    assert registry.blob_digests() == before
+    assert not Path(f"/run/netns/{limited.ns}").exists()
+    assert not (limited_mod.certs_d() / limited.addr).exists()
+    if limited.proc is not None:
+        limited.proc.wait(10)  # killed with its namespace
+    lab.pushed.clear()
+    lab.limited = None
+    tier.finish()

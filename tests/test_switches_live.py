@@ -37,7 +37,7 @@ CONTAINER_TABLE = {"cpus", "cpuset", "memory_mb", "pids", "io_read_bps", "io_wri
 MUST_SWITCH_LIVE = {"ns": CONTAINER_TABLE, "docker": CONTAINER_TABLE,
                     "kvm": {"cpus", "memory_mb", "io_read_bps", "io_write_bps", "io_read_iops",
                             "io_write_iops", "net_mbit"}}
-SEGMENT_S = 5  # seconds per level: low, high, low
+SEGMENT_S = 4  # seconds per level: low, high, low
 TOLERANCE = 0.05
 # (limit, low, high, workload, params): one series each, low -> high -> low
 RATE_CASES = [

@@ -147,7 +147,8 @@ def test_domain_xml_carries_the_scenario_limits(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ET
 
     dom = ET.fromstring(domxml.domain_xml(cfg))
-    assert dom.get("type") == "qemu" and dom.find("cpu") is None  # TCG: QEMU's default CPU
+    assert dom.get("type") == "qemu"  # TCG: an x86-64-v2 model (SSE4.2, POPCNT), no AVX
+    assert dom.findtext("cpu/model") == "Nehalem"
     assert dom.findtext("vcpu") == "2" and dom.findtext("memory") == "1536"
     pins = {p.get("vcpu"): p.get("cpuset") for p in dom.iterfind("cputune/vcpupin")}
     assert pins == {"0": "0", "1": "1"}

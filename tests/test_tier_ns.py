@@ -456,7 +456,7 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
             {"workload": "disk.fio", "params": {"size_mb": 16, "runtime_s": 0.5}},
             {"workload": "network.iperf3", "params": {"seconds": 1}},
             {"workload": "network.sockperf", "params": {"seconds": 1}},
-            {"workload": "startup.noop", "repetitions": 3},
+            {"workload": "startup.noop", "repetitions": 3, "matrix": {"mode": ["new", "warm"]}},
             {"workload": "density.idle", "params": {"instances": 3, "settle_s": 0.2}},
         ],
     }
@@ -472,12 +472,22 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
     from bench.workloads import WORKLOADS
 
     seen = {(s.cell.tier, WORKLOADS[s.cell.workload].family) for s in run.samples()}
-    families = {w.family for w in WORKLOADS.values()}
+    families = {WORKLOADS[w["workload"]].family for w in scenario["workloads"]}
+    assert families == {"cpu", "memory", "disk", "network", "startup", "density"}
     assert {f for t, f in seen if t == "ns"} == families
     startup = [s for s in run.samples() if s.cell.tier == "ns"
                and s.metric == "first_instruction_ms"]
     assert startup and all(0 < s.value < 1000 for s in startup)
-    assert "cgroup_joined" in startup[0].metadata["phases_ms"]
+    new = [s for s in startup if s.metadata["start_mode"] == "new"]
+    warm = [s for s in startup if s.metadata["start_mode"] == "warm"]
+    assert len(new) == len(warm) == 3  # a start mode of its own: its own cell, never mixed
+    assert {s.cell.key for s in new}.isdisjoint({s.cell.key for s in warm})
+    assert all(s.cell.params["mode"] == "warm" for s in warm)
+    assert "cgroup_joined" in new[0].metadata["phases_ms"]
+    # timed from go: the namespaces, cgroup and root were ready before, so it starts faster
+    assert set(warm[0].metadata["phases_ms"]) >= {"go", "first_instruction", "exit"}
+    assert "cgroup_joined" not in warm[0].metadata["phases_ms"]
+    assert sorted(s.value for s in warm)[1] < sorted(s.value for s in new)[1]
     assert not leftovers(run.run_id)
 
 

@@ -470,7 +470,11 @@ def test_cache_status_parsers_and_tables() -> None:
     assert parsed["read_hits"] == 1234 and parsed["write_misses"] == 10
     assert parsed["dirty"] == 12 and parsed["cache_blocks_used"] == 1003
     wc = cache.parse_dm_writecache_status("0 2097152 writecache 0 131072 130000 512 0 0")
-    assert wc == {"error": 0, "blocks": 131072, "free_blocks": 130000, "writeback_blocks": 512}
+    assert wc == {"error": 0, "blocks": 131072, "free_blocks": 130000, "writeback_blocks": 512,
+                  "reads": 0, "read_hits": 0}
+    wc = cache.parse_dm_writecache_status(  # 6.1's status line, with the event counters
+        "0 2097152 writecache 0 24576 20000 0 900 850 300 0 300 0 0 0 2 0")
+    assert wc["reads"] == 900 and wc["read_hits"] == 850 and wc["writes"] == 300
     assert cache.dm_cache_table(100, "/m", "/d", "/o", 64, "writeback", "smq") == \
         "0 100 cache /m /d /o 128 1 writeback smq 0"
     assert cache._human_bytes("1.5M") == 1572864

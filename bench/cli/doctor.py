@@ -59,6 +59,10 @@ def checks() -> list[Check]:
                            "run `bench setup`."))
     else:
         found.append(Check("core", "mmdebstrap", True))
+    from bench.cli.doctor_cgroups import status as cgroup_status
+
+    ok, found_cgroups, fix = cgroup_status()
+    found.append(Check("core", "cgroups", ok, found_cgroups, fix))
     img = image.find()
     if img is None:
         found.append(Check("core", "bench image", False, "the bench image is not built.",

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,8 @@ RETRIES = 2  # attempts after the first when a check misses; every attempt is re
 MiB = 2**20
 TBF_MBIT = 200
 FRAME_EFFICIENCY = 1448 / 1514
+IOPS = 300  # io_read_iops: fio 4k random reads (the bps limit does not bind at 1.2 MB/s)
+NET_MBIT = 100  # net_mbit: the instance's own egress limit, iperf3 from it to another
 Run = Callable[[list[str]], str]
 
 # a busy thread's CPU time over wall time (the share the scheduler gave it)
@@ -412,9 +415,24 @@ class SelfTest:
                              instance.scratch_dir(), _label(values, mode), instance.stop)
 
             checks = _measure_all(probe, tier.name, self.full, self.log)
-            return [*checks, self._isolated_network(tier, free)]
+            return [*checks, *self._new_limits(tier, free), self._isolated_network(tier, free)]
         finally:
             free.stop()
+
+    def _new_limits(self, tier: Tier, free: Instance) -> list[Check]:
+        """io_read_iops and net_mbit measured, and every limit read back as the kernel or the
+        hypervisor holds it."""
+        limits = Limits(io_read_iops=IOPS, net_mbit=NET_MBIT)
+        try:
+            io = tier.start(InstanceSpec(role="st-io", limits=limits, scratch="bind"))
+        except BenchError as exc:
+            return [Check(tier.name, f"io_read_iops {IOPS}", IOPS, 0, "IO/s", skipped=exc.cause)]
+        try:
+            return [*_readback_checks(tier.name, io, limits),
+                    _iops_check(tier.name, lambda a: io.exec(a, 120).stdout, io.scratch_dir()),
+                    _net_limit_check(tier.name, io, free)]
+        finally:
+            io.stop()
 
     def _isolated_network(self, tier: Tier, server_side: Instance) -> Check:
         link = getattr(server_side, "host_link", lambda: None)() or _host_link_of(server_side)
@@ -435,6 +453,39 @@ class SelfTest:
             server.stop()
             client.stop()
             host.finish()
+
+
+def _readback_checks(tier: str, instance: Instance, limits: Limits) -> list[Check]:
+    """Every numeric limit set on `instance`, as the kernel or hypervisor holds it now."""
+    back = instance.read_limits()
+    return [Check(tier, f"readback {key}", float(value), float(back.get(key) or 0), "as set",
+                  "read back from the instance's cgroup, tc qdisc or libvirt")
+            for key, value in limits.set_fields().items() if isinstance(value, int | float)]
+
+
+def _iops_check(tier: str, run: Run, scratch: str) -> Check:
+    def once() -> float:
+        out = run(["fio", "--name=selftest-iops", f"--filename={scratch}/selftest-iops.dat",
+                   "--rw=randread", "--bs=4k", "--direct=1", "--size=32m", "--runtime=4",
+                   "--time_based", "--ioengine=libaio", "--iodepth=8", "--output-format=json"])
+        return next(m.value for m in parse_fio_json(out, "randread") if m.metric == "iops")
+
+    return Check(tier, f"io_read_iops {IOPS}", IOPS, statistics.median([once(), once()]),
+                 "IO/s", "fio O_DIRECT 4k random reads")
+
+
+def _net_limit_check(tier: str, limited: Instance, server_side: Instance) -> Check:
+    """net_mbit: the limited instance's own egress, iperf3 from it to another instance."""
+    server = server_side.spawn(["iperf3", "-s", "-B", server_side.address(), "-p", "5203"])
+    try:
+        run = _until_listening(lambda argv: limited.exec(argv, 60).stdout)
+        measured = statistics.median([_iperf3(run, server_side.address(), 5203)
+                                      for _ in range(2)])
+    finally:
+        server.stop()
+    return Check(tier, f"net_mbit {NET_MBIT}", NET_MBIT * FRAME_EFFICIENCY, measured, "Mbit/s",
+                 f"iperf3 TCP goodput out of an instance with net_mbit {NET_MBIT} "
+                 f"(expected {NET_MBIT} x 1448/1514)")
 
 
 def as_json(checks: list[Check]) -> str:

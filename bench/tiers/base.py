@@ -177,6 +177,10 @@ class Instance(ABC):
         self.spec = spec
         self.phases = Phases()
 
+    def go(self) -> None:
+        """Start the command of an instance from `Tier.start_prepared` (marks phase `go`)."""
+        raise NotImplementedError("only a prepared instance (warm start) waits for go")
+
     @abstractmethod
     def exec(self, argv: list[str], timeout: float) -> Completed:
         """Run argv inside and wait for it; raises CommandError/CommandTimeout."""
@@ -272,8 +276,10 @@ class Tier(ABC):
     # "": not at all
     cache_devices: ClassVar[str] = ""
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
-        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance` that
+        can build the cache setups `names`."""
         raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
@@ -291,6 +297,14 @@ class Tier(ABC):
     @abstractmethod
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
+
+    # `start_prepared`: an instance built up to its command (namespaces, cgroup, root ready),
+    # the command started into it on demand (`Instance.go`): the warm start mode
+    warm_start: ClassVar[bool] = False
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        """An instance ready to run `spec.command` once `go()` is called (warm_start tiers)."""
+        raise NotImplementedError(f"the {self.name} tier has no warm start mode")
 
     def timeout_factor(self) -> float:
         """How many times slower than the host this tier may run a workload (after prepare;

@@ -52,6 +52,9 @@ class DomainConfig:
         return "native" if self.disk_cache in ("none", "directsync") else "threads"
 
 
+TCG_CPU_MODEL = "Nehalem"
+
+
 def vcpu_quota_us(cpus: float, vcpus: int) -> int:
     """The CFS quota of each vCPU thread for `cpus` CPUs over `vcpus` vCPUs in all."""
     return max(1000, round(cpus / vcpus * QUOTA_PERIOD_US))
@@ -119,10 +122,14 @@ def domain_xml(cfg: DomainConfig) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    # KVM: the host's CPU as it is. TCG: QEMU's default model (qemu64); `-cpu max` offers
-    # AVX2 too, whose emulation in QEMU 7.2 broke systemd and mount in guests here.
+    # KVM: the host's CPU as it is. TCG: Nehalem (x86-64-v2: SSE4.2, POPCNT), the baseline of
+    # today's binaries (NumPy 2.4 wheels die with SIGILL on QEMU's default qemu64); not
+    # `-cpu max`, whose AVX2 emulation in QEMU 7.2 broke systemd and mount in guests here.
     if cfg.domain_type == "kvm" and cfg.host_cpu:
         _sub(dom, "cpu", mode="host-passthrough")
+    elif cfg.domain_type == "qemu":
+        cpu = _sub(dom, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", TCG_CPU_MODEL, fallback="forbid")
     _sub(dom, "clock", offset="utc")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(dom, event, "destroy")

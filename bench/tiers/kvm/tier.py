@@ -105,11 +105,12 @@ class KvmTier(Tier):
     live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
         from bench.tiers.kvm.cachedisks import attach_cache_disks
 
         assert isinstance(instance, KvmInstance)
-        return attach_cache_disks(instance, log)
+        return attach_cache_disks(instance, names, log)
 
     def __init__(self) -> None:
         self.uri = libvirtd.uri()

@@ -105,9 +105,12 @@ class NsInstance(Instance):
         self.sources: dict[str, str] = {}  # what came from the tier's pools, what was made
         self._net_pooled = False
         self._ready = False
+        self._go: int | None = None  # a prepared instance's go pipe, until go()
 
     # -- start ------------------------------------------------------------------------------
-    def launch(self) -> None:
+    def launch(self, hold: bool = False) -> None:
+        """Build the container; with `hold`, stop short of its command until `go()` (a warm
+        start: namespaces, cgroup and root ready, the init waiting on its go pipe)."""
         self.phases.mark("create")
         upper, work, merged = (self.dir / d for d in ("upper", "work", "merged"))
         scratch = self.dir / "scratch" if self.spec.scratch == "bind" else None
@@ -163,9 +166,12 @@ class NsInstance(Instance):
                 for fd in child_fds.values():
                     os.close(fd)
             self.metadata()
-            self._follow(go_w)
+            self._follow(go_w, hold)
         finally:
-            os.close(go_w)
+            if hold and self._ready:
+                self._go = go_w
+            else:
+                os.close(go_w)
         if limits.net_mbit is not None and self.spec.network == "bridge":
             tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
@@ -192,11 +198,12 @@ class NsInstance(Instance):
                 return
             self._buffer += chunk
 
-    def _follow(self, go_w: int) -> None:
+    def _follow(self, go_w: int, hold: bool = False) -> None:
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
         bridge mode bench wires the veth in as soon as the namespace exists, while the init
-        goes on, and says go then; with no network to wire, go is said at once."""
-        if self.net is None or self._net_pooled:
+        goes on, and says go then; with no network to wire, go is said at once. With `hold`,
+        go is left to `go()`."""
+        if (self.net is None or self._net_pooled) and not hold:
             with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
                 os.write(go_w, b"go")
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
@@ -212,7 +219,8 @@ class NsInstance(Instance):
                     with open(f"/proc/{self.pid}/ns/net", "rb") as netns:
                         self.tier.bridge.wire(netns.fileno(), self.net)
                     self.phases.mark("network_ready")
-                    os.write(go_w, b"go")
+                    if not hold:
+                        os.write(go_w, b"go")
                 except OSError:
                     if not self._dead(1.0):
                         raise
@@ -234,6 +242,15 @@ class NsInstance(Instance):
             return True
         ready, _, _ = select.select([self.pidfd], [], [], timeout)
         return bool(ready)
+
+    def go(self) -> None:
+        if self._go is None:
+            raise NsStartError(f"Container {self.name} is not a prepared instance waiting for "
+                               "its command.", "start it with NsTier.start_prepared.")
+        self.phases.mark("go")
+        os.write(self._go, b"go")
+        os.close(self._go)
+        self._go = None
 
     # -- use --------------------------------------------------------------------------------
     def _preexec(self) -> Any:
@@ -313,6 +330,9 @@ class NsInstance(Instance):
         if self._stopped:
             return
         self._stopped = True
+        if self._go is not None:  # prepared, never started: closing the pipe ends the init
+            os.close(self._go)
+            self._go = None
         if self.pidfd is not None:
             if not self._dead(0):
                 # PID 1 killed: the kernel kills the rest of its PID namespace
@@ -388,6 +408,7 @@ class NsTier(Tier):
                    "veth + bridge + NAT (no Docker)")
     packages = ("iptables", "util-linux", "iproute2")
     live_switches = switching.CONTAINER_SWITCHES
+    warm_start = True  # start_prepared: the init holds before the command until go()
 
     def __init__(self, capabilities: frozenset[str] | None = None) -> None:
         self.capabilities = capabilities if capabilities is not None else capabilities_from_env()
@@ -482,11 +503,17 @@ class NsTier(Tier):
 
     def start(self, spec: InstanceSpec, lower: str | None = None) -> Instance:
         """Start an instance; `lower` stacks these directories instead of the bench image."""
+        return self._start(spec, lower, hold=False)
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        return self._start(spec, None, hold=True)
+
+    def _start(self, spec: InstanceSpec, lower: str | None, hold: bool) -> NsInstance:
         self.counter += 1
         instance = NsInstance(self, spec, f"{spec.role}-{self.counter}", lower)
         self.instances.append(instance)
         try:
-            instance.launch()
+            instance.launch(hold)
         except BaseException:
             instance.stop()
             raise

@@ -36,12 +36,20 @@ def parse_dm_cache_status(text: str) -> dict[str, int]:
             "cache_blocks_total": c_total, **dict(zip(names, values, strict=True))}
 
 
+WRITECACHE_FIELDS = ("error", "blocks", "free_blocks", "writeback_blocks",
+                     # event counters, Linux 5.15 and later
+                     "reads", "read_hits", "writes", "write_hits_uncommitted",
+                     "write_hits_committed", "writes_around", "writes_allocate",
+                     "writes_blocked_on_freelist", "flushes", "discards")
+
+
 def parse_dm_writecache_status(text: str) -> dict[str, int]:
-    """`dmsetup status` of dm-writecache: error, blocks, free blocks, writeback blocks, ..."""
+    """`dmsetup status` of dm-writecache: error, blocks, free blocks, blocks under writeback,
+    then (5.15+) reads, read hits, writes, ... (docs: admin-guide/device-mapper/writecache)."""
     fields = text.split()
     i = fields.index("writecache") + 1
-    names = ("error", "blocks", "free_blocks", "writeback_blocks")
-    return dict(zip(names, (int(x) for x in fields[i:i + 4]), strict=True))
+    values = [int(x) for x in fields[i:i + len(WRITECACHE_FIELDS)] if x.isdigit()]
+    return dict(zip(WRITECACHE_FIELDS, values, strict=False))
 
 
 def bcache_counters(bcache_dir: Path, read: Callable[[str], str] = _read) -> dict[str, int]:
