@@ -479,8 +479,8 @@ def _net_limit_check(tier: str, limited: Instance, server_side: Instance) -> Che
     server = server_side.spawn(["iperf3", "-s", "-B", server_side.address(), "-p", "5203"])
     try:
         run = _until_listening(lambda argv: limited.exec(argv, 60).stdout)
-        measured = statistics.median([_iperf3(run, server_side.address(), 5203)
-                                      for _ in range(2)])
+        measured = statistics.median([_iperf3(run, server_side.address(), 5203) / 1e6
+                                      for _ in range(2)])  # _iperf3 gives bit/s
     finally:
         server.stop()
     return Check(tier, f"net_mbit {NET_MBIT}", NET_MBIT * FRAME_EFFICIENCY, measured, "Mbit/s",
