@@ -328,3 +328,18 @@ def test_interference_parameters_reject_bad_victims_and_limits() -> None:
                 {"write_mb": 2048}):
         with pytest.raises(ValidationError):
             Interference().parse_params(bad)
+
+
+def test_nested_parameters_are_hashable_frame_columns(tmp_path: Path) -> None:
+    """An interference cell's parameters hold dicts (the victim's parameters, per-instance
+    limits): the frame every report figure reads turns them into canonical JSON text."""
+    from bench.analysis.frame import read_frame
+
+    rundir = RunDir(tmp_path)
+    for rep in range(2):
+        rundir.add_sample(_sample("ns", "isolation.interference", "victim_slowdown", 1.0, rep,
+                                  victim="cpu.sysbench", victim_params={"threads": 1},
+                                  victim_limits={"cpuset": "0"}))
+    frame = read_frame(rundir.samples_path)
+    assert frame["param.victim_params"].nunique() == 1
+    assert frame["param.victim_limits"].iloc[0] == '{"cpuset":"0"}'
