@@ -99,3 +99,23 @@ def test_io_limit_without_a_block_device_is_refused(tmp_path: Path) -> None:
         group.setup(Limits(io_read_bps=MiB))
     with pytest.raises(cgroups.CgroupError, match="not on a block device"):
         cgroups.block_device("/proc/self")
+
+
+def test_doctor_names_v2_controllers_and_the_missing_delegation(tmp_path: Path) -> None:
+    from bench.cli.doctor_cgroups import v2_status
+
+    root = tmp_path / "cgroup"
+    (root / "bench-ns").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
+    (root / "cgroup.subtree_control").write_text("cpu memory\n")
+    (root / "bench-ns" / "cgroup.subtree_control").write_text("cpu io memory pids\n")
+    ok, found, fix = v2_status(root, "0::/init.scope\n", writable=True)
+    assert ok and not fix
+    assert f"enabled in {root / 'bench-ns'} (bench's subtree): cpu io memory pids" in found
+    ok, found, fix = v2_status(root, "0::/system.slice/nightly-bench.service\n", writable=False)
+    assert not ok and "bench runs in /system.slice/nightly-bench.service" in found
+    assert "the systemd unit nightly-bench.service without delegation" in fix
+    assert "systemd-run --scope -p Delegate=yes" in fix
+    (root / "cgroup.controllers").write_text("cpu pids\n")
+    ok, _, fix = v2_status(root, "0::/\n", writable=True)
+    assert not ok and "cpuset, memory, io" in fix

@@ -227,3 +227,45 @@ def test_real_runs_same_and_injected_cpu_quota_slower(tmp_path: Path, results_di
 
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def test_every_format_states_the_correction_and_costs_read_slower(
+        constructed: dict[str, Path]) -> None:
+    base, slow = frame.load(constructed["base"]), frame.load(constructed["slow"])
+    for correction, name in (("holm", "Holm"), ("bh", "Benjamini-Hochberg")):
+        report = compare.compare(base, slow, correction=correction)  # type: ignore[arg-type]
+        data = json.loads(compare.as_json(report))
+        assert data["correction"] == correction and name in data["method"]
+        assert name in compare.as_markdown(report)
+        suite = ET.fromstring(compare.as_junit(report).split("\n", 1)[1]).find("testsuite")
+        assert suite is not None
+        properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert properties["correction"] == correction and name in properties["method"]
+        assert name in str(compare.as_table(report).caption)
+        for change in data["changes"]:  # every cost 10% higher, whichever way it points
+            assert change["cost_factor"] == pytest.approx(1.10, abs=0.03), change
+            assert change["cost_ci"][0] > 1 and change["p_adjusted"] >= change["p_value"]
+    result = CliRunner().invoke(main, ["compare", str(constructed["base"]),
+                                       str(constructed["slow"]), "--correction", "bh",
+                                       "--format", "markdown"])
+    assert result.exit_code == 1 and "Benjamini-Hochberg" in result.output
+
+
+def test_summary_cost_vs_host_is_above_one_when_slower(tmp_path: Path) -> None:
+    from bench.analysis import summary
+    from bench.core.rundir import RunDir
+
+    path = synthetic.write_run(tmp_path, synthetic.Spec(
+        "vs-host", tiers=("host", "docker"), slowdown={"docker": 1.5}, sweep=False,
+        density=False))
+    table = summary.table(RunDir.open(str(path)))
+    columns = {str(c.header): [str(x) for x in c._cells] for c in table.columns}
+    (cost_column,) = [k for k in columns if k.startswith("cost vs host")]
+    rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(),
+                                                                       strict=True)]
+    docker = [r for r in rows if r["tier"] == "docker"]
+    assert {r["metric"] for r in docker} >= {"events_per_s ↑", "first_instruction_ms ↓"}
+    for row in docker:  # 1.5 times the cost, for throughput and latency alike
+        if row["workload"] == "startup.noop":  # phases differ per tier: not a plain factor
+            continue
+        assert float(row[cost_column].split()[0]) == pytest.approx(1.5, abs=0.05), row

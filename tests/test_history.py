@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,44 +178,14 @@ def test_synthetic_nightly_medians_are_what_was_constructed(tmp_path: Path) -> N
 
 # -- PostgreSQL: the same history on a real server (a throwaway cluster on a unix socket) -------
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
-    if Path("/usr/lib/postgresql").exists() else None
-
-
 @pytest.fixture
-def postgres_url(tmp_path: Path) -> Iterator[str]:
-    import pwd
-    import shutil
-    import subprocess
+def postgres_url() -> Iterator[str]:
+    from tests import pgserver
 
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        need("postgres", False, "psycopg is not installed (pip install 'psycopg[binary]')")
-    need("postgres", PG_BIN is not None and (PG_BIN / "initdb").exists(),
-         "no PostgreSQL server binaries (apt-get install postgresql)")
-    need("root", os.geteuid() == 0, "the PostgreSQL server runs as the postgres user")
-    assert PG_BIN is not None
-    user = pwd.getpwnam("postgres")
-    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    os.chown(root, user.pw_uid, user.pw_gid)
-
-    def as_postgres() -> None:
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-
-    data = root / "data"
-    subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
-    subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-k {root} -c listen_addresses=''", "start"],
-                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}"
-    finally:
-        subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, preexec_fn=as_postgres, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+    why = pgserver.missing()
+    need("root" if why and why.startswith("not root") else "postgres", why is None, why or "")
+    with pgserver.server() as url:
+        yield url
 
 
 @pytest.mark.part("postgres")
@@ -237,3 +206,79 @@ def test_the_same_history_on_postgresql(postgres_url: str, tmp_path: Path) -> No
     done = publish.publish(engine, tmp_path / "site")
     assert done.runs == 8 and (tmp_path / "site" / "index.html").exists()
     engine.dispose()
+
+
+# -- schema versions: an older database is migrated in place, a newer one refused -------------
+
+def test_a_v1_database_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from bench.analysis import history_schema
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = history.connect(url)
+    for path in nightly(tmp_path / "results", nights=6, shift_at=4):
+        history.ingest_path(engine, path)
+    before = history.points(engine)
+    # back to the v1 layout: no version table, no points, v1's indexes
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE bench_points")
+        conn.exec_driver_sql("DROP TABLE bench_schema")
+        conn.exec_driver_sql("DROP INDEX ix_bench_samples_run")
+        conn.exec_driver_sql("CREATE INDEX ix_bench_samples_run_cell_metric "
+                             "ON bench_samples (run_id, cell, metric)")
+        conn.exec_driver_sql("CREATE INDEX ix_bench_samples_cell_metric "
+                             "ON bench_samples (cell, metric)")
+        assert history_schema.stored_version(conn) == 1
+    engine.dispose()
+    engine = history.connect(url)
+    with engine.connect() as conn:
+        assert history_schema.stored_version(conn) == history_schema.SCHEMA_VERSION
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("bench_samples")}
+    assert indexes == {"ix_bench_samples_run"}
+    assert len(history.runs(engine)) == 6
+    after = history.points(engine)
+    assert after.drop(columns="n").equals(before.drop(columns="n"))
+    assert all([c.index for c in s.changes] == [4] for s in history.series(after))
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    engine = history.connect(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE bench_schema SET version = 99")
+    with pytest.raises(history.HistoryError, match="schema version 99, newer than this bench"):
+        history.connect(url)
+
+
+def test_metadata_of_a_real_run_round_trips(tmp_path: Path) -> None:
+    """The captured quick run's metadata (page cache, network path, scratch fs) comes back."""
+    import shutil
+
+    run = tmp_path / "20261127-184307-quick-1af3"
+    run.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "samples-v1.jsonl", run / "samples.jsonl")
+    (run / "manifest.json").write_text(json.dumps({"run_id": run.name, "tiers": ["host"]}))
+    engine = history.connect(f"sqlite:///{tmp_path / 'h.db'}")
+    original = frame.load(run)
+    history.ingest(engine, original)
+    again = history.load(engine, run.name)
+    for name in ("meta.page_cache", "meta.network_path", "meta.scratch_fs"):
+        assert again.frame[name].tolist() == original.frame[name].tolist(), name
+    assert original.frame["meta.page_cache"].notna().any()
+
+
+def test_dense_and_pruned_change_point_searches_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short series (a nightly history) take the dense recursion; longer ones PELT's pruning."""
+    from bench.analysis import changepoint
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        n = int(rng.integers(4, 120))
+        x = rng.normal(0, 1, n) + (trial % 2) * np.repeat(rng.normal(0, 3, 4), n)[:n]
+        min_size = int(rng.integers(1, 4))
+        penalty = 3 * float(np.log(n))
+        dense = changepoint.pelt(x, penalty, 1.0, min_size)
+        with monkeypatch.context() as patch:
+            patch.setattr(changepoint, "DENSE_MAX", 0)
+            assert changepoint.pelt(x, penalty, 1.0, min_size) == dense

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.analysis import frame, methodology
 from bench.analysis.summary import print_methodology
 from bench.core.rundir import RunDir
@@ -86,3 +88,12 @@ def test_printed_at_the_end_of_a_run(tmp_path: Path) -> None:
     print_methodology(RunDir(path), Console(file=out, width=300))
     text = out.getvalue()
     assert "warning:" in text and "loopback" in text and "fewer than 5 repetitions" in text
+
+
+def test_host_facts_that_cannot_be_read_are_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.core import hostinfo
+
+    monkeypatch.setattr(hostinfo, "_read", lambda path: None)  # procfs/sysfs/etc unreadable
+    facts = hostinfo.collect()
+    assert facts["os"] == "unknown"
+    assert facts["memory_bytes"] is None and facts["governor"] is None

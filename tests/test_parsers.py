@@ -129,3 +129,16 @@ def test_stamp() -> None:
     assert stamp == json.loads(data("stamp.json"))["monotonic_ns"] / 1e9
     with pytest.raises(ParseError):
         parse_stamp("exec failed")
+
+
+def test_metrics_a_tool_did_not_report_are_absent_not_zero() -> None:
+    fio = json.loads(data("fio-randread-direct.json"))
+    del fio["jobs"][0]["read"]["clat_ns"]["mean"]
+    found = by_metric(parse_fio_json(json.dumps(fio), "randread"))
+    assert "clat_mean_us" not in found
+    assert found["iops"].value > 0
+    iperf = json.loads(data("iperf3-tcp.json"))
+    del iperf["end"]["sum_sent"]["retransmits"]  # what iperf3 prints where it cannot count them
+    found = by_metric(parse_iperf3_json(json.dumps(iperf)))
+    assert "retransmits" not in found
+    assert found["throughput_Gbps"].value > 0

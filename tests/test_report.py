@@ -133,3 +133,122 @@ def test_cli_writes_into_the_run_directory(runs: list[frame.Run], tmp_path: Path
     assert result.exit_code == 0 and out.exists()
     result = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "No run" in result.output
+
+
+LAYOUT = {
+    # title and legend boxes of every chart that has both, as [top, right, bottom, left] pairs
+    "boxes": """Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (p) {
+        var title = p.querySelector('.gtitle'), legend = p.querySelector('.legend');
+        if (!title || !legend) return null;
+        var a = title.getBoundingClientRect(), b = legend.getBoundingClientRect();
+        return [[a.top, a.right, a.bottom, a.left], [b.top, b.right, b.bottom, b.left]];
+    }).filter(function (x) { return x; })""",
+    # per start-up panel: the height of its stacked bar in pixels
+    "panels": """Array.from(document.querySelectorAll('#startup .cartesianlayer .subplot'))
+        .map(function (sp) {
+            var top = 1e9, bottom = 0;
+            sp.querySelectorAll('.barlayer path').forEach(function (path) {
+                var r = path.getBoundingClientRect();
+                if (r.height > 0) {
+                    top = Math.min(top, r.top);
+                    bottom = Math.max(bottom, r.bottom);
+                }
+            });
+            return bottom > top ? bottom - top : 0;
+        })""",
+}
+
+
+@pytest.mark.part("chromium")
+def test_charts_keep_legends_off_titles_and_every_tier_visible(tmp_path: Path,
+                                                               chromium: None) -> None:
+    """Docker starting 100 times slower than host must not squash host and ns to slivers."""
+    path = synthetic.write_run(tmp_path, synthetic.Spec(
+        "slow-docker", slowdown={"ns": 1.02, "docker": 100.0}, repetitions=3))
+    page = browser.render(write([frame.load(path)], tmp_path / "r.html"), LAYOUT)
+    assert page.errors == []
+    boxes = page.values["boxes"]
+    assert len(boxes) >= 10
+    for (t_top, t_right, t_bottom, t_left), (l_top, l_right, l_bottom, l_left) in boxes:
+        apart = (t_right <= l_left or l_right <= t_left or t_bottom <= l_top
+                 or l_bottom <= t_top)
+        assert apart, ("a legend overlaps a chart title", boxes)
+    panels = page.values["panels"]
+    assert len(panels) == 3  # host, ns, docker: one panel each
+    assert min(panels) > 100, panels  # each tier's bar fills its own panel
+
+
+def test_a_trend_of_few_runs_ticks_at_the_runs() -> None:
+    """Three runs seconds apart: plotly's automatic date ticks would be fractions of a second."""
+    import pandas as pd
+
+    from bench.report import figures
+
+    points = pd.DataFrame({"series": ["a"] * 3, "started": [1_790_000_000.0, 1_790_000_002.0,
+                                                            1_790_000_005.0],
+                           "median": [1.0, 1.1, 1.2], "run_id": ["r1", "r2", "r3"]})
+    axis = figures.trend(points, "t", "ms", {}).layout.xaxis
+    assert axis.tickmode == "array" and len(axis.tickvals) == 3
+    assert [t.replace("<br>", " ") for t in axis.ticktext] == [
+        "2026-09-21 14:13:20", "2026-09-21 14:13:22", "2026-09-21 14:13:25"]
+    many = pd.concat([points.assign(started=points["started"] + 86400 * k) for k in range(6)])
+    assert figures.trend(many, "t", "ms", {}).layout.xaxis.tickformat == "%Y-%m-%d\n%H:%M"
+
+
+def test_an_aggregated_report_shows_the_numbers_of_the_full_path(tmp_path: Path) -> None:
+    """10,000 samples: the report draws boxes from quantiles instead of points, and every median,
+    CI, cost factor and verdict it shows is the one computed from all the samples."""
+    import json
+
+    import numpy as np
+
+    from bench.analysis import methodology, stats
+    from bench.report.figures import RAW_POINTS_MAX
+    from bench.report.templating import num
+
+    run = frame.load(synthetic.write_run(tmp_path, synthetic.Spec(
+        "ten-thousand", repetitions=175, sweep=False, density=False, extra_cells=6)))
+    assert 9_000 <= len(run.frame) <= 11_000
+    text = render([run])
+    main = methodology.headline(run.frame)
+    groups = {k: g["value"].to_numpy(float) for k, g in
+              main.groupby(["label", "metric", "tier"], observed=True)}
+    checked = 0
+    for (label, metric, tier), values in groups.items():
+        est = stats.median_ci(values)
+        shown = f"{num(est.median)} [{num(est.low)}, {num(est.high)}]"
+        assert shown in text, (label, metric, tier, shown)
+        if tier == "host":
+            continue
+        direction = str(main.loc[main["metric"] == metric, "direction"].iloc[0])
+        cost = stats.overhead_ci(values, groups[(label, metric, "host")], direction)
+        verdict = "slower" if cost.low > 1 else "faster" if cost.high < 1 else "same"
+        cell = f'<td class="num {verdict}">{cost.median:.3f}x [{cost.low:.3f}, {cost.high:.3f}]'
+        assert cell in text, (label, metric, tier, cell)
+        checked += 1
+    assert checked >= 20
+    # the distributions: boxes from quantiles (no raw points) equal to the samples' quantiles
+    blocks = re.findall(r'<script type="application/json" data-figure="fig\d+">(.*?)</script>',
+                        text)
+    drawn = 0
+    for block in blocks:
+        fig = json.loads(block)
+        title = fig["layout"].get("title", {}).get("text", "")
+        if title != "cpu.sysbench: events_per_s":
+            continue
+        for trace in fig["data"]:
+            assert "y" not in trace and len(trace["q1"]) == len(trace["x"])
+            for x, q1, med, q3 in zip(trace["x"], trace["q1"], trace["median"], trace["q3"],
+                                      strict=True):
+                part = main[(main["tier"] == trace["name"]) & (main["metric"] == "events_per_s")]
+                values = part.loc[methodology_short(part) == x, "value"].to_numpy(float)
+                assert len(values) > 0
+                assert [q1, med, q3] == pytest.approx(np.percentile(values, [25, 50, 75]))
+                drawn += 1
+    assert drawn >= 12 and len(run.frame) > RAW_POINTS_MAX
+
+
+def methodology_short(part: object) -> object:
+    from bench.report.tables import short_labels
+
+    return short_labels(part)  # type: ignore[arg-type]

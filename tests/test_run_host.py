@@ -15,6 +15,7 @@ import yaml
 
 from bench.core.image import Image
 from bench.core.rundir import RunDir
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run import scenario
 
@@ -78,8 +79,13 @@ def test_quick_scenario_host_part(tmp_path: Path, results_dir: Path, bench_image
     # the summary table is printed with a median and CI per cell
     assert "median" in done.stdout and "events_per_s" in done.stdout
     assert "first_instruction_ms" in done.stdout
+    # where the time went: one line at the end, the same phases in the manifest
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("time ") and "prepare host" in last and "runs host" in last, last
+    phases = manifest["phases_s"]
+    assert phases["runs host"] > 0 and phases["total"] >= phases["runs host"]
     # nothing of the run stays mounted
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
 
 
 SMALL = {
@@ -119,7 +125,7 @@ def test_sigint_keeps_samples_and_resume_completes(tmp_path: Path, results_dir: 
     assert taken, "samples taken before the interrupt must stay on disk"
     total = 3 * (2 + 1 + 1)
     assert len(run.records()) < total
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
 
     done = bench("run", "--resume", run.run_id, env=env_for(results_dir))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -248,9 +254,9 @@ def test_cleanup_after_sigkill_leaves_no_mount(tmp_path: Path, results_dir: Path
     proc.kill()
     proc.wait()
     run = only_run(results_dir)
-    assert sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}"), "the killed run left mounts"
+    assert sysmount.mounts_under(settings().work_dir / run.run_id), "the killed run left mounts"
     done = bench("cleanup", "--run", run.run_id, env=env_for(results_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "removed host: mount" in done.stdout
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
     assert run.samples(), "samples taken before the kill stay readable"

@@ -68,6 +68,20 @@ def test_format_v1_files_still_load() -> None:
     assert all(s.v == 1 and s.run_id and s.cell.tier == "host" for s in samples)
 
 
+def test_run_journal_skips_only_a_torn_last_line(tmp_path: Path) -> None:
+    from bench.core.errors import BenchError
+    from bench.core.rundir import RunDir
+
+    rundir = RunDir(tmp_path)
+    good = [json.dumps({"key": f"c#{i}", "cell": "c", "repetition": i, "status": "ok",
+                        "seconds": 1.0}) for i in range(3)]
+    rundir.journal_path.write_text("\n".join(good) + '\n{"key": "c#3", "ce')
+    assert [r.repetition for r in rundir.records()] == [0, 1, 2]
+    rundir.journal_path.write_text("\n".join([good[0], "{garbage", *good[1:]]) + "\n")
+    with pytest.raises(BenchError, match=r"runs.jsonl:2 is not a run record"):
+        rundir.records()
+
+
 def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
     from bench.core.samples import BASELINE_TIER
     from bench.tiers import TIERS

@@ -122,6 +122,50 @@ def test_cv() -> None:
     assert math.isnan(stats.cv([1.0]))
 
 
+# -- many metrics at once, multiplicative effects, cost factors --------------------------------
+
+def test_holm_and_bh_corrections() -> None:
+    ps = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    holm = stats.adjust(ps, "holm")
+    assert holm[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    bh = stats.adjust(ps, "bh")
+    assert bh[:4] == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert str(holm[4]) == "nan"
+
+
+def test_log_ratio_test_recovers_a_known_multiplicative_effect() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.lognormal(math.log(100), 0.02, 12)
+    new = rng.lognormal(math.log(110), 0.02, 12)
+    found = stats.log_ratio_test(base, new)
+    assert found.low < 0.10 < found.high and found.change == pytest.approx(0.10, abs=0.02)
+    assert found.p < 1e-6
+    assert math.isnan(stats.log_ratio_test([1.0], [2.0, 3.0]).p)
+    assert stats.log_ratio_test([0.0, 2.0, 4.0], [0.0, 4.0, 8.0]).change == pytest.approx(1.0)
+
+
+def test_cost_factor_is_above_one_when_slower_either_way() -> None:
+    ratio = stats.Estimate(0.5, 0.4, 0.625, 8)  # throughput halved
+    assert stats.cost(ratio, "higher") == stats.Estimate(2.0, 1.6, 2.5, 8)
+    assert stats.cost(ratio, "lower") == ratio  # latency halved: faster
+
+
+def test_compare_many_corrects_for_the_number_of_metrics() -> None:
+    """One metric of twenty with p = 0.015 alone is "slower" on its own; tested together with
+    nineteen unchanged ones (Holm or BH), it is not."""
+    base = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    new = [13.5, 14.5, 15.5, 16.5, 17.5, 18.5]
+    alone = stats.compare(base, new, "lower")
+    assert alone.p_value < 0.05 and alone.verdict == "slower"
+    unchanged = [(base, [10.5, 11.5, 12.5, 13.5, 14.5, 15.5], "lower")] * 19
+    for correction in ("holm", "bh"):
+        first, *rest = stats.compare_many([(base, new, "lower"), *unchanged],
+                                          correction=correction)
+        assert first.verdict == "same" and first.p_adjusted == pytest.approx(20 * first.p_value)
+        assert "not after the correction" in first.note
+        assert {c.verdict for c in rest} == {"same"}
+
+
 # -- change points -----------------------------------------------------------------------------
 
 def test_change_point_found_at_the_right_index() -> None:
@@ -139,6 +183,26 @@ def test_several_change_points_and_their_indexes() -> None:
     series = np.concatenate([rng.normal(level, 1.0, size) for level, size in levels])
     found = changepoint.detect(series)
     assert [c.index for c in found] == [20, 35]
+
+
+def test_a_change_point_is_attributed_to_its_run_when_values_are_missing() -> None:
+    import pandas as pd
+
+    from bench.analysis import history
+
+    rng = np.random.default_rng(12)
+    series = np.concatenate([rng.lognormal(math.log(100), 0.01, 10),
+                             rng.lognormal(math.log(120), 0.01, 10)])
+    series[[2, 5, 7]] = np.nan  # three runs before the shift did not report the metric
+    (found,) = changepoint.detect(series)
+    assert found.index == 10
+    runs = [f"night-{i:02d}" for i in range(len(series))]
+    points = pd.DataFrame({"host": "h", "cell": "c", "tier": "host", "label": "l",
+                           "workload": "w", "metric": "m", "unit": "ms", "direction": "lower",
+                           "run_id": runs, "started": range(len(series)), "median": series,
+                           "n": 5})
+    (alarm,) = history.check(history.series(points), window=len(series))
+    assert alarm.run_id == "night-10"
 
 
 def test_no_change_point_on_noise_over_many_seeds() -> None:

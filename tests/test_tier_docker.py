@@ -4,11 +4,13 @@ engine is."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +316,7 @@ def test_density_measures_memory_per_idle_container(tier: DockerTier, tmp_path: 
     found = {m.metric: m for m in DensityIdle().run(context(tier, None, None, tmp_path), params)}
     assert set(found) == {"memory_per_instance_MB", "cgroup_memory_per_instance_MB",
                           "support_memory_per_instance_MB"}
+    assert found["support_memory_per_instance_MB"].metadata["support_measure"] == "PSS"
     # an idle container: docker-init and `sleep`, charged a few hundred KB to a few MB
     assert 0.05 < found["cgroup_memory_per_instance_MB"].value < 16
     # one containerd-shim per container: a few MB of the engine's own memory each
@@ -340,6 +343,62 @@ def test_startup_phases_from_engine_stamps(tier: DockerTier, tmp_path: Path) -> 
     assert p["start_call"] < p["started"] <= p["start_returned"] + 1, p
     assert meta["start"] == "warm" and meta["network_path"] == "veth+bridge"
     assert not [c for c in leftovers(tier.ctx.run_id) if "-startup-" in c]
+
+
+@pytest.fixture
+def relay(engine_up: None) -> Iterator[str]:
+    """The local engine's socket relayed on loopback TCP: the engine as bench reaches a remote
+    one (tcp://...), whose clock bench must not take for its own."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(docker_engine.DEFAULT_SOCKET)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_remote_engine_omits_the_phases_on_its_clock(
+        relay: str, bench_image: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_DOCKER_URL", relay)
+    run_id = new_run_id("remote")
+    remote = DockerTier()
+    remote.prepare(TierContext(run_id, bench_image, tmp_path, tmp_path))
+    try:
+        found = {m.metric: m for m in Startup().run(context(remote, None, None, tmp_path),
+                                                     Startup().parse_params({}))}
+    finally:
+        remote.finish()
+    assert "first_instruction_ms" not in found and "exit_ms" not in found
+    meta = found["total_ms"].metadata
+    assert set(meta["phases_omitted"]) == {"first_instruction", "started", "exit"}
+    assert all("another host" in why for why in meta["phases_omitted"].values())
+    phases = meta["phases_ms"]
+    assert not set(phases) & set(meta["phases_omitted"])
+    order = ["create", "created", "start_call", "start_returned", "exit_seen", "removed"]
+    assert [phases[k] for k in order] == sorted(phases.values()), phases
+    assert not leftovers(run_id)
 
 
 def test_image_is_imported_once_and_labelled(tier: DockerTier, bench_image: Image) -> None:
@@ -464,3 +523,19 @@ def test_engine_stamps_land_on_our_monotonic_clock() -> None:
         f".{int((wall - whole) * 1e9):09d}Z"
     converted = docker_engine.to_monotonic(stamp)
     assert converted is not None and abs(converted - before) < 0.01
+
+
+def test_facts_the_engine_does_not_report_are_unknown(tmp_path: Path) -> None:
+    class Silent:  # an engine whose `info` and `version` leave the fields out
+        def info(self) -> dict[str, Any]:
+            return {"DockerRootDir": str(tmp_path)}
+
+        def version(self) -> dict[str, Any]:
+            return {}
+
+    facts = docker_engine.engine_facts(Silent())  # type: ignore[arg-type]
+    assert facts["storage_driver"] == "unknown" and facts["server_version"] == "unknown"
+    docker_tier = DockerTier()
+    docker_tier._facts = {"docker_root": str(tmp_path)}  # prepare() never asked the engine
+    assert docker_tier.scratch_facts("overlay")["storage_driver"] == "unknown"
+    assert "overlay2" not in str(docker_tier.metadata())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.core.errors import ScenarioError
+from bench.core.errors import BenchError, ScenarioError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
 from bench.run import scenario as scenario_mod
@@ -335,6 +335,17 @@ def test_a_torn_last_journal_line_is_ignored(root: Path, state: Path) -> None:
     assert read(root, "proc/sys/vm/swappiness") == "60"
 
 
+def test_an_unreadable_journal_line_before_the_last_is_an_error(root: Path, state: Path) -> None:
+    journal = journal_mod.Journal("run-bad", state)
+    Tuner(CATALOG, HostFs(root), journal).apply("vm.swappiness", 10)
+    journal.close()
+    path = state / "journal-run-bad.jsonl"
+    path.write_text("{garbage\n" + path.read_text())
+    with pytest.raises(TuneError, match=r"journal-run-bad\.jsonl:1 is not a journal entry"):
+        recover(CATALOG, state)
+    assert read(root, "proc/sys/vm/swappiness") == "10"  # left for a person, not guessed
+
+
 def test_the_manual_journal_waits_for_bench_tune_restore(root: Path, state: Path) -> None:
     journal = journal_mod.Journal(journal_mod.MANUAL, state)
     Tuner(CATALOG, HostFs(root), journal).apply("vm.swappiness", 10)
@@ -459,10 +470,60 @@ def test_cache_status_parsers_and_tables() -> None:
     assert parsed["read_hits"] == 1234 and parsed["write_misses"] == 10
     assert parsed["dirty"] == 12 and parsed["cache_blocks_used"] == 1003
     wc = cache.parse_dm_writecache_status("0 2097152 writecache 0 131072 130000 512 0 0")
-    assert wc == {"error": 0, "blocks": 131072, "free_blocks": 130000, "writeback_blocks": 512}
+    assert wc == {"error": 0, "blocks": 131072, "free_blocks": 130000, "writeback_blocks": 512,
+                  "reads": 0, "read_hits": 0}
+    wc = cache.parse_dm_writecache_status(  # 6.1's status line, with the event counters
+        "0 2097152 writecache 0 24576 20000 0 900 850 300 0 300 0 0 0 2 0")
+    assert wc["reads"] == 900 and wc["read_hits"] == 850 and wc["writes"] == 300
     assert cache.dm_cache_table(100, "/m", "/d", "/o", 64, "writeback", "smq") == \
         "0 100 cache /m /d /o 128 1 writeback smq 0"
     assert cache._human_bytes("1.5M") == 1572864
+
+
+def _bcache_lab(tmp_path: Path, dirty_data: str | None) -> tuple[cache.CacheLab, str]:
+    """A lab holding one bcache setup whose sysfs directory is a fake tree (no bcache here)."""
+    name = next(n for n, (r, _) in cache.setups().items() if r.kind == "bcache")
+    recipe, variant = cache.setups()[name]
+    sysdir = tmp_path / "bcache"
+    sysdir.mkdir(exist_ok=True)
+    (sysdir / "writeback_percent").write_text("10\n")
+    (sysdir / "dirty_data").unlink(missing_ok=True)
+    if dirty_data is not None:
+        (sysdir / "dirty_data").write_text(dirty_data)
+    lab = cache.CacheLab("test-drain", tmp_path, state_dir=tmp_path)
+    lab.built[name] = cache.Built(setup=name, recipe=recipe, variant=variant, top="",
+                                  mount=tmp_path, bcache_dir=sysdir, details={"options": {}})
+    return lab, name
+
+
+def test_drain_fails_when_the_dirty_counter_cannot_be_read(tmp_path: Path) -> None:
+    lab, name = _bcache_lab(tmp_path, "0\n")
+    assert lab.drain(name, timeout=30) == 0
+    for unreadable in (None, "n/a\n"):
+        lab, name = _bcache_lab(tmp_path, unreadable)
+        with pytest.raises(BenchError, match="Cannot read the dirty counter"):
+            lab.drain(name, timeout=30)
+
+
+def test_a_failed_removal_is_a_failure_and_its_state_is_kept(tmp_path: Path) -> None:
+    removable = tmp_path / "slow.img"
+    removable.write_text("x")
+    stuck = tmp_path / "stuck"  # a directory: unlink() refuses it
+    (stuck / "inside").mkdir(parents=True)
+    state = tmp_path / "cache-dead-run.json"
+    state.write_text(json.dumps({"run_id": "dead-run", "made": [
+        {"kind": "file", "path": str(stuck)}, {"kind": "file", "path": str(removable)}]}))
+    with pytest.raises(BenchError, match="Could not remove 1 cache device part") as failed:
+        cache.cleanup("dead-run", tmp_path)
+    assert str(stuck) in str(failed.value) and "bench cleanup" in failed.value.fix
+    assert not removable.exists() and stuck.exists()
+    assert state.exists()  # the next `bench cleanup` tries again
+    (stuck / "inside").rmdir()
+    stuck.rmdir()
+    stuck.mkdir()
+    state.write_text(json.dumps({"run_id": "dead-run", "made": []}))
+    assert cache.cleanup("dead-run", tmp_path) == []
+    assert not state.exists()
 
 
 # -- recommendations -------------------------------------------------------------------------
@@ -497,7 +558,7 @@ def test_recommendation_verdicts_and_files(results_dir: Path, root: Path, tmp_pa
         "bad": [70, 72, 69, 71, 68, 70, 73, 71],  # -30%: harmful
     })
     rec = recommend.analyse(rundir)
-    verdicts = {recommend._setting_text(r.setting): r.verdict for r in rec.results}
+    verdicts = {recommend.setting_text(r.setting): r.verdict for r in rec.results}
     assert verdicts == {"block.read_ahead_kb=1024": "adopt",
                         "vm.dirty_background_ratio=1": "no evidence",
                         "vm.dirty_background_ratio=20": "harmful"}
@@ -524,6 +585,46 @@ def test_recommendation_verdicts_and_files(results_dir: Path, root: Path, tmp_pa
     assert "adopt" in fragment and "harmful" in fragment
 
 
+def test_recommendations_show_cost_factors_above_one_when_slower(results_dir: Path) -> None:
+    rundir = _fake_run(results_dir, {
+        "base": [100, 102, 98, 101, 99, 100, 103, 97],
+        "ra": [130, 133, 128, 131, 129, 132, 127, 130],  # throughput +30%: faster
+        "bad": [70, 72, 69, 71, 68, 70, 73, 71],  # throughput -30%: slower
+    })
+    rec = recommend.analyse(rundir)
+    faster, slower = (next(r for r in rec.results if r.setting == setting)
+                      for setting in ({"block.read_ahead_kb": 1024},
+                                      {"vm.dirty_background_ratio": 20}))
+    for result, factor in ((faster, 100 / 130), (slower, 100 / 70)):
+        for c in (result.primary, *result.others):  # MB/s (higher) and p99 (lower) alike
+            assert c.cost == pytest.approx(factor, rel=0.03), c
+            assert c.cost_low <= c.cost <= c.cost_high
+    assert faster.primary.cost_high < 1 < slower.primary.cost_low
+    row = next(r for r in recommend.rows(rec) if r["setting"] == "vm.dirty_background_ratio=20")
+    assert row["metric"] == "bandwidth_MBps ↑" and row["cost"].startswith("1.4")
+    for text in (recommend.markdown(rec), recommend.html_fragment(rec)):
+        assert "&gt; 1 = slower" in text or "> 1 = slower" in text
+        assert "Holm" in text
+
+
+def test_a_failed_recommendation_shows_its_error_in_the_report(
+        results_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.analysis import frame
+    from bench.report import build
+
+    rundir = _fake_run(results_dir, {"base": [100, 101, 99], "ra": [130, 131, 129]})
+
+    def unreadable(path: Path | None = None) -> None:
+        raise TuneError("Cannot read the tunables catalog /nowhere/tunables.yaml: No such "
+                        "file or directory.", "reinstall bench.")
+
+    monkeypatch.setattr(catalog_mod, "load", unreadable)
+    page = build.render([frame.load(str(rundir.path))])
+    assert f"No recommendation for run {rundir.run_id}" in page
+    assert "Cannot read the tunables catalog /nowhere/tunables.yaml" in page
+    assert "Fix: reinstall bench." in page
+
+
 def test_a_sysctl_recommendation_and_its_rollback(results_dir: Path, root: Path,
                                                   tmp_path: Path) -> None:
     rundir = _fake_run(results_dir, {
@@ -537,15 +638,6 @@ def test_a_sysctl_recommendation_and_its_rollback(results_dir: Path, root: Path,
     subprocess.run(["sh", str(paths["rollback.sh"])], env={**os.environ, "ROOT": str(root)},
                    check=True, capture_output=True, timeout=30)
     assert read(root, "proc/sys/vm/dirty_background_ratio") == "10"
-
-
-def test_holm_and_bh_corrections() -> None:
-    ps = [0.01, 0.04, 0.03, 0.005, float("nan")]
-    holm = recommend.adjust(ps, "holm")
-    assert holm[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    bh = recommend.adjust(ps, "bh")
-    assert bh[:4] == pytest.approx([0.02, 0.04, 0.04, 0.02])
-    assert str(holm[4]) == "nan"
 
 
 def test_recommend_refuses_a_run_without_a_sweep(results_dir: Path) -> None:
@@ -587,7 +679,7 @@ class MemoryGuest:
                 raise CommandError(argv, 1, "")
             return Completed(argv, 0, "", "", 0.0)
         if argv[:2] == ["python3", "-c"] and "os.write" in argv[2]:
-            self.files[argv[3]] = argv[4]
+            self.files[argv[4]] = argv[5]  # [.., pattern, path, text]
             return Completed(argv, 0, "", "", 0.0)
         if argv[:2] == ["python3", "-c"]:  # the guest's scratch device
             return Completed(argv, 0, "vda\n", "", 0.0)

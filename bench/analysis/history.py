@@ -11,96 +11,47 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    and_,
-    create_engine,
-    delete,
-    insert,
-    or_,
-    select,
-)
+from sqlalchemy import Connection, create_engine, delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from bench.analysis import changepoint
-from bench.analysis.frame import META_COLUMNS, Run, empty_frame
-from bench.analysis.frame import load as load_run
+from bench.analysis.columnar import META_COLUMNS, empty_frame
+from bench.analysis.history_schema import (
+    SCHEMA_VERSION,
+    CellRow,
+    PointRow,
+    RunRow,
+    SampleRow,
+    SchemaTooNew,
+    migrate,
+    point_rows,
+)
 from bench.core.errors import BenchError
 from bench.core.rundir import RunRecord, results_dir
 from bench.core.settings import settings
 from bench.workloads import HEADLINE
 
-CHUNK = 20000
+if TYPE_CHECKING:
+    from bench.analysis.frame import Run
+
+SAMPLE_COLUMNS = ("run_id", "cell", "metric", "repetition", "value", "unit", "direction",
+                  "timestamp", "meta")
+_NAMES = ", ".join(SAMPLE_COLUMNS)
+COPY_SAMPLES = f"COPY bench_samples ({_NAMES}) FROM STDIN"
+INSERT_SAMPLES = (f"INSERT INTO bench_samples ({_NAMES}) "  # noqa: S608 (constants only)
+                  f"VALUES ({', '.join('?' for _ in SAMPLE_COLUMNS)})")
 
 
 class HistoryError(BenchError):
     """The history database cannot be opened or used."""
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class RunRow(Base):
-    __tablename__ = "bench_runs"
-
-    run_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    host: Mapped[str] = mapped_column(String(255), index=True)
-    scenario: Mapped[str] = mapped_column(String(200))
-    started_at: Mapped[float] = mapped_column(Float, index=True)
-    status: Mapped[str] = mapped_column(String(32))
-    tiers: Mapped[str] = mapped_column(String(500))
-    samples: Mapped[int] = mapped_column(Integer)
-    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
-    failures: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    path: Mapped[str] = mapped_column(Text)
-    ingested_at: Mapped[float] = mapped_column(Float)
-
-
-class CellRow(Base):
-    __tablename__ = "bench_cells"
-
-    key: Mapped[str] = mapped_column(String(32), primary_key=True)
-    tier: Mapped[str] = mapped_column(String(64), index=True)
-    workload: Mapped[str] = mapped_column(String(128), index=True)
-    label: Mapped[str] = mapped_column(Text)
-    cache: Mapped[str] = mapped_column(String(128))
-    params: Mapped[str] = mapped_column(Text)
-    tunables: Mapped[str] = mapped_column(Text)
-
-
-class SampleRow(Base):
-    __tablename__ = "bench_samples"
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("bench_runs.run_id", ondelete="CASCADE"))
-    cell: Mapped[str] = mapped_column(ForeignKey("bench_cells.key"))
-    metric: Mapped[str] = mapped_column(String(128))
-    repetition: Mapped[int] = mapped_column(Integer)
-    value: Mapped[float] = mapped_column(Float)
-    unit: Mapped[str] = mapped_column(String(32))
-    direction: Mapped[str] = mapped_column(String(8))
-    timestamp: Mapped[float] = mapped_column(Float)
-    meta: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-    __table_args__ = (Index("ix_bench_samples_run_cell_metric", "run_id", "cell", "metric"),
-                      Index("ix_bench_samples_cell_metric", "cell", "metric"))
 
 
 def default_url() -> str:
@@ -108,13 +59,19 @@ def default_url() -> str:
 
 
 def connect(url: str | None = None) -> Engine:
-    """The history database at `url` (default: BENCH_HISTORY_URL or results/history.db)."""
+    """The history database at `url` (default: BENCH_HISTORY_URL or results/history.db),
+    created or migrated to the current schema version."""
     url = url or default_url()
     try:
         engine = create_engine(url)
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             Path(str(engine.url.database)).parent.mkdir(parents=True, exist_ok=True)
-        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            migrate(conn)
+    except SchemaTooNew as exc:
+        raise HistoryError(f"The history database {_safe(url)} has schema version "
+                           f"{exc.found}, newer than this bench (v{SCHEMA_VERSION}).",
+                           "upgrade bench, or give another database with --db.") from None
     except (ArgumentError, SQLAlchemyError, ImportError, OSError) as exc:
         raise HistoryError(f"Cannot open the history database {_safe(url)}: {exc}",
                            "give a SQLAlchemy URL with --db or BENCH_HISTORY_URL, e.g. "
@@ -133,13 +90,36 @@ def _safe(url: str) -> str:
         return "(unparsable URL)"
 
 
-def _meta(row: dict[str, Any]) -> str | None:
-    found = {}
-    for name in META_COLUMNS:
-        value = row.get(f"meta.{name}")
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            found[name] = value
-    return json.dumps(found, sort_keys=True) if found else None
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def meta_json(frame: pd.DataFrame) -> np.ndarray:
+    """Per row, the stored meta column: JSON of the row's non-missing `meta.*` values (None if
+    none). The string fields are low-cardinality: each distinct combination is encoded once;
+    only rows with start-up phases are encoded one by one."""
+    n = len(frame)
+    if n == 0:
+        return np.empty(0, dtype=object)
+    combined = np.zeros(n, dtype=np.int64)
+    columns = []
+    for name in (m for m in META_COLUMNS if m != "phases_ms" and f"meta.{m}" in frame):
+        found, values = pd.factorize(frame[f"meta.{name}"].astype(object), use_na_sentinel=True)
+        combined = pd.factorize(combined * (len(values) + 1) + (found + 1))[0]
+        columns.append((name, found, list(values)))
+    firsts = pd.Series(combined).drop_duplicates().index.to_numpy()  # in group-id order
+    bases = [{name: values[found[row]] for name, found, values in columns
+              if found[row] >= 0 and _present(values[found[row]])} for row in firsts]
+    texts = np.asarray([json.dumps(b, sort_keys=True) if b else None for b in bases],
+                       dtype=object)
+    out: np.ndarray = texts[combined]
+    if "meta.phases_ms" in frame:
+        column = frame["meta.phases_ms"]
+        phases = column.to_numpy(dtype=object)
+        for row in np.flatnonzero(column.notna().to_numpy()):
+            out[row] = json.dumps({**bases[combined[row]], "phases_ms": phases[row]},
+                                  sort_keys=True)
+    return out
 
 
 @dataclass
@@ -150,58 +130,73 @@ class Ingested:
 
 
 def ingest(engine: Engine, run: Run) -> Ingested:
-    """Store a run (replacing an earlier copy of the same run id)."""
+    """Store a run (replacing an earlier copy of the same run id), in one transaction."""
     frame = run.frame
     manifest = run.manifest
     failures = [r.model_dump(include={"key", "cell", "repetition", "status", "error"})
                 for r in run.failures]
-    with Session(engine) as session, session.begin():
-        replaced = session.get(RunRow, run.run_id) is not None
+    with engine.begin() as conn:
+        replaced = conn.scalar(select(RunRow.run_id).where(RunRow.run_id == run.run_id)) \
+            is not None
         if replaced:
-            session.execute(delete(SampleRow).where(SampleRow.run_id == run.run_id))
-            session.execute(delete(RunRow).where(RunRow.run_id == run.run_id))
-        session.add(RunRow(
+            for table in (PointRow, SampleRow, RunRow):
+                conn.execute(delete(table).where(table.run_id == run.run_id))
+        conn.execute(insert(RunRow), [dict(
             run_id=run.run_id, host=run.host,
             scenario=str((manifest.get("scenario") or {}).get("name", "?")),
             started_at=run.started, status=str(manifest.get("status", "?")),
             tiers=",".join(map(str, manifest.get("tiers", []))), samples=len(frame),
             manifest=json.loads(json.dumps(manifest, default=str)), failures=failures,
-            path=str(run.path), ingested_at=time.time()))
-        session.flush()
+            path=str(run.path), ingested_at=time.time())])
         if not frame.empty:
             cells = frame.drop_duplicates("cell")[["cell", "tier", "workload", "label", "cache",
                                                    "params", "tunables"]]
-            known = set(session.scalars(select(CellRow.key).where(
+            known = set(conn.scalars(select(CellRow.key).where(
                 CellRow.key.in_([str(c) for c in cells["cell"]]))))
             new_cells = [{"key": str(r.cell), "tier": str(r.tier), "workload": str(r.workload),
                           "label": str(r.label), "cache": str(r.cache), "params": str(r.params),
                           "tunables": str(r.tunables)}
                          for r in cells.itertuples(index=False) if str(r.cell) not in known]
             if new_cells:
-                session.execute(insert(CellRow), new_cells)
-            for chunk in _chunks(frame):
-                session.execute(insert(SampleRow), chunk)
+                conn.execute(insert(CellRow), new_cells)
+            _insert_samples(conn, frame)
+            conn.execute(insert(PointRow), point_rows(frame))
     return Ingested(run.run_id, len(frame), replaced)
 
 
-def _chunks(frame: pd.DataFrame) -> Iterator[list[dict[str, Any]]]:
-    meta_columns = [f"meta.{m}" for m in META_COLUMNS if f"meta.{m}" in frame]
-    base = ["run_id", "cell", "metric", "repetition", "value", "unit", "direction", "timestamp"]
-    for start in range(0, len(frame), CHUNK):
-        part = frame.iloc[start:start + CHUNK]
-        metas = part[meta_columns].to_dict("records") if meta_columns else [{}] * len(part)
-        rows = []
-        for values, meta in zip(part[base].itertuples(index=False, name=None), metas,
-                                strict=True):
-            run_id, cell, metric, repetition, value, unit, direction, stamp = values
-            rows.append({"run_id": str(run_id), "cell": str(cell), "metric": str(metric),
-                         "repetition": int(repetition), "value": float(value),
-                         "unit": str(unit), "direction": str(direction),
-                         "timestamp": float(stamp), "meta": _meta(meta)})
-        yield rows
+def _column(series: pd.Series) -> list[Any]:
+    """A column as Python values (categories converted once, not per row)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        categories = np.asarray([str(c) for c in series.cat.categories], dtype=object)
+        return list(categories[series.cat.codes.to_numpy()])
+    return list(series.to_numpy().tolist())
+
+
+def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
+    """Every sample in bulk: COPY on PostgreSQL, executemany of plain tuples on SQLite, the
+    ORM's batched insert elsewhere."""
+    columns = [_column(frame[name]) for name in SAMPLE_COLUMNS[:-1]]
+    rows = list(zip(*columns, meta_json(frame).tolist(), strict=True))
+    dialect = conn.dialect.name
+    if dialect == "postgresql" and conn.dialect.driver == "psycopg":
+        raw: Any = conn.connection.driver_connection
+        # the commit need not wait for the WAL flush: a crash can lose this ingest, which is
+        # then simply run again, never corrupt what is stored
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        with raw.cursor() as cursor, \
+                cursor.copy(COPY_SAMPLES) as copy:
+            for row in rows:
+                copy.write_row(row)
+    elif dialect == "sqlite":
+        conn.exec_driver_sql(INSERT_SAMPLES, rows)
+    else:
+        conn.execute(insert(SampleRow), [dict(zip(SAMPLE_COLUMNS, row, strict=True))
+                                         for row in rows])
 
 
 def ingest_path(engine: Engine, run: str | Path) -> Ingested:
+    from bench.analysis.frame import load as load_run
+
     return ingest(engine, load_run(run))
 
 
@@ -215,6 +210,8 @@ def runs(engine: Engine, host: str | None = None) -> list[RunRow]:
 
 def load(engine: Engine, run_id: str) -> Run:
     """A stored run as a `Run`, the same shape `bench.analysis.frame.load` gives for a directory."""
+    from bench.analysis.frame import Run
+
     with Session(engine) as session:
         row = session.get(RunRow, run_id)
         if row is None:
@@ -278,49 +275,61 @@ class Series:
 def points(engine: Engine, host: str | None = None, tier: str | None = None,
            workload: str | None = None, metric: str | None = None,
            all_metrics: bool = False) -> pd.DataFrame:
-    """Per-run medians: host, cell, tier, label, workload, metric, unit, direction, run_id,
-    started, median, n."""
-    query = (select(RunRow.host, SampleRow.cell, CellRow.tier, CellRow.label, CellRow.workload,
-                    SampleRow.metric, SampleRow.unit, SampleRow.direction, SampleRow.run_id,
-                    RunRow.started_at.label("started"), SampleRow.value)
-             .join(CellRow, CellRow.key == SampleRow.cell)
-             .join(RunRow, RunRow.run_id == SampleRow.run_id))
-    for column, value in ((RunRow.host, host), (CellRow.tier, tier),
-                          (CellRow.workload, workload), (SampleRow.metric, metric)):
-        if value:
-            query = query.where(column == value)
-    if not all_metrics and not metric:  # each workload's headline metrics (all for others)
-        query = query.where(or_(
-            CellRow.workload.not_in(list(HEADLINE)),
-            *(and_(CellRow.workload == w, SampleRow.metric.in_(m)) for w, m in HEADLINE.items())))
+    """Per-run medians (from bench_points): host, cell, tier, label, workload, metric, unit,
+    direction, run_id, started, median, n."""
+    # three plain reads joined here: cheaper than the database's join for ~1e5 points
     with engine.connect() as conn:
-        frame = pd.DataFrame.from_records(
-            [tuple(row) for row in conn.execute(query)],
-            columns=["host", "cell", "tier", "label", "workload", "metric", "unit", "direction",
-                     "run_id", "started", "value"])
-    if frame.empty:
-        return frame.assign(median=[], n=[]).drop(columns="value")
-    keys = ["host", "cell", "tier", "label", "workload", "metric", "unit", "direction", "run_id",
-            "started"]
-    grouped = frame.groupby(keys, observed=True, sort=False)["value"]
-    out = grouped.median().rename("median").to_frame().join(grouped.size().rename("n"))
-    return out.reset_index().sort_values(["host", "cell", "metric", "started"])
+        runs_ = _read(conn, select(RunRow.run_id, RunRow.host, RunRow.started_at.label("started")))
+        cells = _read(conn, select(CellRow.key.label("cell"), CellRow.tier, CellRow.label,
+                                   CellRow.workload))
+        query = select(PointRow.run_id, PointRow.cell, PointRow.metric, PointRow.unit,
+                       PointRow.direction, PointRow.median, PointRow.n)
+        if metric:
+            query = query.where(PointRow.metric == metric)
+        found = _read(conn, query)
+    if host:
+        runs_ = runs_[runs_["host"] == host]
+    for name, value in (("tier", tier), ("workload", workload)):
+        if value:
+            cells = cells[cells[name] == value]
+    frame = found.merge(cells, on="cell").merge(runs_, on="run_id")
+    if not all_metrics and not metric and not frame.empty:  # each workload's headline metrics
+        pairs = [f"{w}\0{m}" for w, ms in HEADLINE.items() for m in ms]
+        keep = ~frame["workload"].isin(list(HEADLINE)) \
+            | (frame["workload"].astype(str) + "\0" + frame["metric"].astype(str)).isin(pairs)
+        frame = frame[keep]
+    frame = frame[["host", "cell", "tier", "label", "workload", "metric", "unit", "direction",
+                   "run_id", "started", "median", "n"]]
+    return frame.sort_values(["host", "cell", "metric", "started"], kind="stable") \
+        .reset_index(drop=True)
+
+
+def _read(conn: Connection, query: Any) -> pd.DataFrame:
+    result = conn.execute(query)
+    return pd.DataFrame.from_records([tuple(row) for row in result], columns=list(result.keys()))
 
 
 def series(frame: pd.DataFrame, min_effect: float = 0.02, min_size: int = 2) -> list[Series]:
+    """One `Series` per host, cell and metric of `points(...)`, with its change points."""
     found: list[Series] = []
     if frame.empty:
         return found
-    for key, part in frame.groupby(["host", "cell", "metric"], observed=True, sort=True):
-        part = part.sort_values("started")
-        first = part.iloc[0]
-        changes = changepoint.detect(part["median"].to_numpy(float), min_size=min_size,
+    frame = frame.sort_values(["host", "cell", "metric", "started"], kind="stable") \
+        .reset_index(drop=True)
+    keys = frame["host"].astype(str) + "\0" + frame["cell"].astype(str) + "\0" \
+        + frame["metric"].astype(str)
+    starts = np.flatnonzero(np.r_[True, keys.to_numpy()[1:] != keys.to_numpy()[:-1]])
+    ends = np.r_[starts[1:], len(frame)]
+    medians = frame["median"].to_numpy(dtype=float)
+    columns = {name: frame[name].to_numpy() for name in
+               ("host", "tier", "label", "workload", "metric", "unit", "direction")}
+    table = frame[["run_id", "started", "median", "n"]]
+    for start, end in zip(starts, ends, strict=True):
+        changes = changepoint.detect(medians[start:end], min_size=min_size,
                                      min_effect=min_effect)
-        found.append(Series(str(key[0]), str(first["tier"]), str(first["label"]),
-                            str(first["workload"]), str(key[2]), str(first["unit"]),
-                            str(first["direction"]),
-                            part[["run_id", "started", "median", "n"]].reset_index(drop=True),
-                            changes))
+        text = {name: str(values[start]) for name, values in columns.items()}
+        found.append(Series(**text, points=table.iloc[start:end].reset_index(drop=True),
+                            changes=changes))
     return sorted(found, key=lambda s: (s.host, s.tier, s.label, s.metric))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from bench.analysis import stats
@@ -46,9 +45,9 @@ def headline(frame: pd.DataFrame) -> pd.DataFrame:
     """Only the rows of each workload's headline metrics (all metrics for unknown workloads)."""
     if frame.empty:
         return frame
-    keep = [metric in HEADLINE.get(workload, (metric,))
-            for workload, metric in zip(frame["workload"], frame["metric"], strict=True)]
-    return frame[np.asarray(keep, dtype=bool)]
+    pairs = pd.MultiIndex.from_arrays([frame["workload"], frame["metric"]])
+    wanted = [(w, m) for w, m in pairs.unique() if m in HEADLINE.get(str(w), (m,))]
+    return frame[pairs.isin(wanted)]
 
 
 def _host(manifest: dict[str, Any]) -> list[Finding]:
@@ -93,8 +92,9 @@ def _cells(frame: pd.DataFrame, mask: pd.Series) -> tuple[str, ...]:
 
 def _samples(frame: pd.DataFrame, manifest: dict[str, Any]) -> list[Finding]:
     found: list[Finding] = []
-    families = frame["workload"].map(lambda w: family(str(w))).astype(str)
-    network = (families == "network") & (frame["meta.network_path"].astype(str) == "loopback")
+    # compared as they are: a string conversion of a million-row column costs seconds
+    families = frame["workload"].map(lambda w: family(str(w)))
+    network = (families == "network") & (frame["meta.network_path"] == "loopback")
     if network.any():
         found.append(Finding(
             "loopback", "warning",
@@ -102,8 +102,8 @@ def _samples(frame: pd.DataFrame, manifest: dict[str, Any]) -> list[Finding]:
             "(no NIC, no wire), so absolute numbers say nothing about a real network.",
             "read them as the cost of the network stack per tier; for a real path run the "
             "peer on another interface or host.", _cells(frame, network)))
-    rw = frame["param.rw"].astype(str) if "param.rw" in frame else pd.Series("", index=frame.index)
-    cached = (families == "disk") & (frame["meta.page_cache"].astype(str) == "used") \
+    rw = frame["param.rw"] if "param.rw" in frame else pd.Series("", index=frame.index)
+    cached = (families == "disk") & (frame["meta.page_cache"] == "used") \
         & rw.isin(["read", "randread"])
     if cached.any():
         found.append(Finding(
@@ -112,7 +112,7 @@ def _samples(frame: pd.DataFrame, manifest: dict[str, Any]) -> list[Finding]:
             "measure memory, not the disk.",
             "use direct=true for device numbers, or a file larger than RAM.",
             _cells(frame, cached)))
-    accel = frame["meta.accelerator"].astype(str) == "tcg"
+    accel = frame["meta.accelerator"] == "tcg"
     tier_meta = manifest.get("tier_metadata") or {}
     tcg_tiers = [t for t, m in tier_meta.items() if isinstance(m, dict)
                  and m.get("accelerator") == "tcg"]

@@ -5,8 +5,14 @@
 - `ratio_ci`: the ratio of two medians (a tier over the host) with a two-sample bootstrap CI;
   `overhead_ci` turns it into a cost factor that is > 1 when the tier is worse, whichever way
   the metric points.
-- `compare`: are two cells different? A two-sided Mann-Whitney U test *and* a minimum effect
-  size (relative change of the medians) must both say so; otherwise the verdict is "same".
+- `compare_many` (and `compare` for one metric): are two cells different? A two-sided
+  Mann-Whitney U test, its p-values corrected for testing many metrics at once (`adjust`: Holm
+  by default, or Benjamini-Hochberg), *and* a minimum effect size (relative change of the
+  medians) must all say so; otherwise the verdict is "same".
+- `log_ratio_test`: a multiplicative effect (ratio of geometric means) with the CI and p of
+  Welch's t on log values (what `bench tune recommend` judges settings by).
+- `cost`: every ratio shown to a reader is a cost factor, > 1 = slower (worse), whichever
+  way the metric points.
 - `outliers`: median-based flagging with the modified z-score of Iglewicz and Hoaglin (1993),
   0.6745 * (x - median) / MAD, flagged above 3.5.
 - `needs_more`: the adaptive-repetition test (is the CI still wider than the target?).
@@ -27,16 +33,19 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
+from bench.analysis.defaults import ALPHA as ALPHA
+from bench.analysis.defaults import MIN_EFFECT as MIN_EFFECT
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_MAX_N = 100
 OUTLIER_Z = 3.5
 OUTLIER_MIN_N = 5  # with fewer values the MAD is too unstable to call anything an outlier
-ALPHA = 0.05
-MIN_EFFECT = 0.02
 
 Direction = Literal["higher", "lower"]
 Verdict = Literal["faster", "slower", "same"]
+Correction = Literal["holm", "bh"]
+CORRECTIONS: dict[str, str] = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
 Values = list[float] | np.ndarray
 
 
@@ -140,6 +149,18 @@ def overhead_ci(values: Values, baseline: Values, direction: Direction, seed: in
     return ratio_ci(baseline, values, seed)
 
 
+def cost(ratio: Estimate, direction: Direction) -> Estimate:
+    """A ratio of the metric (new / base) as a cost factor: > 1 = slower, for either
+    direction (a throughput ratio is inverted, and its CI bounds swap)."""
+    if direction == "lower":
+        return ratio
+
+    def inverse(x: float) -> float:
+        return 1 / x if x and not math.isnan(x) else float("nan")
+
+    return Estimate(inverse(ratio.median), inverse(ratio.high), inverse(ratio.low), ratio.n)
+
+
 def cv(values: Values) -> float:
     """Coefficient of variation (sample standard deviation over |mean|); NaN when undefined."""
     data = np.asarray(values, dtype=float)
@@ -192,6 +213,7 @@ class Comparison:
     direction: Direction
     verdict: Verdict
     note: str = ""
+    p_adjusted: float = float("nan")  # corrected for every metric compared with it
 
     @property
     def change(self) -> float:
@@ -199,39 +221,117 @@ class Comparison:
         return self.ratio.median - 1
 
     @property
+    def cost(self) -> Estimate:
+        """NEW's cost factor against BASE with its CI: > 1 = slower."""
+        return cost(self.ratio, self.direction)
+
+    @property
     def slowdown(self) -> float:
         """Relative change in the bad direction (+0.10 = 10% slower, whichever way it points)."""
         if math.isnan(self.ratio.median) or self.ratio.median <= 0:
             return float("nan")
-        return self.ratio.median - 1 if self.direction == "lower" else 1 / self.ratio.median - 1
+        return self.cost.median - 1
 
 
 def compare(base: Values, new: Values, direction: Direction, alpha: float = ALPHA,
             min_effect: float = MIN_EFFECT, seed: int = 0) -> Comparison:
-    """Verdict on NEW vs BASE: "faster"/"slower" only if the Mann-Whitney U test rejects
-    equality at `alpha` AND the medians differ by at least `min_effect` (relative); else "same".
-    """
-    b_est, n_est = median_ci(base, seed), median_ci(new, seed)
-    ratio = ratio_ci(new, base, seed)
-    p = mann_whitney_p(base, new)
+    """Verdict on NEW vs BASE for a single metric (see `compare_many`)."""
+    return compare_many([(base, new, direction)], alpha, min_effect, seed=seed)[0]
+
+
+def compare_many(pairs: list[tuple[Values, Values, Direction]], alpha: float = ALPHA,
+                 min_effect: float = MIN_EFFECT, correction: Correction = "holm",
+                 seed: int = 0) -> list[Comparison]:
+    """Verdicts on (BASE, NEW, direction) pairs tested together: "faster"/"slower" only if the
+    Mann-Whitney U p-value, corrected over all pairs (`correction`), is below `alpha` AND the
+    medians differ by at least `min_effect` (relative); else "same"."""
+    measured = [(median_ci(b, seed), median_ci(n, seed), ratio_ci(n, b, seed),
+                 mann_whitney_p(b, n), d) for b, n, d in pairs]
+    adjusted = adjust([m[3] for m in measured], correction)
+    return [_judge(*m, p_adj, alpha, min_effect) for m, p_adj in zip(measured, adjusted,
+                                                                      strict=True)]
+
+
+def _judge(b_est: Estimate, n_est: Estimate, ratio: Estimate, p: float, direction: Direction,
+           p_adj: float, alpha: float, min_effect: float) -> Comparison:
     note = ""
     verdict: Verdict = "same"
     if min(b_est.n, n_est.n) < 2:
         note = "too few samples to test"
     elif math.isnan(ratio.median):
         note = "base median is zero"
-    elif p < alpha and abs(ratio.median - 1) >= min_effect:
+    elif p_adj < alpha and abs(ratio.median - 1) >= min_effect:
         better = ratio.median > 1 if direction == "higher" else ratio.median < 1
         verdict = "faster" if better else "slower"
-    elif p < alpha:
+    elif p_adj < alpha:
         note = f"significant but below the {min_effect:.0%} minimum effect"
+    elif p < alpha:
+        note = "significant alone, not after the correction for many metrics"
     else:
         smallest = _smallest_p(b_est.n, n_est.n)
         if smallest >= alpha:
             note = f"n={b_est.n}/{n_est.n} cannot reach p<{alpha:g}"
-    return Comparison(b_est, n_est, ratio, p, direction, verdict, note)
+    return Comparison(b_est, n_est, ratio, p, direction, verdict, note, p_adj)
 
 
 def _smallest_p(n: int, m: int) -> float:
     """The smallest two-sided exact Mann-Whitney p-value that sample sizes n and m allow."""
     return 2 / math.comb(n + m, n) if n + m < 60 else 0.0
+
+
+def adjust(pvalues: list[float], method: Correction) -> list[float]:
+    """p-values corrected for testing them together: Holm's step-down (controls the chance of
+    any false alarm) or Benjamini-Hochberg (the expected share of false alarms). NaN stays
+    NaN and does not count as a test."""
+    idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
+    ps = np.asarray([pvalues[i] for i in idx], dtype=float)
+    out = [float("nan")] * len(pvalues)
+    if not len(ps):
+        return out
+    if method == "bh":
+        adjusted = sps.false_discovery_control(ps, method="bh")
+    else:
+        order = np.argsort(ps)
+        m = len(ps)
+        running = 0.0
+        adjusted = np.empty(m)
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * ps[i]))
+            adjusted[i] = running
+    for i, value in zip(idx, adjusted, strict=True):
+        out[i] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class LogRatio:
+    """`new` against `base` as a multiplicative effect: change = ratio of geometric means - 1
+    (+0.10 = the metric is 10% higher), its 95% CI, and the two-sided p."""
+
+    change: float
+    low: float
+    high: float
+    p: float
+
+
+def log_ratio_test(base: Values, new: Values) -> LogRatio:
+    """Welch's t on log values (robust to the metric's scale); for a metric that can be 0, the
+    ratio of medians and Mann-Whitney U, without a CI."""
+    a = np.asarray(new, dtype=float)
+    b = np.asarray(base, dtype=float)
+    nan = float("nan")
+    if len(a) < 2 or len(b) < 2:
+        return LogRatio(nan, nan, nan, nan)
+    if np.all(a > 0) and np.all(b > 0):
+        la, lb = np.log(a), np.log(b)
+        if np.ptp(la) == 0 and np.ptp(lb) == 0:
+            diff = math.expm1(float(la[0] - lb[0]))
+            return LogRatio(diff, diff, diff, 1.0 if diff == 0 else 0.0)
+        res = sps.ttest_ind(la, lb, equal_var=False)
+        ci = res.confidence_interval(CONFIDENCE)
+        diff = float(np.mean(la) - np.mean(lb))
+        return LogRatio(math.expm1(diff), math.expm1(float(ci.low)), math.expm1(float(ci.high)),
+                        float(res.pvalue))
+    med_b = float(np.median(b))
+    change = float(np.median(a)) / med_b - 1 if med_b else nan
+    return LogRatio(change, nan, nan, mann_whitney_p(b, a))

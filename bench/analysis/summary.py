@@ -1,4 +1,6 @@
-"""The end-of-run summary: per cell and metric, the median with its 95% CI and the ratio to host."""
+"""The end-of-run summary: per cell and metric, the median with its 95% CI and the cost factor
+against host (> 1 = slower, whichever way the metric points: the arrow says which way is
+better)."""
 
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def group(samples: list[Sample]) -> dict[tuple[str, str, str, str], list[float]]:
-    """(label, metric, tier, unit) -> values, in a stable order."""
-    groups: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+def group(samples: list[Sample]) -> dict[tuple[str, str, str, str, str], list[float]]:
+    """(label, metric, tier, unit, direction) -> values, in a stable order."""
+    groups: dict[tuple[str, str, str, str, str], list[float]] = defaultdict(list)
     for s in samples:
-        groups[(s.cell.label, s.metric, s.cell.tier, s.unit)].append(s.value)
+        groups[(s.cell.label, s.metric, s.cell.tier, s.unit, s.direction)].append(s.value)
     return groups
 
 
@@ -41,7 +43,8 @@ def table(rundir: RunDir, all_metrics: bool = False) -> Table:
     workloads = {s.cell.label: s.cell.workload for s in samples}
     tiers = list(dict.fromkeys(rundir.manifest().get("tiers", [])))
     out = Table(title=f"run {rundir.run_id}: median and 95% CI per cell", show_lines=False)
-    for name in ("workload", "metric", "tier", "median", "95% CI", "n", "unit", "vs host"):
+    for name in ("workload", "metric", "tier", "median", "95% CI", "n", "unit",
+                 "cost vs host (> 1 = slower)"):
         out.add_column(name, justify="right" if name in ("median", "n") else "left")
     order = sorted({(k[0], k[1]) for k in groups})
     for label, metric in order:
@@ -54,12 +57,15 @@ def table(rundir: RunDir, all_metrics: bool = False) -> Table:
             if key is None:
                 continue
             est = stats.median_ci(groups[key])
-            ratio = "-"
+            direction: stats.Direction = "higher" if key[4] == "higher" else "lower"
+            cost = "-"
             if base is not None and tier != BASELINE_TIER:
-                r = stats.ratio_ci(groups[key], base)
-                ratio = f"{r.median:.3f} [{_fmt(r.low)}, {_fmt(r.high)}]"
-            out.add_row(Text(label), Text(metric), Text(tier), _fmt(est.median),
-                        f"[{_fmt(est.low)}, {_fmt(est.high)}]", str(est.n), key[3], ratio)
+                r = stats.overhead_ci(groups[key], base, direction)
+                cost = f"{r.median:.3f} [{_fmt(r.low)}, {_fmt(r.high)}]"
+            arrow = "↑" if direction == "higher" else "↓"
+            out.add_row(Text(label), Text(f"{metric} {arrow}"), Text(tier), _fmt(est.median),
+                        f"[{_fmt(est.low)}, {_fmt(est.high)}]", str(est.n), key[3], cost)
+    out.caption = "↑ higher is better, ↓ lower is better; cost = how many times worse than host"
     return out
 
 
@@ -69,17 +75,18 @@ def cost_factors(samples: list[Sample]) -> dict[tuple[str, str], list[float]]:
     from bench.workloads import WORKLOADS
 
     groups = group(samples)
-    directions = {(s.cell.label, s.metric): s.direction for s in samples}
     workload_of = {s.cell.label: s.cell.workload for s in samples}
     families: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for (label, metric, tier, unit), values in groups.items():
+    for (label, metric, tier, unit, direction), values in groups.items():
         workload = WORKLOADS.get(workload_of[label])
-        if tier == BASELINE_TIER or workload is None or metric not in workload.headline:
+        if tier == BASELINE_TIER or workload is None or metric not in workload.headline \
+                or workload.family == "isolation":  # not a cost vs host: own tables
             continue
-        base = groups.get((label, metric, BASELINE_TIER, unit))
+        base = groups.get((label, metric, BASELINE_TIER, unit, direction))
         if not base:
             continue
-        factor = stats.overhead_ci(values, base, directions[(label, metric)]).median
+        way: stats.Direction = "higher" if direction == "higher" else "lower"
+        factor = stats.overhead_ci(values, base, way).median
         if math.isfinite(factor) and factor > 0:
             families[(tier, workload.family)].append(factor)
     return families
@@ -132,6 +139,8 @@ def emulated_tiers(samples: list[Sample]) -> list[str]:
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
     """The answer first (tier x family cost factors), the per-cell table with --all-metrics
     (or when only the baseline ran: then the medians are the answer)."""
+    from bench.analysis import isolation
+
     samples = rundir.samples()
     matrix = cost_matrix(samples, list(dict.fromkeys(rundir.manifest().get("tiers", []))))
     if matrix is not None:
@@ -140,12 +149,15 @@ def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -
         console.print(table(rundir, all_metrics))
     else:
         console.print("per cell and metric: `bench summary RUN --all-metrics`", highlight=False)
+    isolation.print_tables(samples, console)
     emulated = emulated_tiers(samples)
     if emulated:
         console.print(Panel(emulation_banner(emulated), style="bold red"))
     manifest = rundir.manifest()
     for tier, reason in manifest.get("skipped_tiers", {}).items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]")
+    for cell, reason in manifest.get("skipped_cells", {}).items():
+        console.print(f"[yellow]{cell} takes no part: {reason}[/yellow]", highlight=False)
     print_methodology(rundir, console)
     failed = failures(rundir)
     if failed:

@@ -15,12 +15,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench import report as report_mod
-from bench.analysis import compare as compare_mod
-from bench.analysis import frame, history, stats
+from bench.analysis import defaults, history
 from bench.core.errors import BenchError
 from bench.core.rundir import results_dir
-from bench.report import publish as publish_mod
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +38,9 @@ def _db_option(func: F) -> F:
 def report_cmd(runs: tuple[str, ...], output: Path | None) -> None:
     """Write one self-contained HTML report of RUN (ids or paths; several are compared)."""
     started = time.monotonic()
+    from bench import report as report_mod
+    from bench.analysis import frame
+
     loaded = [frame.load(run) for run in runs]
     if output is None:
         output = (loaded[0].path / "report.html" if len(loaded) == 1 else
@@ -54,24 +54,31 @@ def report_cmd(runs: tuple[str, ...], output: Path | None) -> None:
 @click.command("compare")
 @click.argument("base")
 @click.argument("new")
-@click.option("--format", "fmt", type=click.Choice(compare_mod.FORMATS), default="table",
+@click.option("--format", "fmt", type=click.Choice(defaults.COMPARE_FORMATS), default="table",
               show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 10), default=0.05, show_default=True,
               help="A 'slower' verdict beyond this relative slowdown is a regression (exit 1).")
-@click.option("--min-effect", type=click.FloatRange(0, 10), default=stats.MIN_EFFECT,
+@click.option("--min-effect", type=click.FloatRange(0, 10), default=defaults.MIN_EFFECT,
               show_default=True, help="Smaller changes are 'same' even when significant.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=stats.ALPHA, show_default=True,
+@click.option("--alpha", type=click.FloatRange(0, 1), default=defaults.ALPHA, show_default=True,
               help="Significance level of the Mann-Whitney U test.")
+@click.option("--correction", type=click.Choice(["holm", "bh"]), default="holm",
+              show_default=True,
+              help="Correction for testing many metrics at once: Holm, or Benjamini-Hochberg.")
 @click.option("--all-metrics", is_flag=True, help="Every metric, not only the headline ones.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the output to this file.")
 def compare_cmd(base: str, new: str, fmt: str, threshold: float, min_effect: float,
-                alpha: float, all_metrics: bool, output: Path | None) -> None:
-    """Compare run NEW with run BASE: change per metric with CI and verdict.
+                alpha: float, correction: str, all_metrics: bool, output: Path | None) -> None:
+    """Compare run NEW with run BASE: cost factor per metric (> 1 = slower) with CI and verdict.
 
     Exit status 1 when a metric is slower beyond --threshold (a regression), else 0."""
+    from bench.analysis import compare as compare_mod
+    from bench.analysis import frame
+
     result = compare_mod.compare(frame.load(base), frame.load(new), threshold=threshold,
-                                 all_metrics=all_metrics, alpha=alpha, min_effect=min_effect)
+                                 all_metrics=all_metrics, alpha=alpha, min_effect=min_effect,
+                                 correction="bh" if correction == "bh" else "holm")
     if not result.changes:
         raise BenchError(f"Runs {result.base} and {result.new} have no cell and metric in common "
                          "(different scenarios or tiers, or no samples), so nothing was compared.",
@@ -212,6 +219,8 @@ def history_check(db: str | None, host: str | None, tier: str | None, workload: 
 @click.option("--force", is_flag=True, help="Rewrite every run's report, not only new ones.")
 def publish_cmd(directory: Path, db: str | None, force: bool) -> None:
     """Write a static site to DIRECTORY: runs index, trends with change points, run reports."""
+    from bench.report import publish as publish_mod
+
     done = publish_mod.publish(history.connect(db), directory, force=force)
     console.print(f"published {done.runs} runs to {done.index} ({done.reports_written} reports "
                   f"written, {done.reports_kept} kept) in {done.seconds:.1f} s", highlight=False)

@@ -59,6 +59,10 @@ def checks() -> list[Check]:
                            "run `bench setup`."))
     else:
         found.append(Check("core", "mmdebstrap", True))
+    from bench.cli.doctor_cgroups import status as cgroup_status
+
+    ok, found_cgroups, fix = cgroup_status()
+    found.append(Check("core", "cgroups", ok, found_cgroups, fix))
     img = image.find()
     if img is None:
         found.append(Check("core", "bench image", False, "the bench image is not built.",
@@ -68,6 +72,10 @@ def checks() -> list[Check]:
     for name, cls in TIERS.items():
         availability = cls().available()
         found.append(Check("tier", name, availability.ok, availability.reason, availability.fix))
+    from bench.tiers.docker import registry  # image.layers pushes to it and pulls from it
+
+    up = registry.available()
+    found.append(Check("core", "registry", up.ok, up.reason or registry.address(), up.fix))
     for name, workload in WORKLOADS.items():
         if img is None:
             found.append(Check("workload", name, False, "needs the bench image.",

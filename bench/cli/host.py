@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import click
@@ -12,12 +11,11 @@ from rich.table import Table
 from bench.cli import doctor as doctor_mod
 from bench.cli import tune as tune_cli
 from bench.cli.common import console
-from bench.core import hostlock, runlock
+from bench.core import hostlock, safefs
 from bench.core import image as image_mod
 from bench.core.errors import BenchError
-from bench.core.settings import settings
+from bench.core.hostlock import work_root
 from bench.kernel import sysmount
-from bench.run.runner import work_root
 from bench.tiers import TIERS
 
 
@@ -64,6 +62,21 @@ def image_build(force: bool) -> None:
     console.print(f"image {img.hash}: {img.rootfs}")
 
 
+@image_group.command("squash")
+@click.argument("source")
+@click.option("--tag", "target", help="Name of the merged image (default: SOURCE-squashed).")
+def image_squash(source: str, target: str | None) -> None:
+    """Merge an engine image's layers into one (the same files; docker tier's engine)."""
+    from bench.tiers.docker import engine as engine_mod
+    from bench.tiers.docker.squash import squash_image
+
+    name = target or (f"{source}-squashed" if ":" in source.rsplit("/", 1)[-1]
+                      else f"{source}:squashed")
+    done = squash_image(engine_mod.client(), source, name)
+    console.print(f"{done['target']}: {done['layers_before']} layers merged into one "
+                  f"({done['entries']} entries, {done['diff_id'][:19]})", highlight=False)
+
+
 @image_group.command("show")
 def image_show() -> None:
     """Show the bench image's hash, tools and size."""
@@ -96,38 +109,34 @@ def cleanup_leftovers(run_id: str | None) -> list[str]:
 
 
 def cleanup_dead_runs() -> list[str]:
-    """With the host lock held, a run's work directory that still exists belongs to a dead run."""
+    """Work directories bench made (its marker) whose run no process holds any more belong to
+    dead runs: remove what they left. Directories without the marker are never touched."""
     removed = []
-    for work in sorted(p for p in work_root().glob("*") if p.is_dir()):
-        if runlock.is_live(work.name):
-            continue  # a run of another bench process that is still going
+    for work in hostlock.dead_run_dirs():
         removed += cleanup_leftovers(work.name)
-        shutil.rmtree(work, ignore_errors=True)
+        if not sysmount.mounts_under(work) and safefs.remove_marked(work):
+            removed.append(f"work directory {work}")
     return removed
 
 
 @click.command()
-@click.option("--run", "run_id", help="Only what this run left (default: every bench run).")
+@click.option("--run", "run_id", help="Only what this run left (default: every dead bench run).")
 def cleanup(run_id: str | None) -> None:
-    """Remove what a killed run left behind (mounts, containers, networks, ...)."""
+    """Remove what a killed run left behind (mounts, containers, networks, ...); runs that
+    are still going are left alone."""
+    if run_id is not None and hostlock.run_is_live(run_id):
+        raise BenchError(f"Run {run_id} is still going (its process holds its lock).",
+                         "stop that run first (Ctrl-C), or wait for it to finish.")
     with hostlock.hold("(cleanup)"):
-        if run_id is not None and runlock.is_live(run_id):
-            raise BenchError(f"Run {run_id} is still going (its process holds "
-                             f"{runlock.lock_path(run_id)}); cleaning it would break it.",
-                             "wait for it to finish, or stop it (Ctrl-C) first.")
-        live = [p.stem for p in sorted(settings().run_lock_dir.glob("*.lock"))
-                if runlock.is_live(p.stem)]
-        if run_id is None and live:
-            console.print(f"[yellow]runs still going, left alone: {', '.join(live)}; removing "
-                          "what each dead run left instead of everything bench made[/yellow]",
-                          highlight=False)
-            removed = cleanup_dead_runs()
-        else:
+        if run_id is not None:
             removed = cleanup_leftovers(run_id)
-        for work in sorted(p for p in work_root().glob(run_id or "*") if p.is_dir()):
-            if not sysmount.mounts_under(work) and not runlock.is_live(work.name):
-                shutil.rmtree(work, ignore_errors=True)
+            work = work_root() / run_id
+            if not sysmount.mounts_under(work) and safefs.remove_marked(work):
                 removed.append(f"work directory {work}")
+        else:
+            removed = cleanup_dead_runs()
+            if not any(hostlock.run_is_live(p.name) for p in work_root().glob("*")):
+                removed += cleanup_leftovers(None)  # what runs left without a work directory
     for line in removed:
         console.print(f"removed {line}", highlight=False)
     console.print(f"cleanup done: {len(removed)} leftover(s) removed.")

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bench.cli.analysis:report_cmd",
                "Write one self-contained HTML report of RUN (ids or..."),
     "compare": ("bench.cli.analysis:compare_cmd",
-                "Compare run NEW with run BASE: change per metric with CI..."),
+                "Compare run NEW with run BASE: cost factor per metric (>..."),
     "history": ("bench.cli.analysis:history_group",
                 "Runs over time in a database: ingest, list, trend, check..."),
     "publish": ("bench.cli.analysis:publish_cmd",

@@ -47,8 +47,14 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
         _run_locked(scenario, resume_id, all_metrics, only)
 
 
+COPY_FROM_BYTES = 30 * 2**20  # about 100,000 samples (bench/analysis/parquet_copy.py)
+
+
 def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
                 only: tuple[str, ...] = ()) -> None:
+    from bench.run.phases import PhaseClock
+
+    clock = PhaseClock()
     for line in cleanup_dead_runs():
         console.print(f"[yellow]removed a leftover of a dead run: {line}[/yellow]",
                       highlight=False)
@@ -71,10 +77,11 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
     else:
         parsed, text = scenario_mod.load(scenario)
         tiers, skipped = select_tiers(parsed, only)
-        img = image_mod.find() or image_mod.build(log=console.print)
+        with clock.phase("image"):
+            img = image_mod.find() or image_mod.build(log=console.print)
         doctor_mod.preflight([w.workload for w in parsed.workloads], img)
         rundir = RunDir.create(new_run_id(parsed.name))
-    runner = Runner(parsed, text, rundir, tiers, skipped, console)
+    runner = Runner(parsed, text, rundir, tiers, skipped, console, clock)
     console.print(f"run [bold]{rundir.run_id}[/bold]: {len(runner.plan.runs)} runs of "
                   f"{len(runner.plan.cells)} cells on {', '.join(tiers)}; results in {rundir.path}")
     for tier, reason in skipped.items():
@@ -84,9 +91,18 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
         console.print(f"[yellow]interrupted after {outcome.done} of {outcome.total} runs; the "
                       f"samples taken are in {rundir.path}. Resume with: "
                       f"bench run --resume {rundir.run_id}[/yellow]")
+        console.print(clock.line(), highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    samples = rundir.samples_path
+    if samples.exists() and samples.stat().st_size > COPY_FROM_BYTES:
+        # a big run: parsed once now, so reports, compare and history read the Parquet copy
+        from bench.analysis.frame import read_frame
+
+        with clock.phase("columnar copy"):
+            read_frame(rundir.samples_path)
     print_summary(rundir, console, all_metrics)
     console.print(f"results: {rundir.path}")
+    console.print(clock.line(), highlight=False)
 
 
 def _print_plan(plan: planning.Plan) -> None:
@@ -101,6 +117,8 @@ def _print_plan(plan: planning.Plan) -> None:
     console.print(out)
     for tier, reason in plan.skipped_tiers.items():
         console.print(f"[yellow]tier {tier} skipped: {reason}[/yellow]", highlight=False)
+    for cell, reason in plan.skipped_cells.items():
+        console.print(f"[yellow]{cell} takes no part: {reason}[/yellow]", highlight=False)
     warmups = sum(1 for r in plan.runs if r.warmup)
     console.print(f"{len(plan.cells)} cells, {len(plan.runs)} runs ({warmups} warm-up), "
                   f"estimated {plan.estimate_seconds() / 60:.1f} min of workload time")

@@ -34,6 +34,12 @@ def _default_device() -> str | None:
     return None
 
 
+CATALOG_OPTION = click.option(
+    "--catalog", "catalog_path", type=click.Path(path_type=Path, dir_okay=False),
+    help="A tunables catalog other than the shipped one; it must be owned by root and writable "
+         "by nobody else (it decides what bench writes as root).")
+
+
 @click.group("tune")
 def tune() -> None:
     """Kernel tunables: show the catalog, apply and restore values, recommend from a sweep."""
@@ -43,12 +49,14 @@ def tune() -> None:
 @click.option("--device", "devices", multiple=True,
               help="Block device for per-device tunables (default: the one under the scratch "
                    "directory). Repeatable.")
-def show(devices: tuple[str, ...]) -> None:
+@CATALOG_OPTION
+def show(devices: tuple[str, ...], catalog_path: Path | None) -> None:
     """Every catalogued tunable: current value, safe range, sweep values, scope, risk."""
-    catalog = catalog_mod.load()
+    catalog = catalog_mod.load(catalog_path)
     chosen = list(devices) or [d for d in [_default_device()] if d]
     snapshot = Tuner(catalog, HostFs()).snapshot(chosen)
-    out = Table(title=f"tunables catalog ({catalog_mod.tuning_dir() / 'tunables.yaml'})")
+    source = catalog_path or catalog_mod.tuning_dir() / "tunables.yaml"
+    out = Table(title=f"tunables catalog ({escape(str(source))})")
     for column in ("tunable", "now", "safe", "sweep", "scope", "tiers", "risk"):
         out.add_column(column, overflow="fold")
     for key, value in snapshot.items():
@@ -79,12 +87,14 @@ def show(devices: tuple[str, ...]) -> None:
                                "the scratch directory).")
 @click.option("--allow-unsafe", is_flag=True,
               help="Allow values outside the catalog's safe range (never outside the valid one).")
-def apply(settings: tuple[str, ...], device: str | None, allow_unsafe: bool) -> None:
+@CATALOG_OPTION
+def apply(settings: tuple[str, ...], device: str | None, allow_unsafe: bool,
+          catalog_path: Path | None) -> None:
     """Set catalogued tunables (NAME or a catalogued path), journaled until `bench tune restore`.
 
     Example: bench tune apply vm.dirty_background_ratio=5 block.read_ahead_kb=1024
     """
-    catalog = catalog_mod.load()
+    catalog = catalog_mod.load(catalog_path)
     parsed = []
     for item in settings:
         name, sep, value = item.partition("=")
@@ -113,9 +123,10 @@ def apply(settings: tuple[str, ...], device: str | None, allow_unsafe: bool) -> 
 
 
 @tune.command("restore")
-def restore() -> None:
+@CATALOG_OPTION
+def restore(catalog_path: Path | None) -> None:
     """Restore every original value bench recorded: `bench tune apply`'s and killed runs'."""
-    catalog = catalog_mod.load()
+    catalog = catalog_mod.load(catalog_path)
     with hostlock.hold("(tune restore)"):
         restored = recover(catalog, include_manual=True)
     for line in restored:
@@ -140,15 +151,16 @@ def recommend(run_id: str, alpha: float, correction: str, include_profile: str,
     rundir = RunDir.open(run_id)
     rec = recommend_mod.analyse(rundir, alpha, "bh" if correction == "bh" else "holm")
     out = Table(title=f"run {rec.run_id}: settings vs the current ones ({rec.comparisons} "
-                      f"comparisons, {correction} corrected, alpha {alpha:g})")
-    for column in ("tier", "workload", "params", "setting", "current", "change [95% CI]",
-                   "p / adj.", "verdict", "other metrics"):
+                      f"comparisons, {recommend_mod.CORRECTIONS[rec.correction]} corrected, "
+                      f"alpha {alpha:g})")
+    for column in ("tier", "workload", "params", "setting", "current",
+                   "cost [95% CI] (> 1 = slower)", "p / adj.", "verdict", "other metrics"):
         out.add_column(column, overflow="fold")
     colour = {"adopt": "green", "harmful": "red", "no evidence": "white"}
     for row in recommend_mod.rows(rec):
         out.add_row(*(escape(row[k]) for k in ("tier", "workload", "params", "setting",
                                                 "current")),
-                    escape(f"{row['metric'].split(' ')[0]} {row['change']}"), row["p"],
+                    escape(f"{row['metric']} {row['cost']}"), row["p"],
                     f"[{colour[row['verdict']]}]{row['verdict']}[/]", escape(row["others"]))
     console.print(out)
     if rec.shared_note:

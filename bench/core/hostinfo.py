@@ -80,7 +80,7 @@ def collect() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "kernel": platform.release(),
         "kernel_version": platform.version(),
-        "os": (_read("/etc/debian_version") or "?"),
+        "os": (_read("/etc/debian_version") or "unknown"),
         "arch": platform.machine(),
         "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),

@@ -42,6 +42,9 @@ PACKAGES = (
     "libc6-dev",
 )
 PYPERF_VERSION = "2.11.0"
+# sha256 of pyperf-2.11.0-py3-none-any.whl as PyPI lists it: pip refuses anything else
+# (--require-hashes) and the wheel is checked again before it is unpacked into the image
+PYPERF_WHEEL_SHA256 = "11c0034bb29a79796417a6e5a7852ff4814a33cce24aeb6d268676c3a52dfda6"
 NATIVE_TOOLS = {"bench-memprobe": "memprobe.c", "bench-stamp": "stamp.c"}
 PYBENCH_PATH = "/usr/local/share/bench/pybench.py"
 TOOL_VERSION_ARGV = {
@@ -248,12 +251,14 @@ def _install_native(rootfs: Path) -> None:
 def _install_pyperf(rootfs: Path) -> None:
     """pyperf is only on PyPI: fetch its (pure-Python) wheel with pip and unpack it in the image."""
     with tempfile.TemporaryDirectory() as tmp:
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"pyperf=={PYPERF_VERSION} --hash=sha256:{PYPERF_WHEEL_SHA256}\n")
         run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "-d", tmp, f"pyperf=={PYPERF_VERSION}"],
+             "--require-hashes", "-d", str(Path(tmp) / "wheels"), "-r", str(pinned)],
             timeout=600,
         )
-        wheel = next(Path(tmp).glob("pyperf-*.whl"))
+        wheel = verified_wheel(Path(tmp) / "wheels")
         pythons = sorted((rootfs / "usr/lib").glob("python3.*[0-9]"))
         if not pythons:
             raise ImageError("The image has no python3.",
@@ -262,6 +267,21 @@ def _install_pyperf(rootfs: Path) -> None:
         site.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(site)
+
+
+def verified_wheel(directory: Path) -> Path:
+    """The one pyperf wheel in `directory`, if its sha256 is the pinned one; else ImageError."""
+    wheels = sorted(directory.glob("pyperf-*.whl"))
+    if len(wheels) != 1:
+        raise ImageError(f"Expected one pyperf wheel in {directory}, found {len(wheels)}.",
+                         "check pip's index configuration, then `bench image build --force`.")
+    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+    if digest != PYPERF_WHEEL_SHA256:
+        raise ImageError(f"{wheels[0].name} has sha256 {digest}, not the pinned "
+                         f"{PYPERF_WHEEL_SHA256}; it is not the wheel PyPI publishes.",
+                         "check pip's index and proxy configuration (something served another "
+                         "file), then `bench image build --force`.")
+    return wheels[0]
 
 
 def _manifest(rootfs: Path, data: dict[str, Any], digest: str, seconds: float) -> dict[str, Any]:

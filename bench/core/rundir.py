@@ -118,14 +118,24 @@ class RunDir:
         return list(read_samples(self.samples_path))
 
     def records(self) -> list[RunRecord]:
+        """The journal of finished runs. Only a torn last line (a crash mid-write) is skipped:
+        any other unreadable line is an error, since the runs it recorded would be redone or
+        go unreported."""
         if not self.journal_path.exists():
             return []
         found = []
-        for line in self.journal_path.read_text().splitlines():
+        lines = self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 found.append(RunRecord.model_validate_json(line))
             except ValueError:
-                continue  # a torn last line from a crash
+                if number == len(lines):
+                    break
+                raise BenchError(f"{self.journal_path}:{number} is not a run record.",
+                                 "repair or delete that line (the runs it recorded will be "
+                                 "run again by --resume).") from None
         return found
 
     def done_keys(self) -> set[str]:

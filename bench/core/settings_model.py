@@ -26,8 +26,6 @@ class Settings(BaseSettings):
     tune_state_dir: Path = Field(Path("/var/lib/bench/tune"),
                                  description="tuning journals and cache devices")
     scenario_dir: Path | None = Field(None, description="shipped scenarios (default: packaged)")
-    tuning_dir: Path | None = Field(None, description="tunables catalog and cache recipes "
-                                    "(default: packaged)")
     sysfs_root: Path = Field(Path("/"), description="root that /proc/sys and /sys are read and "
                              "written under (a fake tree for tests)")
     history_url: str | None = Field(None, description="history database (SQLAlchemy URL; "
@@ -39,6 +37,12 @@ class Settings(BaseSettings):
                          "default Docker's set)")
     ns_runtime: Literal["", "native", "python"] = Field(
         "", description="python: the ns tier's Python runtime instead of bench-nsinit")
+    registry_addr: str = Field("127.0.0.1:5310", description="bench's image registry (loopback; "
+                               "`bench setup` starts it)")
+    registry_dir: Path = Field(Path("/var/lib/bench/registry"),
+                               description="the registry's configuration and storage")
+    docker_certs_d: Path = Field(Path("/etc/docker/certs.d"), description="the engine's "
+                                 "per-registry CA directories (the rate-limited registry's CA)")
     libvirt_uri: str = Field("qemu:///system", description="libvirt connection of the kvm tier")
     kvm_accel: Literal["auto", "kvm", "tcg"] = Field(
         "auto", description="auto: KVM if a guest boots with it, else TCG; kvm: or fail")
@@ -53,8 +57,6 @@ class Settings(BaseSettings):
     kvm_memory_mb: int = Field(1024, ge=128, description="guest RAM without a memory limit")
     kvm_cmdline_extra: str = Field("", description="appended to the guest kernel command line")
     kvm_lock_dir: Path = Field(Path("/run/lock/bench-kvm"), description="per-run kvm locks")
-    run_lock_dir: Path = Field(Path("/run/lock/bench"),
-                               description="per-run liveness locks (cleanup spares live runs)")
     # tests only: fault injection (inert unless FAULT_AT is set)
     fault_at: str | None = Field(None, description="tests: pause a run at this named point")
     fault_hit: int = Field(1, ge=1, description="tests: at the N-th time the point is reached")

@@ -372,3 +372,51 @@ def remove_tree(hierarchies: Hierarchies, rel: str) -> list[str]:
             if group.remove():
                 removed.append(str(path))
     return removed
+
+
+def _counter(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _number(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def limit_events(pid: int) -> dict[str, int | None]:
+    """What the kernel counted against the limits of `pid`'s groups: OOM kills, refused forks,
+    and the memory peak and limits (None: not readable here). Works for any process on the
+    host (a container's init, a docker container's State.Pid), on cgroup v1 and v2."""
+    groups: dict[str, str] = {}
+    for line in _read(Path(f"/proc/{pid}/cgroup")).splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            groups[controller] = path.lstrip("/")
+    try:
+        h = detect()
+    except CgroupError:
+        return {}
+    if h.version == 2:
+        memory = pids = h.roots["memory"] / groups.get("", "")
+        oom = _counter(_read(memory / "memory.events"), "oom_kill")
+        peak, limit = _number(_read(memory / "memory.peak")), _number(_read(memory / "memory.max"))
+    else:
+        memory = h.roots["memory"] / groups.get("memory", "")
+        pids = h.roots["pids"] / groups.get("pids", "")
+        oom = _counter(_read(memory / "memory.oom_control"), "oom_kill")
+        peak = _number(_read(memory / "memory.max_usage_in_bytes"))
+        limit = _number(_read(memory / "memory.limit_in_bytes"))
+    return {"oom_kill": oom, "memory_peak": peak, "memory_limit": limit,
+            "pids_refused": _counter(_read(pids / "pids.events"), "max"),
+            "pids_limit": _number(_read(pids / "pids.max"))}

@@ -30,10 +30,13 @@ def colour(index: int) -> str:
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title={"text": t(title), "x": 0.01}, height=height,
-                      margin={"l": 10, "r": 10, "t": 80, "b": 10},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0,
-                              "xanchor": "left"})
+    """Title in the top margin, legend to the right of the plot: they never share space (a
+    horizontal legend above the plot ran into the title as soon as it wrapped)."""
+    fig.update_layout(title={"text": t(title), "x": 0.01, "xanchor": "left", "y": 0.98,
+                             "yanchor": "top", "yref": "container"},
+                      height=height, margin={"l": 10, "r": 10, "t": 50, "b": 10},
+                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0,
+                              "yanchor": "top"})
     return fig
 
 
@@ -81,17 +84,30 @@ def overhead(rows: list[OverheadRow], tiers: list[str], several_runs: bool) -> g
 
 
 def startup(bars: list[PhaseBar], segments: list[str]) -> go.Figure | None:
+    """Stacked phase segments, one panel per tier with its own scale: docker's hundreds of
+    milliseconds would flatten host's and ns's few into slivers on a shared axis."""
     if not bars:
         return None
-    fig = go.Figure()
-    names = [t(bar.name) for bar in bars]
-    for index, segment in enumerate(segments):
-        fig.add_trace(go.Bar(
-            x=names, y=[bar.segments.get(segment) for bar in bars], name=t(segment),
-            marker_color=colour(index),
-            hovertemplate="%{x}<br>" + t(segment) + ": %{y:.3f} ms<extra></extra>"))
-    fig.update_layout(barmode="stack", yaxis_title="ms since the create call (medians)")
-    return _layout(fig, "Start-up phases per tier", 420)
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(bars), subplot_titles=[t(bar.name) for bar in bars],
+                        horizontal_spacing=min(0.08, 0.4 / len(bars)))
+    for column, bar in enumerate(bars, 1):
+        for index, segment in enumerate(segments):
+            value = bar.segments.get(segment)
+            if value is None:
+                continue
+            fig.add_trace(go.Bar(
+                x=[t(bar.name)], y=[value], name=t(segment), legendgroup=segment,
+                showlegend=column == 1 or all(segment not in b.segments for b in bars[:column - 1]),
+                marker_color=colour(index),
+                hovertemplate="%{x}<br>" + t(segment) + ": %{y:.3f} ms<extra></extra>"),
+                row=1, col=column)
+        fig.update_yaxes(title_text="ms since create (medians)" if column == 1 else None,
+                         rangemode="tozero", row=1, col=column)
+        fig.update_xaxes(showticklabels=False, row=1, col=column)
+    fig.update_layout(barmode="stack")
+    return _layout(fig, "Start-up phases per tier (each panel on its own scale)", 420)
 
 
 def _box_stats(values: np.ndarray) -> dict[str, float]:
@@ -109,7 +125,7 @@ def distribution(workload: str, metric: str, unit: str,
     raw = sum(len(part) for _, part in series) <= RAW_POINTS_MAX
     lows, highs = [], []
     for index, (name, part) in enumerate(series):
-        labels = part["short" if "short" in part else "label"].astype(str)
+        labels = part["short" if "short" in part else "label"]
         positive = part["value"][part["value"] > 0]
         if len(positive):
             lows.append(float(positive.min()))
@@ -147,7 +163,7 @@ def heatmaps(frame: pd.DataFrame, workload: str, metric: str, unit: str,
         axis = axes[0]
         values = sorted(frame[axis].dropna().unique(), key=axis_sort_key)
         medians = frame.groupby(["tier", axis], observed=True)["value"].median()
-        present = [tier for tier in tiers if tier in set(frame["tier"].astype(str))]
+        present = [tier for tier in tiers if tier in set(map(str, frame["tier"].unique()))]
         z = [[_nan_none(float(medians.get((tier, v), float("nan")))) for v in values]
              for tier in present]
         figures.append(_heatmap(z, [t(v) for v in values], [t(x) for x in present],
@@ -158,7 +174,7 @@ def heatmaps(frame: pd.DataFrame, workload: str, metric: str, unit: str,
     x_axis, y_axis = ranked[0], ranked[1]
     note = f" (median over {', '.join(ranked[2:])})" if len(ranked) > 2 else ""
     for tier in tiers:
-        part = frame[frame["tier"].astype(str) == tier]
+        part = frame[frame["tier"] == tier]
         if part.empty:
             continue
         xs = sorted(part[x_axis].dropna().unique(), key=axis_sort_key)
@@ -190,7 +206,7 @@ def density(frame: pd.DataFrame, workload: str, metric: str, unit: str,
     axis = max(numeric, key=lambda c: frame[c].nunique())
     fig = go.Figure()
     for index, tier in enumerate(tiers):
-        part = frame[frame["tier"].astype(str) == tier]
+        part = frame[frame["tier"] == tier]
         if part.empty:
             continue
         xs, ys, lo, hi = [], [], [], []
@@ -226,6 +242,21 @@ def trend(points: pd.DataFrame, title: str, unit: str,
                           "showarrow": False, "font": {"color": colour(index)}})
     # shapes and annotations set once: add_vline per change point is quadratic in plotly
     fig = go.Figure(traces)
-    fig.update_layout(yaxis_title=t(unit), xaxis_title="run start", shapes=shapes,
-                      annotations=notes)
+    starts = sorted(set(points["started"].astype(float)))
+    xaxis: dict[str, Any] = {"title": "run start (UTC)", "type": "date"}
+    if len(starts) <= TREND_TICKS:  # few runs: a tick at each run, never fractions of a second
+        xaxis |= {"tickmode": "array", "tickvals": [pd.to_datetime(x, unit="s") for x in starts],
+                  "ticktext": [_stamp(x) for x in starts]}
+    else:
+        xaxis |= {"tickformat": "%Y-%m-%d\n%H:%M"}
+    fig.update_layout(yaxis_title=t(unit), xaxis=xaxis, shapes=shapes, annotations=notes)
     return _layout(fig, title, 360)
+
+
+TREND_TICKS = 12
+
+
+def _stamp(seconds: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d<br>%H:%M:%S", time.gmtime(seconds))

@@ -1,4 +1,5 @@
-"""One self-contained HTML page: sections of escaped HTML plus plotly figures.
+"""One self-contained HTML page (templates/page.html.j2): sections of escaped HTML plus plotly
+figures.
 
 plotly.js goes in once (inline, or one shared file for a published site); each figure's JSON
 sits in a `<script type="application/json">` block with `<`, `>` and `&` written as JSON
@@ -15,8 +16,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from markupsafe import Markup
 from plotly.io.json import to_json_plotly
 from plotly.offline import get_plotlyjs
+
+from bench.report.templating import render
 
 TEMPLATE = "plotly_white"
 
@@ -55,6 +59,7 @@ LOADER = """
     fig.layout.template = template;
     Plotly.newPlot(s.getAttribute('data-figure'), fig.data, fig.layout, config);
   });
+  window.benchDrawnMs = performance.now();
   document.body.setAttribute('data-figures-drawn', 'yes');
 })();
 """
@@ -76,42 +81,31 @@ def script_json(data: Any) -> str:
 class Page:
     title: str
     subtitle: str = ""
-    sections: list[tuple[str, str, str]] = field(default_factory=list)  # (anchor, title, html)
+    sections: list[tuple[str, str, Markup]] = field(default_factory=list)  # anchor, title, html
     figures: int = 0
 
-    def figure(self, fig: go.Figure) -> str:
+    def figure(self, fig: go.Figure) -> Markup:
         """HTML for one figure: an empty div and its JSON (template left to the loader)."""
         self.figures += 1
-        div = f"fig{self.figures}"
         fig.layout.template = None
         data = pio.to_json(fig, validate=False, remove_uids=True)
-        return (f'<div id="{div}" class="figure"></div>'
-                f'<script type="application/json" data-figure="{div}">{script_json(data)}'
-                "</script>")
+        return render("figure.html.j2", div=f"fig{self.figures}",
+                      data=Markup(script_json(data)))  # noqa: S704 (escaped for <script>)
 
-    def add(self, anchor: str, title: str, body: str) -> None:
-        self.sections.append((anchor, title, body))
+    def add(self, anchor: str, title: str, body: Markup | str) -> None:
+        """A section; `body` is HTML from a template (Markup) or plain text (escaped)."""
+        self.sections.append((anchor, title, body if isinstance(body, Markup) else
+                              Markup(f"<p>{esc(body)}</p>")))  # noqa: S704
 
     def render(self, plotlyjs: str = "inline") -> str:
         """The page; `plotlyjs` is "inline" or a relative URL of a shared plotly.min.js."""
         template = pio.templates[TEMPLATE].to_plotly_json()
-        if plotlyjs == "inline":
-            library = f"<script>{get_plotlyjs()}</script>"
-        else:
-            library = f'<script src="{esc(plotlyjs)}"></script>'
-        nav = "".join(f'<a href="#{esc(a)}">{esc(title)}</a>' for a, title, _ in self.sections)
-        body = "".join(f'<section id="{esc(a)}"><h2>{esc(title)}</h2>{content}</section>'
-                       for a, title, content in self.sections)
-        return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{esc(self.title)}"
-            f"</title><style>{CSS}</style>{library}</head><body>"
-            f"<header><h1>{esc(self.title)}</h1><p>{esc(self.subtitle)}</p></header>"
-            f"<nav>{nav}</nav><main>{body}</main>"
-            f'<script type="application/json" id="bench-template">'
-            f"{script_json(to_json_plotly(template))}</script>"
-            f"<script>{LOADER}</script></body></html>\n"
-        )
+        return str(render(
+            "page.html.j2", title=self.title, subtitle=self.subtitle, sections=self.sections,
+            plotlyjs=plotlyjs, css=Markup(CSS),  # noqa: S704 (constants)
+            library=Markup(get_plotlyjs()) if plotlyjs == "inline" else "",  # noqa: S704
+            template_json=Markup(script_json(to_json_plotly(template))),  # noqa: S704
+            loader=Markup(LOADER))) + "\n"  # noqa: S704
 
 
 def write_plotlyjs(path: Any) -> None:

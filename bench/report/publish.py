@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from markupsafe import Markup
 from sqlalchemy.engine import Engine
 
 from bench.analysis import history
+from bench.analysis.history_schema import RunRow
 from bench.report import figures, write
-from bench.report.page import Page, esc, write_plotlyjs
+from bench.report.page import Page, write_plotlyjs
+from bench.report.templating import render as template
 
 MAX_TRENDS = 60
 
@@ -69,22 +72,15 @@ def publish(engine: Engine, out: Path, force: bool = False, min_effect: float = 
     return Published(index, written, kept, len(stored), time.monotonic() - started)
 
 
-def _alarms(alarms: list[history.Alarm], window: int, threshold: float) -> str:
-    if not alarms:
-        return (f"<p>No series got worse by more than {threshold:.0%} within the last {window} "
-                "runs.</p>")
-    rows = "".join(
-        f"<tr><td>{esc(a.series.name)}</td><td><a href=\"runs/{esc(page_name(a.run_id))}\">"
-        f"{esc(a.run_id)}</a></td><td class=num>{a.change.before:.4g}</td>"
-        f"<td class=num>{a.change.after:.4g}</td><td class=\"num slower\">{a.slowdown:+.1%}</td>"
-        "</tr>" for a in alarms)
-    return ("<table><tr><th>series</th><th>first run after the shift</th><th>before</th>"
-            f"<th>after</th><th>slower by</th></tr>{rows}</table>")
+def _alarms(alarms: list[history.Alarm], window: int, threshold: float) -> Markup:
+    return template("alarms.html.j2", alarms=alarms, window=window, threshold=threshold,
+                    page_name=page_name)
 
 
-def _trends(page: Page, all_series: list[history.Series]) -> str:
+def _trends(page: Page, all_series: list[history.Series]) -> Markup:
     if not all_series:
-        return "<p>No samples stored yet: `bench history ingest RUN`.</p>"
+        return template("note.html.j2", warning=False,
+                        text="No samples stored yet: `bench history ingest RUN`.")
     by_metric: dict[tuple[str, str, str], list[history.Series]] = {}
     for s in all_series:
         by_metric.setdefault((s.workload, s.metric, s.unit), []).append(s)
@@ -98,19 +94,10 @@ def _trends(page: Page, all_series: list[history.Series]) -> str:
                              for c in s.changes]
         fig = figures.trend(pd.concat(frames), f"{workload}: {metric}", unit, changes)
         parts.append(page.figure(fig))
-    note = "<p class=muted>Per-run medians; dashed lines mark change points (PELT, see " \
-           "bench/analysis/changepoint.py) with the relative change of the level.</p>"
-    return note + "".join(parts)
+    return template("figures.html.j2", figures=parts, empty="", note="",
+                    intro="Per-run medians; dashed lines mark change points (PELT, see "
+                          "bench/analysis/changepoint.py) with the relative change of the level.")
 
 
-def _runs(stored: list[history.RunRow]) -> str:
-    rows = "".join(
-        f"<tr><td><a href=\"runs/{esc(page_name(r.run_id))}\">{esc(r.run_id)}</a></td>"
-        f"<td>{esc(r.host)}</td><td>{esc(r.scenario)}</td>"
-        f"<td>{esc(time.strftime('%Y-%m-%d %H:%M', time.gmtime(r.started_at)))}</td>"
-        f"<td>{esc(r.status)}</td><td>{esc(r.tiers)}</td><td class=num>{r.samples:,}</td>"
-        f"<td class=num>{len(r.failures)}</td></tr>"
-        for r in reversed(stored))
-    return ("<table><tr><th>run</th><th>host</th><th>scenario</th><th>started (UTC)</th>"
-            "<th>status</th><th>tiers</th><th>samples</th><th>failed runs</th></tr>"
-            f"{rows}</table>")
+def _runs(stored: list[RunRow]) -> Markup:
+    return template("history_runs.html.j2", stored=list(reversed(stored)), page_name=page_name)

@@ -42,7 +42,7 @@ def tier_order(runs: list[Run]) -> list[str]:
     for run in runs:
         for tier in run.manifest.get("tiers", []):
             seen[str(tier)] = None
-        for tier in run.frame["tier"].astype(str).unique() if not run.frame.empty else []:
+        for tier in run.frame["tier"].unique() if not run.frame.empty else []:
             seen[str(tier)] = None
     present = {str(t) for run in runs if not run.frame.empty for t in run.frame["tier"].unique()}
     return [t for t in seen if t in present]
@@ -91,15 +91,17 @@ def startup_phases(runs: list[Run], tiers: list[str]) -> tuple[list[PhaseBar], l
         frame = run.frame
         if frame.empty:
             continue
-        starts = frame[(frame["workload"].map(lambda w: family(str(w))).astype(str) == "startup")
+        starts = frame[(frame["workload"].map(lambda w: family(str(w))) == "startup")
                        & frame["meta.phases_ms"].notna()]
         starts = starts.drop_duplicates(["tier", "label", "repetition"])
-        for tier in tiers:
-            rows = [p for p in starts.loc[starts["tier"].astype(str) == tier, "meta.phases_ms"]
-                    if isinstance(p, dict) and p]
+        warm = starts["meta.start_mode"] == "warm"  # a start mode of its own: its own bar
+        for tier, mode in ((t, m) for t in tiers for m in ("new", "warm")):
+            pick = (starts["tier"] == tier) & (warm if mode == "warm" else ~warm)
+            rows = [p for p in starts.loc[pick, "meta.phases_ms"] if isinstance(p, dict) and p]
             if not rows:
                 continue
-            name = tier if len(runs) == 1 else f"{tier} · {run.run_id}"
+            name = tier + (" warm" if mode == "warm" else "")
+            name = name if len(runs) == 1 else f"{name} · {run.run_id}"
             per_bar.append((name, rows))
             for phases in rows:
                 for phase, at in phases.items():
@@ -121,26 +123,29 @@ def startup_phases(runs: list[Run], tiers: list[str]) -> tuple[list[PhaseBar], l
 
 def swept_axes(frame: pd.DataFrame) -> list[str]:
     """Parameter and tunable columns that take more than one value in `frame`."""
+    cells = frame.drop_duplicates("cell")  # parameters are per cell: look at each cell once
     axes = []
-    for column in frame.columns:
+    for column in cells.columns:
         if column.startswith(("param.", "tunable.")) \
-                and frame[column].dropna().astype(str).nunique() > 1:
+                and cells[column].dropna().astype(str).nunique() > 1:
             axes.append(column)
     return axes
 
 
 def short_labels(frame: pd.DataFrame) -> pd.Series:
     """Per row, only what tells its cell apart from the others in `frame` (e.g. "rw=read,
-    direct=True"), or the workload's name when nothing does."""
+    direct=True"), or the workload's name when nothing does (computed once per cell)."""
     axes = swept_axes(frame)
+    cells = frame.drop_duplicates("cell")
     if not axes:
-        return frame["workload"].astype(str)
-    joined = None
-    for axis in axes:
-        name = axis.split(".", 1)[1]
-        part = name + "=" + frame[axis].astype(str)
-        joined = part if joined is None else joined + ", " + part
-    return joined
+        short = cells["workload"].astype(str)
+    else:
+        short = None
+        for axis in axes:
+            part = axis.split(".", 1)[1] + "=" + cells[axis].astype(str)
+            short = part if short is None else short + ", " + part
+    lookup = dict(zip(cells["cell"], short, strict=True))
+    return frame["cell"].map(lookup)
 
 
 def axis_sort_key(value: Any) -> tuple[int, Any]:

@@ -46,6 +46,8 @@ class Plan:
     cells: list[PlannedCell]
     runs: list[PlannedRun]
     skipped_tiers: dict[str, str]
+    # "tier/workload" -> why that workload takes no part on that tier (Workload.not_on)
+    skipped_cells: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def estimate_seconds(self) -> float:
         return sum(run.cell.estimate_s for run in self.runs)
@@ -62,6 +64,8 @@ def cells_of(scenario: Scenario, tiers: list[str]) -> list[PlannedCell]:
             if override and entry.workload in override.skip:
                 continue
             workload = WORKLOADS[entry.workload]
+            if tier in workload.not_on:
+                continue
             for combo in entry.combinations():
                 params = workload.parse_params(combo)
                 estimate = workload.estimate_seconds(params) + \
@@ -91,7 +95,10 @@ def expand(scenario: Scenario, tiers: list[str], skipped: dict[str, str] | None 
             repetition = round_no - planned.warmup
             key = f"{planned.cell.key}#{repetition}"
             runs.append(PlannedRun(len(runs), planned, repetition, key))
-    return Plan(cells, runs, dict(skipped or {}))
+    not_here = {f"{tier}/{e.workload}": WORKLOADS[e.workload].not_on[tier]
+                for tier in tiers for e in scenario.workloads
+                if tier in WORKLOADS[e.workload].not_on}
+    return Plan(cells, runs, dict(skipped or {}), not_here)
 
 
 def add_round(plan: Plan, due: list[tuple[PlannedCell, int]], seed: int) -> list[PlannedRun]:

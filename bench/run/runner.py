@@ -11,13 +11,11 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -30,14 +28,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.core import faults, hostinfo, image, runlock
+from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
-from bench.core.settings import settings
-from bench.run import adaptive
+from bench.run import adaptive, kills
 from bench.run import plan as planning
 from bench.run import switches as switching
+from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
 from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
@@ -48,8 +46,7 @@ from bench.workloads.base import RunContext
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def work_root() -> Path:
-    return settings().work_dir
+work_root = hostlock.work_root
 
 
 @dataclass
@@ -102,7 +99,9 @@ def select_tiers(scenario: Scenario, only: Sequence[str] = ()) -> tuple[list[str
 
 class Runner:
     def __init__(self, scenario: Scenario, scenario_text: str, rundir: RunDir,
-                 tiers: list[str], skipped: dict[str, str], console: Console) -> None:
+                 tiers: list[str], skipped: dict[str, str], console: Console,
+                 clock: PhaseClock | None = None) -> None:
+        self.clock = clock or PhaseClock()
         self.scenario = scenario
         self.scenario_text = scenario_text
         self.rundir = rundir
@@ -160,6 +159,7 @@ class Runner:
                          "seed": self.scenario.seed},
             "tiers": self.tier_names,
             "skipped_tiers": self.plan.skipped_tiers,
+            "skipped_cells": self.plan.skipped_cells,
             "plan": {"cells": len(self.plan.cells), "runs": len(self.plan.runs),
                      "estimate_s": round(self.plan.estimate_seconds(), 1)},
         }
@@ -173,8 +173,7 @@ class Runner:
         todo = [r for r in self.plan.runs if r.key not in done_keys]
         outcome = Outcome(self.rundir, total=len(self.plan.runs), done=len(done_keys),
                           skipped_tiers=self.plan.skipped_tiers)
-        live = runlock.hold(self.rundir.run_id)  # others' cleanups spare this run
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.run_lock = hostlock.RunLock(self.rundir.run_id)  # spared by others' cleanups
         stopped: BenchError | None = None  # the results disk filled up
         failing = False  # another error is on its way out: nothing below may mask it
         with _sigterm_as_interrupt():
@@ -196,7 +195,8 @@ class Runner:
                 raise
             finally:
                 try:
-                    self._teardown()
+                    with self.clock.phase("teardown"):
+                        self._teardown()
                     self._finish_tuning(failing or stopped is not None)
                 except KeyboardInterrupt:
                     outcome.interrupted = True
@@ -206,7 +206,8 @@ class Runner:
                 try:
                     self.rundir.update_manifest(status=status, finished_at=time.time(),
                                                 tier_metadata={n: t.metadata()
-                                                               for n, t in self.tiers.items()})
+                                                               for n, t in self.tiers.items()},
+                                                phases_s=self.clock.as_dict())
                 except OSError as exc:
                     if failing or stopped is not None:
                         self._say(f"could not mark the run {status} in "
@@ -215,8 +216,6 @@ class Runner:
                         stopped = self._results_full(exc)
                     else:
                         raise
-                finally:
-                    runlock.release(self.rundir.run_id, live)
         if stopped is not None:
             raise stopped
         return outcome
@@ -226,13 +225,18 @@ class Runner:
 
     def _finish_tuning(self, quiet: bool) -> None:
         """Restore tunables and remove cache devices; when the run is already failing, a
-        failure to note that in the manifest (a full disk) must not hide the first error."""
+        failure to note that in the manifest (a full disk) must not hide the first error.
+        Then the work directory goes, and the run's liveness lock with it."""
         try:
             self.tuning.finish()
         except OSError as exc:
             if not quiet:
                 raise
             self._say(f"tuning state could not be written to the manifest: {exc}")
+        finally:
+            run_lock = getattr(self, "run_lock", None)
+            if run_lock is not None:
+                run_lock.release()
 
     def _results_full(self, exc: OSError) -> BenchError:
         return BenchError(
@@ -245,11 +249,14 @@ class Runner:
 
     def _prepare_tiers(self, img: image.Image) -> None:
         for name in self.tier_names:
+            if not any(c.cell.tier == name for c in self.plan.cells):
+                continue  # every workload here takes no part on it (Workload.not_on)
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
             self.tiers[name] = tier
-            tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
+            with self.clock.phase(f"prepare {name}"):
+                tier.prepare(TierContext(self.rundir.run_id, img, tier_dir, self.rundir.raw))
 
     def _adapt(self, outcome: Outcome) -> None:
         """Adaptive repetitions: more rounds for cells whose CI is wider than `target_ci`."""
@@ -268,7 +275,6 @@ class Runner:
             except Exception as exc:  # report, and keep tearing the others down
                 self.console.print(f"[red]cleanup of tier {tier.name} failed: {exc}; "
                                    "run `bench cleanup`[/red]")
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _loop(self, todo: list[planning.PlannedRun], outcome: Outcome) -> None:
         total_estimate = sum(r.cell.estimate_s for r in self.plan.runs)
@@ -283,7 +289,8 @@ class Runner:
                 label = planned.cell.cell
                 progress.update(task, description=f"{label.tier:6} {label.label[:48]:48}"
                                 + (" (warm-up)" if planned.warmup else ""))
-                record = self._run_one(planned)
+                with self.clock.phase(f"runs {label.tier}"):
+                    record = self._run_one(planned)
                 self.rundir.add_record(record)
                 outcome.done += 1
                 if record.status != "ok":
@@ -309,18 +316,26 @@ class Runner:
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             faults.point("workload.running")
-            if self.scenario.switches:
-                measurements = self._switch_run(ctx, workload, params, planned)
-            else:
-                measurements = workload.run(ctx, params)
+            before = kills.snapshot(instance)
+            try:
+                if self.scenario.switches:
+                    measurements = self._switch_run(ctx, workload, params, planned)
+                else:
+                    measurements = workload.run(ctx, params)
+            except (CommandError, CommandTimeout) as exc:  # say what killed it, when known
+                explained = kills.explain(exc, before, kills.snapshot(instance),
+                                          self.scenario.limits, cell.workload, cell.label,
+                                          timeout)
+                if explained is exc:
+                    raise
+                raise explained from exc
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                 raise  # our disk is full, not the workload failing: the run stops
-            status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
-            stderr = getattr(exc, "stderr", "") or ""
-            if isinstance(exc, CommandError | CommandTimeout):
-                stderr = exc.stderr
+            cause = exc.__cause__ if isinstance(exc.__cause__, CommandTimeout) else exc
+            status = "timeout" if isinstance(cause, CommandTimeout) else "failed"
+            stderr = getattr(exc, "stderr", "") or getattr(exc.__cause__, "stderr", "") or ""
             return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                              status=status, seconds=time.monotonic() - started,
                              error=str(exc), stderr=stderr[-4000:],

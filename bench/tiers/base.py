@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,48 @@ class Availability:
     fix: str = ""
 
 
+@dataclass(frozen=True)
+class HostMemory:
+    """Memory of a set of host processes: resident set size, and proportional set size where
+    it can be read (None otherwise: RSS counts shared pages in full, so it is no stand-in)."""
+
+    rss: int
+    pss: int | None
+    processes: int
+
+
+def host_memory(pids: list[int]) -> HostMemory:
+    """The RSS and PSS of `pids`. A process that is gone holds nothing; one whose memory
+    cannot be read at all is an error, never left out of the sum."""
+    import psutil
+
+    from bench.core.errors import BenchError
+
+    pss: int | None = 0
+    rss = count = 0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            resident = int(proc.memory_info().rss)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error as exc:
+            raise BenchError(f"Cannot read the memory of process {pid}: {exc}; a sum without "
+                             "it would be too small.",
+                             "run bench as root, or on a host without hidepid on /proc.") from exc
+        try:
+            proportional = int(proc.memory_full_info().pss)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:  # smaps_rollup needs ptrace access; statm does not
+            pss = None
+        else:
+            pss = None if pss is None else pss + proportional
+        rss += resident
+        count += 1
+    return HostMemory(rss, pss, count)
+
+
 @dataclass
 class InstanceSpec:
     """What to start. `command` None means a long-lived instance driven through `exec`."""
@@ -33,9 +76,28 @@ class InstanceSpec:
     command: list[str] | None = None
     network: NetworkMode = "bridge"
     scratch: ScratchMode = "overlay"
+    # Safety limits for an antagonist (fork storm, memory hog), kept even where the tier
+    # isolates nothing: the host tier runs the instance's processes in a cgroup of bench's own
+    # with them; an isolating tier gets them merged into `limits` (see guarded()).
+    guard: Limits | None = None
     # the largest limits live switches will set (a VM boots with that many vCPUs and that much
     # RAM behind a balloon; a container joins those controllers); None: no switches planned
     ceiling: Limits | None = None
+
+
+def tighter(limits: Limits, guard: Limits) -> Limits:
+    """`limits` with every limit of `guard` that is unset or looser there."""
+    update = {}
+    for key, value in guard.model_dump(exclude_none=True).items():
+        mine = getattr(limits, key)
+        if mine is None or (key != "cpuset" and value < mine):  # a cpuset is not ordered
+            update[key] = value
+    return limits.model_copy(update=update)
+
+
+def guarded(spec: InstanceSpec, guard: Limits) -> InstanceSpec:
+    """`spec` with safety limits: as a guard (host tier) and within its limits (the others)."""
+    return dataclasses.replace(spec, limits=tighter(spec.limits, guard), guard=guard)
 
 
 @dataclass
@@ -78,9 +140,14 @@ class Phases:
     """Start-up phase timestamps, seconds on the host's CLOCK_MONOTONIC."""
 
     stamps: dict[str, float] = field(default_factory=dict)
+    omitted: dict[str, str] = field(default_factory=dict)  # phase -> why it has no stamp
 
     def mark(self, name: str, at: float | None = None) -> None:
         self.stamps[name] = time.monotonic() if at is None else at
+
+    def omit(self, name: str, why: str) -> None:
+        """A phase this instance cannot stamp on the host's clock (never a guess)."""
+        self.omitted[name] = why
 
 
 class Background(ABC):
@@ -110,6 +177,10 @@ class Instance(ABC):
         self.spec = spec
         self.phases = Phases()
 
+    def go(self) -> None:
+        """Start the command of an instance from `Tier.start_prepared` (marks phase `go`)."""
+        raise NotImplementedError("only a prepared instance (warm start) waits for go")
+
     @abstractmethod
     def exec(self, argv: list[str], timeout: float) -> Completed:
         """Run argv inside and wait for it; raises CommandError/CommandTimeout."""
@@ -134,6 +205,11 @@ class Instance(ABC):
     def read_file(self, path: str) -> bytes:
         """Copy a file out of the instance."""
 
+    def cgroup_pid(self) -> int | None:
+        """A host pid in the instance's control groups (its limits' counters are read there);
+        None where the limits are not host cgroups (a VM's guest, the host tier)."""
+        return None
+
     @abstractmethod
     def stop(self) -> None:
         """Stop and remove everything this instance made. Idempotent."""
@@ -144,6 +220,16 @@ class Instance(ABC):
 
     def memory_bytes(self) -> int | None:
         """Memory its cgroup charges to this instance, where the tier accounts it (density)."""
+        return None
+
+    def memory_report(self) -> dict[str, int]:
+        """What the tier itself reports of the instance's memory, in bytes, by the tier's own
+        names (cgroup memory.stat, docker stats, libvirt memory stats); {} if nothing."""
+        usage = self.memory_bytes()
+        return {} if usage is None else {"usage": usage}
+
+    def host_pids(self) -> set[int] | None:
+        """The instance's processes as host PIDs, where the host can see them (their PSS)."""
         return None
 
     def metadata(self) -> dict[str, Any]:
@@ -177,6 +263,7 @@ class Tier(ABC):
     description: ClassVar[str]
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages `bench setup` installs for it
     start_estimate_s: ClassVar[float] = 0.0  # typical start()+stop() of one instance (plans)
+    applies_limits: ClassVar[bool] = True  # False: the scenario's limits are not enforced
     # the limits an instance of this tier can change while it runs (Instance.switch)
     live_switches: ClassVar[frozenset[str]] = frozenset()
     # capabilities, read by the planner, the tuner and the analysis instead of tier names
@@ -189,8 +276,10 @@ class Tier(ABC):
     # "": not at all
     cache_devices: ClassVar[str] = ""
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
-        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance`."""
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
+        """For cache_devices == "guest": a bench.tune.cache CacheLab inside `instance` that
+        can build the cache setups `names`."""
         raise NotImplementedError(f"the {self.name} tier builds no cache setups")
 
     def ensure_running(self) -> list[str]:
@@ -208,6 +297,14 @@ class Tier(ABC):
     @abstractmethod
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
+
+    # `start_prepared`: an instance built up to its command (namespaces, cgroup, root ready),
+    # the command started into it on demand (`Instance.go`): the warm start mode
+    warm_start: ClassVar[bool] = False
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        """An instance ready to run `spec.command` once `go()` is called (warm_start tiers)."""
+        raise NotImplementedError(f"the {self.name} tier has no warm start mode")
 
     def timeout_factor(self) -> float:
         """How many times slower than the host this tier may run a workload (after prepare;
@@ -235,10 +332,18 @@ class Tier(ABC):
         """Remove leftovers of a run (all runs if None) after a crash; return what was removed."""
         return []
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """Memory of the tier's own host processes (daemons, shims), for density; None if the
-        tier has none or cannot see them."""
+        tier has none or cannot see them. Raises BenchError if it can read only some."""
         return None
+
+    def layer_lab(self) -> Any:
+        """The tier's way of measuring image layers (bench.tiers.layered.LayerLab), made on
+        first use this run and removed by `finish`. Tiers without layered roots have none."""
+        from bench.core.errors import BenchError
+
+        raise BenchError(f"Tier {self.name} has no image layers.",
+                         "run the image workload on a tier with layered roots (docker, ns).")
 
     def metadata(self) -> dict[str, Any]:
         return {}

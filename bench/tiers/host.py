@@ -1,8 +1,13 @@
 """The host tier: bare metal. Workloads run from the bench image's root through chroot only:
-no namespaces, no cgroup limits, the host's network (loopback)."""
+no namespaces, no cgroup limits, the host's network (loopback).
+
+The one exception is safety: an instance started with a `guard` (an antagonist: fork storm,
+memory hog) runs every process in a cgroup of bench's own, `bench-guard/<run-id>/<name>`,
+limited by the guard and removed (its processes killed) when the instance stops."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
-from bench.core.errors import CommandTimeout
+from bench.core import hostlock, procs, safefs
+from bench.core.errors import BenchError, CommandTimeout
 from bench.core.procs import Completed
-from bench.core.settings import settings
-from bench.kernel import sysmount
+from bench.kernel import cgroups, sysmount
 from bench.tiers.base import (
     Availability,
     Background,
@@ -29,8 +33,17 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
        "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
 
 
-def _chroot_into(root: Path) -> Any:
+GUARD_ROOT = "bench-guard"
+
+
+def _chroot_into(root: Path, join: list[str] | None = None) -> Any:
     def enter() -> None:
+        for path in join or ():  # the guard's cgroup first: everything forked after is in it
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         os.chroot(root)
         os.chdir("/")
 
@@ -46,10 +59,21 @@ class HostInstance(Instance):
         self.proc: subprocess.Popen[str] | None = None
         self._output = ""
         self._spawned = 0
+        self.guard: cgroups.Cgroup | None = None
+
+    def confine(self, hierarchies: cgroups.Hierarchies, rel: str) -> None:
+        """Put this instance's processes in a new cgroup limited by the spec's guard."""
+        assert self.spec.guard is not None
+        self.guard = cgroups.Cgroup(hierarchies, rel, cgroups.controllers_for(self.spec.guard))
+        self.guard.create(self.spec.guard)
+
+    def _enter(self) -> Any:
+        join = [str(p) for p in self.guard.join_files] if self.guard is not None else None
+        return _chroot_into(self.root, join)
 
     def launch(self) -> None:
         assert self.spec.command is not None
-        self.phases.mark("create")
+        self.phases.mark("go" if "create" in self.phases.stamps else "create")
         # The start-up baseline: a plain spawn of chroot(8), which enters the image and execs
         # the command. No preexec hook, so Python can vfork instead of copying its own memory.
         chroot = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -59,13 +83,17 @@ class HostInstance(Instance):
         )
         self.phases.mark("started")  # Popen returns once exec has succeeded in the child
 
+    def go(self) -> None:
+        """A warm start on the host: there is nothing to prepare, so it is the plain spawn."""
+        self.launch()
+
     def exec(self, argv: list[str], timeout: float) -> Completed:
-        return procs.run(argv, timeout=timeout, env=ENV, preexec=_chroot_into(self.root))
+        return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter())
 
     def spawn(self, argv: list[str]) -> Background:
         self._spawned += 1
         log = self.workdir / f"{self.spec.role}-bg-{self._spawned}.log"
-        proc = procs.spawn(argv, env=ENV, preexec=_chroot_into(self.root), stdout_path=str(log))
+        proc = procs.spawn(argv, env=ENV, preexec=self._enter(), stdout_path=str(log))
         return ProcessBackground(proc, log)
 
     def address(self) -> str:
@@ -87,29 +115,40 @@ class HostInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        inside = (self.root / path.lstrip("/")).resolve()
-        if not str(inside).startswith(str(self.root.resolve())):
-            raise ValueError(f"{path} leaves the instance's root")
-        return inside.read_bytes()
+        return safefs.read_in_root(self.root, path)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.guard is not None:
+            self.guard.remove()  # kills what is left in it
+            self.guard = None
         if "removed" not in self.phases.stamps and self.proc is not None:
             self.phases.mark("removed")
 
+    def memory_bytes(self) -> int | None:
+        return self.guard.memory_bytes() if self.guard is not None else None
+
+    def host_pids(self) -> set[int] | None:
+        return self.guard.procs() if self.guard is not None else None
+
     def metadata(self) -> dict[str, Any]:
         fs = sysmount.filesystem_of(self.scratch_host)
-        return {"network_path": "loopback", "scratch_fs": fs["fstype"],
-                "scratch_device": fs["device"], "scratch_mode": "bind"}
+        found = {"network_path": "loopback", "scratch_fs": fs["fstype"],
+                 "scratch_device": fs["device"], "scratch_mode": "bind"}
+        if self.spec.guard is not None:
+            found["guard"] = self.spec.guard.model_dump(exclude_none=True)
+        return found
 
 
 class HostTier(Tier):
     name = "host"
     is_baseline = True
+    warm_start = True  # nothing to prepare: its warm start is the plain spawn, from go
     own_netns = False
     description = "bare metal: the bench image's root through chroot, no isolation, no limits"
+    applies_limits = False
     cache_devices = "host"
 
     def available(self) -> Availability:
@@ -123,6 +162,7 @@ class HostTier(Tier):
         self.scratch = ctx.workdir / "host-scratch"
         self.root.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
+        self.guards = 0
         try:
             sysmount.bind(ctx.image.rootfs, self.root, readonly=True)
             sysmount.mount("proc", self.root / "proc", "proc",
@@ -137,6 +177,10 @@ class HostTier(Tier):
 
     def start(self, spec: InstanceSpec) -> Instance:
         instance = HostInstance(spec, self.root, self.ctx.workdir, self.scratch)
+        if spec.guard is not None:
+            self.guards += 1
+            instance.confine(cgroups.detect(),
+                             f"{GUARD_ROOT}/{self.ctx.run_id}/{spec.role}-{self.guards}")
         if spec.command is not None:
             instance.launch()
         else:
@@ -144,7 +188,14 @@ class HostTier(Tier):
             instance.phases.mark("ready")
         return instance
 
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        instance = HostInstance(spec, self.root, self.ctx.workdir, self.scratch)
+        instance.phases.mark("create")
+        return instance
+
     def finish(self) -> None:
+        if hasattr(self, "ctx"):
+            self._remove_guards(self.ctx.run_id)
         if hasattr(self, "root"):
             sysmount.unmount_all(self.root)
             deadline = time.monotonic() + 5
@@ -155,10 +206,22 @@ class HostTier(Tier):
                 shutil.rmtree(self.root, ignore_errors=True)
 
     def cleanup(self, run_id: str | None) -> list[str]:
-        base = settings().work_dir
-        removed = []
-        for work in sorted(base.glob(run_id or "*")):
+        removed = self._remove_guards(run_id)
+        for work in hostlock.run_dirs(run_id):
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
+        return removed
+
+    @staticmethod
+    def _remove_guards(run_id: str | None) -> list[str]:
+        try:
+            hierarchies = cgroups.detect()
+        except BenchError:
+            return []
+        rel = f"{GUARD_ROOT}/{run_id}" if run_id else GUARD_ROOT
+        removed = [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+        for root in hierarchies.unique_roots:  # the shared parent, once no run uses it
+            with contextlib.suppress(OSError):
+                (root / GUARD_ROOT).rmdir()
         return removed
 
     def metadata(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ into a value, `render` turns a value into the text to write.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,13 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.core import shipped, yamlio
 from bench.core.errors import BenchError
-from bench.core.settings import settings
 
 Value = int | str | list[int]
 Scope = Literal["host-global", "per-device", "per-netns", "guest-local"]
 KNOWN_TIERS = ("host", "ns", "docker", "kvm")
 PATH_PREFIXES = ("/proc/sys/", "/sys/")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9_.+{}/-]+$")
+# The only subtrees a catalog may name: the kernel's VM and network buffer knobs, THP and a
+# block queue. Nothing under /proc/sys/kernel (core_pattern, modprobe), no uevent_helper.
+ALLOWED = re.compile(r"^(/proc/sys/vm/[a-z_]+|/proc/sys/net/(core|ipv4)/[a-z_]+"
+                     r"|/sys/kernel/mm/transparent_hugepage/[a-z_]+"
+                     r"|/sys/block/\{device\}/queue/[a-z_]+)$")
+# Where those paths may lead once the kernel's symlinks are resolved (a block queue lives under
+# /sys/devices); checked again on the real path before every write.
+ALLOWED_RESOLVED = re.compile(r"^(/proc/sys/vm/[a-z_]+|/proc/sys/net/(core|ipv4)/[a-z_]+"
+                              r"|/sys/kernel/mm/transparent_hugepage/[a-z_]+"
+                              r"|/sys/(block|devices)/[A-Za-z0-9_.:/-]+/queue/[a-z_]+)$")
 
 
 class TuneError(BenchError):
@@ -67,6 +78,10 @@ class Tunable(BaseModel):
         placeholders = re.findall(r"{[^}]*}", path)
         if any(p != "{device}" for p in placeholders):
             raise ValueError(f"{path!r}: the only placeholder allowed is {{device}}")
+        if not ALLOWED.match(path):
+            raise ValueError(f"{path!r} is outside what bench may write (/proc/sys/vm, "
+                             "/proc/sys/net/core, /proc/sys/net/ipv4, "
+                             "/sys/kernel/mm/transparent_hugepage, /sys/block/{device}/queue)")
         return path
 
     @field_validator("tiers")
@@ -141,7 +156,8 @@ class Tunable(BaseModel):
             return f"needs {self.length} integers"
         if self.type == "int" and not isinstance(value, int):
             return "needs an integer"
-        assert self.valid is not None and self.safe is not None
+        if self.valid is None or self.safe is None:  # the model validator requires both
+            return "has no valid and safe range in the catalog"
         for number in numbers:
             if not isinstance(number, int) or isinstance(number, bool):
                 return "needs integers"
@@ -260,8 +276,39 @@ class Catalog(BaseModel):
 
 
 def tuning_dir() -> Path:
-    """$BENCH_TUNING_DIR, else the package's own catalog and recipes (never ./tuning)."""
-    return settings().tuning_dir or shipped.data_dir("tuning")
+    """The tunables catalog and cache recipes shipped with this bench (beside the package).
+    Never the current directory or an environment variable: the catalog decides what root
+    writes; another one is only taken when given explicitly (`--catalog`) and trusted."""
+    return shipped.data_dir("tuning")
+
+
+def check_trusted(path: Path) -> Path:
+    """`path` and every directory above it must be owned by root and writable by nobody else
+    (a root-owned sticky directory such as /tmp may be an ancestor), else TuneError."""
+    path = Path(os.path.abspath(path))
+    current = path
+    while True:
+        try:
+            st = os.lstat(current)
+        except OSError as exc:
+            raise TuneError(f"Cannot read the catalog {path}: {exc.strerror}.",
+                            "give the path of an existing tunables.yaml.") from None
+        problem = ""
+        if stat.S_ISLNK(st.st_mode):
+            problem = "is a symlink"
+        elif st.st_uid != 0:
+            problem = f"belongs to uid {st.st_uid}, not root"
+        elif st.st_mode & 0o022 and not (current != path and st.st_mode & stat.S_ISVTX):
+            problem = f"is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+        if problem:
+            raise TuneError(
+                f"The catalog {path} is not trusted: {current} {problem}. The catalog decides "
+                "what bench writes as root, so anyone who can change it controls the host.",
+                "keep the catalog in a root-owned directory (chown root: / chmod go-w), or "
+                "use the shipped one (drop --catalog).")
+        if current.parent == current:
+            return path
+        current = current.parent
 
 
 def parse_catalog(text: str, source: str) -> Catalog:
@@ -289,10 +336,13 @@ def _load_cached(path: str, mtime: float) -> Catalog:
 
 
 def load(path: Path | None = None) -> Catalog:
+    """The shipped catalog, or the explicitly given `path` once it is trusted."""
+    if path is not None:
+        check_trusted(path)
     path = path or tuning_dir() / "tunables.yaml"
     try:
         mtime = path.stat().st_mtime
     except OSError as exc:
         raise TuneError(f"Cannot read the tunables catalog {path}: {exc.strerror}.",
-                        "set BENCH_TUNING_DIR to the directory holding tunables.yaml.") from None
+                        "reinstall bench (its tuning/ directory is missing).") from None
     return _load_cached(str(path), mtime)

@@ -36,6 +36,7 @@ from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
 from bench.tune import sweep as sweep_mod
 from bench.tune.cache import CacheLab
+from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.catalog import Tunable, TuneError
 from bench.tune.sysfs import HostFs, InstanceFs, block_device_of
 from bench.tune.tuner import Change, Tuner, key_text, recover
@@ -69,7 +70,7 @@ class TuningHook:
         self.lab: CacheLab | None = None
         self.bound: dict[str, str] = {}  # tier -> cache setup mounted over its scratch
         self._bound_paths: dict[str, Path] = {}
-        self.guest_lab: tuple[Instance, CacheLab] | None = None  # the current guest's lab
+        self.guest_lab: tuple[Instance, GivenDevicesLab] | None = None  # the current guest's lab
         self._lab_of: dict[str, CacheLab] = {}  # cell key -> the lab its setup is in
         self._counters: dict[str, dict[str, int]] = {}
         self._applied: dict[str, dict[str, Any]] = {}
@@ -137,7 +138,11 @@ class TuningHook:
                 restored = [str(c) for c in self.host.restore_all()]
             except BenchError as exc:
                 problems.append(exc.cause)
-        removed = self.lab.destroy() if self.lab is not None else []
+        removed: list[str] = []
+        try:
+            removed = self.lab.destroy() if self.lab is not None else []
+        except BenchError as exc:  # a failed removal is a problem, never counted as removed
+            problems.append(exc.cause)
         self.guest_lab = None
         self._lab_of.clear()
         if self.journal is not None:
@@ -231,7 +236,7 @@ class TuningHook:
                 "scratch_device": built.top, "scratch_fs": "ext4", "scratch_mode": "cache setup",
                 "cache": {**built.details, "setup": cell.cache, "state": self.spec.cache_state
                           if self.spec else "cold", "dirty_left_after_drain": left,
-                          "counters": {k: v - before.get(k, 0) for k, v in now.items()}},
+                          "counters": {k: v - before[k] for k, v in now.items() if k in before}},
             })
         return meta
 
@@ -300,13 +305,16 @@ class TuningHook:
         """Build the setup inside the instance, on the disks its tier hot-plugs into it."""
         self._lab_of.pop(cell.key, None)
         if cell.cache == "none":
+            if self.guest_lab is not None and self.guest_lab[0] is instance:
+                self.guest_lab[1].unbind()  # the cell runs on the instance's own scratch
             return
         if instance is None:
             raise TuneError(f"Cache setup {cell.cache} needs an instance of the {cell.tier} "
                             "tier to be built in.", "sweep cache setups with disk workloads.")
         if self.guest_lab is None or self.guest_lab[0] is not instance:
             # a new instance: the previous one (and the lab inside it) is gone
-            self.guest_lab = (instance, tier.cache_lab(instance,
+            names = list(self.spec.cache) if self.spec is not None else [cell.cache]
+            self.guest_lab = (instance, tier.cache_lab(instance, names,
                                                        log=lambda m: self.say(f"[tune] {m}")))
         lab = self.guest_lab[1]
         lab.build(cell.cache)

@@ -75,6 +75,10 @@ class MemoryJournal:
         """Nothing to release."""
 
 
+class JournalBusy(TuneError):
+    """Another live process holds this journal."""
+
+
 class Journal(MemoryJournal):
     """A session's journal file, held open under an exclusive flock while the session lives."""
 
@@ -97,10 +101,14 @@ class Journal(MemoryJournal):
         except BlockingIOError:
             self._lock.close()
             self._lock = None
-            raise TuneError(f"Another bench process holds the tuning journal {self.path}.",
-                            "wait for it to finish (or stop it; its values are restored at "
-                            "the next start).") from None
-        self._entries = _read(self.path)
+            raise JournalBusy(f"Another bench process holds the tuning journal {self.path}.",
+                              "wait for it to finish (or stop it; its values are restored at "
+                              "the next start).") from None
+        try:
+            self._entries = _read(self.path)
+        except TuneError:
+            self.close()
+            raise
 
     def record(self, entry: Entry) -> None:
         """Append and fsync (and fsync the directory when the file is new) before any write."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from bench.core.errors import BenchError
 from bench.core.settings import settings
-from bench.tune.catalog import Tunable, TuneError
+from bench.tune.catalog import ALLOWED_RESOLVED, Tunable, TuneError
 
 if TYPE_CHECKING:
     from bench.tiers.base import Instance
@@ -75,7 +75,13 @@ class HostFs(Target):
         logical = logical_path(tunable, device)
         top = Path(os.path.realpath(self.root / _top(logical)))
         real = Path(os.path.realpath(self.root / logical.lstrip("/")))
-        if not real.is_relative_to(top) or real == top:
+        inside = real.is_relative_to(top) and real != top
+        if inside and not ALLOWED_RESOLVED.match("/" + str(real.relative_to(
+                Path(os.path.realpath(self.root))))):
+            raise TuneError(f"{tunable.name}: {logical} resolves to {real}, outside the "
+                            "subtrees bench may write.", "check the symlinks under the "
+                            f"procfs/sysfs root ({self.root}); this looks like a tampered tree.")
+        if not inside:
             raise TuneError(f"{tunable.name}: {logical} resolves to {real}, outside "
                             f"{top}; bench writes nothing outside the catalog's paths.",
                             "check the symlinks under the procfs/sysfs root "
@@ -117,14 +123,14 @@ def _absent_fix(tunable: Tunable) -> str:
     return "check that the kernel has this tunable (and the device exists)."
 
 
-# A constant writer run inside an instance with argv [path, text]: it checks the path stays
-# under /proc/sys or /sys after symlinks and writes without creating or following anything.
+# A constant writer run inside an instance with argv [pattern, path, text]: it checks that the
+# path, after symlinks, is one the catalog may write (not an `assert`, which `python -O` drops)
+# and writes without creating or following anything.
 _WRITER = (
-    "import os,sys\n"
-    "p,t=sys.argv[1],sys.argv[2]\n"
-    "top='/proc/sys/' if p.startswith('/proc/sys/') else '/sys/'\n"
+    "import os,re,sys\n"
+    "a,p,t=sys.argv[1:4]\n"
     "r=os.path.realpath(p)\n"
-    "assert r.startswith(top),'path leaves '+top\n"
+    "if not re.match(a,r):sys.exit('refused: '+p+' resolves to '+r)\n"
     "fd=os.open(r,os.O_WRONLY|os.O_TRUNC|os.O_NOFOLLOW)\n"
     "os.write(fd,t.encode())\n"
 )
@@ -150,7 +156,8 @@ class InstanceFs(Target):
     def write(self, tunable: Tunable, device: str | None, text: str) -> None:
         logical = logical_path(tunable, device)
         try:
-            self.instance.exec(["python3", "-c", _WRITER, logical, text], timeout=self.timeout)
+            self.instance.exec(["python3", "-c", _WRITER, ALLOWED_RESOLVED.pattern, logical,
+                                text], timeout=self.timeout)
         except BenchError as exc:
             raise TuneError(f"Cannot write {text!r} to {tunable.name} ({logical}) in "
                             f"{self.label}: {exc.cause}",

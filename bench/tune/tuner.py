@@ -289,8 +289,11 @@ def recover(catalog: Catalog, directory: Path | None = None, include_manual: boo
             continue
         try:
             journal = Journal(session, directory)
-        except TuneError:
+        except journal_mod.JournalBusy:
             continue  # its owner is alive
+        except TuneError as exc:  # unreadable: a person must look, never skipped silently
+            problems.append(f"{session}: {exc.cause}")
+            continue
         try:
             roots = dict.fromkeys(e.root for e in journal.entries() if e.target.startswith("host:"))
             for root in roots:

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
-Family = Literal["cpu", "memory", "disk", "network", "startup", "density"]
+Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image",
+                 "isolation"]
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Workload(ABC, Generic[P]):
     needs_peer: ClassVar[bool] = False
     needs_instance: ClassVar[bool] = True  # False: the workload starts its own instances
     tools: ClassVar[tuple[str, ...]] = ()  # programs it needs inside the bench image
+    # tiers this workload takes no part in, each with the reason (the plan leaves them out)
+    not_on: ClassVar[dict[str, str]] = {}
     # switch runs: the series metric a limit's switch shows in (limit -> metric); None: the
     # workload reports no time series
     series_metric: ClassVar[dict[str, str] | None] = None

@@ -6,7 +6,10 @@ it), lets them settle, and measures three ways:
   rise when they stop (which cancels steady drift from other processes);
 - the cgroup's view: what each instance's memory cgroup charges it (`Instance.memory_bytes`);
 - the tier's own processes: the growth of its daemons' and shims' proportional set size
-  (`Tier.support_memory_bytes`: dockerd, containerd and one shim per container for docker).
+  (`Tier.support_memory`: dockerd, containerd and one shim per container for docker); where
+  PSS cannot be read it is their resident set size, reported as a metric of its own
+  (`support_rss_per_instance_MB`), and where some of them cannot be read at all the metric is
+  left out and the other samples say why.
 The host's view is the headline; on a busy host it carries everyone else's noise, so read it
 with its confidence interval.
 """
@@ -20,8 +23,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from bench.core.errors import BenchError
 from bench.core.samples import Measurement
-from bench.tiers.base import Instance
+from bench.tiers.base import HostMemory, Instance
 from bench.workloads.base import Params, RunContext, Workload
 
 MB = 1e6
@@ -70,7 +74,8 @@ class DensityIdle(Workload[DensityParams]):
     def run(self, ctx: RunContext, params: DensityParams) -> list[Measurement]:
         n = params.instances
         before = available_bytes()
-        support_before = ctx.tier.support_memory_bytes()
+        support_errors: list[str] = []
+        support_before = _support(ctx, support_errors)
         instances: list[Instance] = []
         started = time.monotonic()
         try:
@@ -80,7 +85,7 @@ class DensityIdle(Workload[DensityParams]):
             start_s = time.monotonic() - started
             time.sleep(min(params.settle_s, max(ctx.remaining() - 1, 0)))
             during = available_bytes()
-            support_during = ctx.tier.support_memory_bytes()
+            support_during = _support(ctx, support_errors)
             charged = [i.memory_bytes() for i in instances]
             facts = instances[0].metadata() if instances else {}
         finally:
@@ -96,6 +101,8 @@ class DensityIdle(Workload[DensityParams]):
                 "mem_available_bytes": [before[0], during[0], after[0]],
                 "host_drop_on_start_MB": rise / MB, "host_rise_on_stop_MB": fall / MB,
                 "mem_free_drop_per_instance_MB": (before[1] - during[1]) / n / MB, **facts}
+        if support_errors:  # some of the tier's processes unreadable: no partial sum
+            meta["support_memory_omitted"] = support_errors[0]
         found = [Measurement(metric="memory_per_instance_MB", value=(rise + fall) / 2 / MB,
                              unit="MB", direction="lower", metadata=meta)]
         counted = [c for c in charged if c is not None]
@@ -103,10 +110,25 @@ class DensityIdle(Workload[DensityParams]):
             found.append(Measurement(metric="cgroup_memory_per_instance_MB",
                                      value=statistics.fmean(counted) / MB, unit="MB",
                                      direction="lower", metadata=meta))
-        if support_before is not None and support_during is not None:
-            found.append(Measurement(metric="support_memory_per_instance_MB",
-                                     value=(support_during - support_before) / n / MB, unit="MB",
-                                     direction="lower",
-                                     metadata=meta | {"support_before": support_before,
-                                                      "support_during": support_during}))
+        if not support_errors and support_before is not None and support_during is not None:
+            # RSS where PSS is unreadable: a different quantity, so a metric of its own
+            rss = support_before.pss is None or support_during.pss is None
+            before_b, during_b = ((support_before.rss, support_during.rss) if rss else
+                                  (support_before.pss or 0, support_during.pss or 0))
+            name = "support_rss_per_instance_MB" if rss else "support_memory_per_instance_MB"
+            found.append(Measurement(
+                metric=name, value=(during_b - before_b) / n / MB, unit="MB",
+                direction="lower",
+                metadata=meta | {"support_before": before_b, "support_during": during_b,
+                                 "support_measure": "RSS (substituted: PSS not readable)"
+                                 if rss else "PSS"}))
         return found
+
+
+def _support(ctx: RunContext, errors: list[str]) -> HostMemory | None:
+    """The tier's own processes' memory, or None with the reason in `errors`."""
+    try:
+        return ctx.tier.support_memory()
+    except BenchError as exc:
+        errors.append(str(exc))
+        return None

@@ -32,12 +32,13 @@ def parse_iperf3_json(text: str) -> list[Measurement]:
     sent, received = end["sum_sent"], end["sum_received"]
     meta = {"retransmits": sent.get("retransmits"), "seconds": received.get("seconds"),
             "version": data.get("start", {}).get("version")}
-    return [
-        Measurement(metric="throughput_Gbps", value=received["bits_per_second"] / 1e9,
-                    unit="Gbit/s", direction="higher", metadata=meta),
-        Measurement(metric="retransmits", value=float(sent.get("retransmits") or 0),
-                    unit="segments", direction="lower", metadata=meta),
-    ]
+    found = [Measurement(metric="throughput_Gbps", value=received["bits_per_second"] / 1e9,
+                         unit="Gbit/s", direction="higher", metadata=meta)]
+    # iperf3 leaves retransmits out where it cannot count them (not Linux, UDP): absent, not 0
+    if sent.get("retransmits") is not None:
+        found.append(Measurement(metric="retransmits", value=float(sent["retransmits"]),
+                                 unit="segments", direction="lower", metadata=meta))
+    return found
 
 
 def parse_iperf3_intervals(text: str) -> list[tuple[float, float]]:

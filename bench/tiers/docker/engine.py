@@ -36,7 +36,6 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 DAEMON_LOG = Path("/var/log/bench-dockerd.log")
 START_TIMEOUT_S = 60.0
 PING_TIMEOUT_S = 5.0
-# the engine's own processes: their memory is the per-container cost density measures
 SUPPORT_PROCESSES = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2",
                      "docker-proxy")
 
@@ -251,37 +250,35 @@ def to_monotonic(engine_time: str, offset: float | None = None) -> float | None:
 
 # -- the engine's own memory --------------------------------------------------------------------
 
-def support_memory() -> dict[str, float]:
-    """Resident and proportional memory (bytes) of the engine's processes on this host:
-    dockerd, containerd, one containerd-shim per container, docker-proxy."""
-    rss = pss = 0.0
-    count = 0
+def support_pids() -> list[int]:
+    """The engine's processes on this host: dockerd, containerd, one containerd-shim per
+    container, docker-proxy (their memory is the per-container cost density measures)."""
+    found = []
     for proc in psutil.process_iter(["name"]):
         name = proc.info["name"] or ""
-        if not any(name == n or name.startswith("containerd-shim") for n in SUPPORT_PROCESSES):
-            continue
-        try:
-            info = proc.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-        count += 1
-    return {"rss_bytes": rss, "pss_bytes": pss, "processes": float(count)}
+        if any(name == n or name.startswith("containerd-shim") for n in SUPPORT_PROCESSES):
+            found.append(proc.pid)
+    return found
 
 
 def engine_facts(engine: docker.DockerClient) -> dict[str, Any]:
+    """What the engine says about itself; a fact it does not report is "unknown"."""
     info = engine.info()
     version = engine.version()
+
+    def fact(source: dict[str, Any], key: str) -> str:
+        value = source.get(key)
+        return str(value) if value not in (None, "") else "unknown"
+
     return {
         "engine_url": engine_url() or f"unix://{DEFAULT_SOCKET}",
-        "server_version": version.get("Version"),
-        "api_version": version.get("ApiVersion"),
-        "storage_driver": info.get("Driver"),
-        "cgroup_driver": info.get("CgroupDriver"),
-        "cgroup_version": info.get("CgroupVersion"),
-        "kernel": info.get("KernelVersion"),
-        "runtime": info.get("DefaultRuntime"),
+        "server_version": fact(version, "Version"),
+        "api_version": fact(version, "ApiVersion"),
+        "storage_driver": fact(info, "Driver"),
+        "cgroup_driver": fact(info, "CgroupDriver"),
+        "cgroup_version": fact(info, "CgroupVersion"),
+        "kernel": fact(info, "KernelVersion"),
+        "runtime": fact(info, "DefaultRuntime"),
         "docker_root": info.get("DockerRootDir"),
         "engine_clock": "remote (phases from engine stamps are not on our clock)"
         if is_remote() else "local (engine stamps converted to CLOCK_MONOTONIC)",

@@ -31,11 +31,13 @@ from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     SwitchChange,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.docker import engine as engine_mod
 
@@ -57,6 +59,8 @@ KEEPALIVE = ["sleep", "infinity"]
 # A background server: record its pid, then become it with its output in a log. The script is a
 # constant; the server's argv arrives as positional parameters, never inside the script text.
 SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
+                "ours: this phase would mix two clocks")
 TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
 
 
@@ -221,6 +225,9 @@ class DockerInstance(Instance):
         else:
             command = spec.command
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
+        if spec.command is not None and engine_mod.is_remote():
+            # bench-stamp reads the engine host's clock: not ours
+            self.phases.omit("first_instruction", REMOTE_CLOCK)
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
@@ -237,6 +244,7 @@ class DockerInstance(Instance):
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
         if engine_mod.is_remote():
+            self.phases.omit(phase, REMOTE_CLOCK)
             return
         stamp = engine_mod.to_monotonic(self.container.attrs["State"].get(field, ""))
         if stamp is not None:
@@ -314,6 +322,15 @@ class DockerInstance(Instance):
                 raise BenchError(f"{path} in container {self.name} is not a file.", "see raw/.")
             return data.read()
 
+    def cgroup_pid(self) -> int | None:
+        """The container's init as this host sees it (a local engine's containers only)."""
+        if self._container is None or self._stopped or engine_mod.is_remote():
+            return None
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.reload()
+            return int(self.container.attrs["State"].get("Pid") or 0) or None
+        return None
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -384,6 +401,42 @@ class DockerInstance(Instance):
         return {**network, "network_mode": self.spec.network,
                 **self.tier.scratch_facts(self.spec.scratch), **self.facts}
 
+    def _memory_dir(self) -> Path | None:
+        cid = self.container.id
+        for path in (f"/sys/fs/cgroup/memory/docker/{cid}", f"/sys/fs/cgroup/docker/{cid}",
+                     f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"):
+            if Path(path, "memory.stat").exists():
+                return Path(path)
+        return None
+
+    def memory_report(self) -> dict[str, int]:
+        """The container's memory cgroup (usage, memory.stat, v1 kernel memory) and what
+        `docker stats` shows from it: usage less inactive file pages."""
+        path = self._memory_dir()
+        if path is None:
+            return super().memory_report()
+        found: dict[str, int] = {}
+        for line in (path / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if value.isdigit():
+                found[key] = int(value)
+        for key, name in (("usage", "memory.usage_in_bytes"), ("usage", "memory.current"),
+                          ("kmem_usage", "memory.kmem.usage_in_bytes")):
+            with contextlib.suppress(OSError, ValueError):
+                found.setdefault(key, int((path / name).read_text()))
+        if "usage" in found:
+            inactive = found.get("total_inactive_file", found.get("inactive_file", 0))
+            found["docker_stats"] = found["usage"] - inactive
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        path = self._memory_dir()
+        if path is None:
+            return None
+        with contextlib.suppress(OSError):
+            return {int(p) for p in (path / "cgroup.procs").read_text().split()}
+        return None
+
     def memory_bytes(self) -> int | None:
         """What the container's memory cgroup charges it (its page cache included)."""
         cid = self.container.id
@@ -412,7 +465,7 @@ class DockerTier(Tier):
     name = "docker"
     description = ("Docker containers via the docker SDK (local dockerd, or the engine at "
                    f"${engine_mod.URL_ENV}); image imported from the bench image")
-    packages = ("docker.io",)
+    packages = ("docker.io", "docker-registry", "openssl")
     live_switches = switching.CONTAINER_SWITCHES
 
     def __init__(self) -> None:
@@ -422,6 +475,7 @@ class DockerTier(Tier):
         self._fresh_image = False
         self._facts: dict[str, Any] = {}
         self._seq = itertools.count(1)
+        self._layers: Any = None
         self._hierarchies: cgroups.Hierarchies | None = None
 
     @property
@@ -431,7 +485,9 @@ class DockerTier(Tier):
         return self._engine
 
     def ensure_running(self) -> list[str]:
-        return engine_mod.ensure_running()
+        from bench.tiers.docker import registry
+
+        return engine_mod.ensure_running() + registry.ensure_running()
 
     def available(self) -> Availability:
         return engine_mod.diagnose()
@@ -466,15 +522,32 @@ class DockerTier(Tier):
             raise
         return instance
 
+    def layer_lab(self) -> Any:
+        """Pulls of N-layer images from bench's registries (bench/tiers/docker/layers.py)."""
+        if self._layers is None:
+            from bench.tiers.docker.layers import DockerLayers
+
+            self._layers = DockerLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if self._layers is not None:
+            self._layers.close()
+            self._layers = None
         if hasattr(self, "ctx") and self._engine is not None:
             self.cleanup(self.ctx.run_id)
 
     def cleanup(self, run_id: str | None) -> list[str]:
+        from bench.tiers.docker import limited, registry
+
+        removed = limited.cleanup(run_id) + registry.remove_run(run_id)
         if self._engine is None and not engine_mod.diagnose().ok:
-            return []  # no engine, nothing it could still hold
+            return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
-        removed = []
+        for image in self.engine.images.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                self.engine.images.remove(str(image.id), force=True)
+                removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
@@ -489,11 +562,11 @@ class DockerTier(Tier):
                 removed.append(f"volume {volume.name}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
-        """Proportional set size of dockerd, containerd and the per-container shims."""
+    def support_memory(self) -> HostMemory | None:
+        """Memory of dockerd, containerd and the per-container shims."""
         if engine_mod.is_remote():
             return None
-        return int(engine_mod.support_memory()["pss_bytes"])
+        return host_memory(engine_mod.support_pids())
 
     # -- limits and storage -------------------------------------------------------------------
     def limit_options(self, spec: InstanceSpec) -> dict[str, Any]:
@@ -544,7 +617,7 @@ class DockerTier(Tier):
         return throttle_device(self.docker_root())
 
     def scratch_facts(self, mode: str) -> dict[str, str]:
-        """Where /scratch lives: the container's overlay2 layer, or a local volume."""
+        """Where /scratch lives: the container's writable layer, or a local volume."""
         if engine_mod.is_remote():
             return {"scratch_mode": mode, "scratch_fs": "overlay" if mode == "overlay"
                     else "volume", "scratch_device": "remote"}
@@ -552,9 +625,11 @@ class DockerTier(Tier):
         if mode == "overlay":
             return {"scratch_mode": "overlay", "scratch_fs": "overlay",
                     "scratch_device": fs["device"], "overlay_upper_fs": fs["fstype"],
-                    "storage_driver": str(self._facts.get("storage_driver", "overlay2"))}
+                    "storage_driver": str(self._facts.get("storage_driver") or "unknown")}
         return {"scratch_mode": "bind", "scratch_fs": fs["fstype"],
                 "scratch_device": fs["device"], "scratch_volume": "docker local volume"}
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "docker (namespaces, cgroups, overlay2)", **self._facts}
+        driver = self._facts.get("storage_driver") or "unknown"
+        return {"isolation": f"docker (namespaces, cgroups, storage driver {driver})",
+                **self._facts}

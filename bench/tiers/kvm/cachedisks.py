@@ -2,12 +2,13 @@
 fast disk (a file in host memory, /dev/shm, at most 512 MiB) are hot-plugged into the instance,
 and the recipe is built on them inside the guest through its agent (bench.tune.cache.given).
 
-The memory file is unlinked as soon as QEMU holds it open, so it goes away with the guest even
-after a crash; the slow file lives in the instance's own directory, removed with it.
+Both files are unlinked as soon as QEMU holds them open, so they go away with the guest, even
+after a crash: nothing is left to clean up.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from bench.core.errors import CommandError
 from bench.tiers.kvm.domxml import disk_xml
+from bench.tiers.kvm.tier import work_root
 from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.cache.recipes import device_spec
 
@@ -60,19 +62,27 @@ class GuestShell:
         return self.run(["readlink", "-f", path], timeout=30).strip()
 
 
-def attach_cache_disks(instance: KvmInstance, log: Callable[[str], None]) -> GivenDevicesLab:
+def attach_cache_disks(instance: KvmInstance, names: list[str],
+                       log: Callable[[str], None]) -> GivenDevicesLab:
     import libvirt
 
     assert instance.domain is not None
     spec = device_spec()
     run_id = instance.tier.ctx.run_id
-    slow = instance.files / "cache-slow.raw"
+    slow = work_root() / f"bench-{run_id}-{instance.name}-cache-slow.raw"
+    slow.parent.mkdir(parents=True, exist_ok=True)
     with open(slow, "wb") as fh:
         fh.truncate(spec.slow.size_mb << 20)
     fast = SHM / f"bench-{run_id}-{instance.name}-cache-fast.raw"
     fast_mb = min(spec.fast.size_mb, FAST_MAX_MB)
-    with open(fast, "wb") as fh:
-        fh.truncate(fast_mb << 20)
+    fast.unlink(missing_ok=True)  # /dev/shm is anyone's: a new file, never a planted link
+    fd = os.open(fast, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, fast_mb << 20)
+    finally:
+        os.close(fd)
+    for path in (slow, fast):
+        instance.qemu.give(path)
     try:
         instance.domain.attachDeviceFlags(
             disk_xml(slow, SLOW_TARGET, read_bps=spec.slow.read_bps,
@@ -81,7 +91,8 @@ def attach_cache_disks(instance: KvmInstance, log: Callable[[str], None]) -> Giv
         instance.domain.attachDeviceFlags(disk_xml(fast, FAST_TARGET, cache="writeback"),
                                           libvirt.VIR_DOMAIN_AFFECT_LIVE)
     finally:
-        fast.unlink(missing_ok=True)  # QEMU holds it open: freed when the guest goes
+        for path in (slow, fast):  # QEMU holds them open: freed when the guest goes
+            path.unlink(missing_ok=True)
     shell = GuestShell(instance)
     deadline = time.monotonic() + 60 * instance.tier.timeout_factor()
     while not all(shell.exists(f"/dev/{t}") for t in (SLOW_TARGET, FAST_TARGET)):
@@ -92,4 +103,4 @@ def attach_cache_disks(instance: KvmInstance, log: Callable[[str], None]) -> Giv
     slowed = (f"QEMU iotune on /dev/{SLOW_TARGET}: {spec.slow.read_bps >> 20} MiB/s, "
               f"{spec.slow.read_iops} IOPS")
     return GivenDevicesLab(run_id, shell, f"/dev/{SLOW_TARGET}", f"/dev/{FAST_TARGET}",
-                           instance.scratch_dir(), slowed, log=log)
+                           instance.scratch_dir(), slowed, names, log=log)

@@ -43,12 +43,16 @@ class DomainConfig:
     memory_max_mb: int | None = None  # above memory_mb: RAM behind a virtio balloon (switches)
     net_kbytes: int | None = None  # libvirt <bandwidth> outbound average, KiB/s (tc police)
     agent: bool = True
+    dac_label: str = "+0:+0"  # +uid:+gid QEMU runs as (bench.tiers.kvm.qemuuser)
     host_cpu: bool = True  # under KVM: the host's CPU (host-passthrough), else QEMU's default
 
     @property
     def io_mode(self) -> str:
         """io='native' needs O_DIRECT, i.e. a cache mode that bypasses the host's page cache."""
         return "native" if self.disk_cache in ("none", "directsync") else "threads"
+
+
+TCG_CPU_MODEL = "Nehalem"
 
 
 def vcpu_quota_us(cpus: float, vcpus: int) -> int:
@@ -118,10 +122,14 @@ def domain_xml(cfg: DomainConfig) -> str:
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    # KVM: the host's CPU as it is. TCG: QEMU's default model (qemu64); `-cpu max` offers
-    # AVX2 too, whose emulation in QEMU 7.2 broke systemd and mount in guests here.
+    # KVM: the host's CPU as it is. TCG: Nehalem (x86-64-v2: SSE4.2, POPCNT), the baseline of
+    # today's binaries (NumPy 2.4 wheels die with SIGILL on QEMU's default qemu64); not
+    # `-cpu max`, whose AVX2 emulation in QEMU 7.2 broke systemd and mount in guests here.
     if cfg.domain_type == "kvm" and cfg.host_cpu:
         _sub(dom, "cpu", mode="host-passthrough")
+    elif cfg.domain_type == "qemu":
+        cpu = _sub(dom, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", TCG_CPU_MODEL, fallback="forbid")
     _sub(dom, "clock", offset="utc")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         _sub(dom, event, "destroy")
@@ -149,10 +157,10 @@ def domain_xml(cfg: DomainConfig) -> str:
         _sub(devices, "memballoon", model="virtio")
     else:
         _sub(devices, "memballoon", model="none")  # guest RAM stays what the limit says
-    # QEMU runs as root for our domains (bench runs as root): the run's disks may sit in
-    # directories only root can reach, and libvirt need not chown them back and forth
+    # a static label: QEMU runs as the user bench chose and gave the run's files to, and
+    # libvirt need not chown anything back and forth
     label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
-    _sub(label, "label", "+0:+0")
+    _sub(label, "label", cfg.dac_label)
     return ET.tostring(dom, encoding="unicode")
 
 

@@ -54,6 +54,7 @@ GUEST_PACKAGES = (
     "lvm2",
     "bcache-tools",
     "iptables",
+    "libvirt0",  # libvirt-python (a dependency of bench, wheel built on the host) loads it
 )
 ROOT_DEVICE = "/dev/vda"
 SCRATCH_DEVICE = "/dev/vdb"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,8 +24,9 @@ from bench.tiers.base import (
     Instance,
     InstanceSpec,
     SwitchChange,
+    host_memory,
 )
-from bench.tiers.kvm import clock, domxml, libvirtd
+from bench.tiers.kvm import clock, domxml, libvirtd, qemuuser
 from bench.tiers.kvm.agent import Agent, AgentError, completed
 from bench.tiers.kvm.domxml import DomainConfig
 from bench.tiers.kvm.limits import GuestLimits, net_kbytes, shaper, shaper_note
@@ -100,6 +102,7 @@ class KvmInstance(Instance):
         self._stopped = False
         self.live = GuestLimits(self)
         self.config = self._config()
+        self.qemu = qemuuser.ROOT
 
     @property
     def agent(self) -> Agent:
@@ -159,6 +162,13 @@ class KvmInstance(Instance):
         procs.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                    "-b", str(self.tier.guest.disk), str(self.overlay)], timeout=60)
         self.tier.make_scratch(self.scratch)
+        self.console.touch()
+        guest = self.tier.guest
+        own = [self.overlay, self.scratch, self.console]
+        self.qemu = qemuuser.choose([guest.disk, guest.kernel, guest.initrd], own)
+        for path in own:  # the files only: the directory stays root's
+            self.qemu.give(path)
+        self.config = dataclasses.replace(self.config, dac_label=self.qemu.label)
         self.domain = self.tier.conn.defineXML(domxml.domain_xml(self.config))
         self.phases.mark("defined")
         self.phases.mark("start_call")
@@ -328,7 +338,10 @@ class KvmInstance(Instance):
 
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
-        return libvirtd.pss_bytes([self.pid]) if self.pid else None
+        if not self.pid:
+            return None
+        used = host_memory([self.pid])
+        return used.pss if used.processes else None
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)
@@ -342,6 +355,7 @@ class KvmInstance(Instance):
             "scratch_backing_device": scratch_fs["device"],
             "disk_cache": self.config.disk_cache,
             "disk_io": self.config.io_mode,
+            "qemu_user": self.qemu.name + (f" ({self.qemu.reason})" if self.qemu.reason else ""),
             "guest_cpu": "host-passthrough" if self.config.domain_type == "kvm"
             else "qemu64 (QEMU's TCG default)",
             "vcpus": self.config.vcpus,

@@ -175,14 +175,6 @@ def started_at_monotonic(pid: int) -> float | None:
     return time.monotonic() - (now_boot - since_boot)
 
 
-def pss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            total += int(psutil.Process(pid).memory_full_info().pss)
-    return total
-
-
 def versions(conn: libvirt.virConnect) -> dict[str, str]:
     def dotted(number: int) -> str:
         return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

@@ -61,10 +61,12 @@ from bench.core.settings import settings
 from bench.kernel import tc
 from bench.tiers.base import (
     Availability,
+    HostMemory,
     Instance,
     InstanceSpec,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.kvm import accel as accel_mod
 from bench.tiers.kvm import domxml, libvirtd
@@ -103,11 +105,12 @@ class KvmTier(Tier):
     live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
 
-    def cache_lab(self, instance: Instance, log: Callable[[str], None]) -> Any:
+    def cache_lab(self, instance: Instance, names: list[str],
+                  log: Callable[[str], None]) -> Any:
         from bench.tiers.kvm.cachedisks import attach_cache_disks
 
         assert isinstance(instance, KvmInstance)
-        return attach_cache_disks(instance, log)
+        return attach_cache_disks(instance, names, log)
 
     def __init__(self) -> None:
         self.uri = libvirtd.uri()
@@ -341,7 +344,7 @@ class KvmTier(Tier):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
         if not libvirtd.is_local(self.uri):
             return None
@@ -352,7 +355,7 @@ class KvmTier(Tier):
                         self.network_name and self.network_name in arg
                         for arg in proc.info["cmdline"] or []):
                     pids.append(proc.pid)
-        return libvirtd.pss_bytes(pids)
+        return host_memory(pids)
 
     def timeout_factor(self) -> float:
         """Under TCG, Python runs about 15x slower than on the host here (sysbench 5-7x)."""

@@ -14,14 +14,14 @@ import ipaddress
 import os
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.core import procs
+from bench.core import hostlock, procs
 from bench.core.errors import BenchError, CommandError
 from bench.core.lazy import lazy
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
+from bench.tune import hostnet
 
 if TYPE_CHECKING:
     import pyroute2
@@ -30,7 +30,6 @@ else:
 
 
 POOL = ipaddress.IPv4Network("10.213.0.0/16")  # carved into one /24 per run
-IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 LINK_PREFIX = "bn"
 
 
@@ -75,7 +74,9 @@ def _rules(run_id: str | None) -> list[tuple[str, list[str]]]:
                 continue
             words = shlex.split(line)
             comment = words[words.index("--comment") + 1] if "--comment" in words else ""
-            if comment == label(run_id) if run_id else comment.startswith("bench:"):
+            if comment == label(run_id) if run_id else (
+                    comment.startswith("bench:")
+                    and not hostlock.run_is_live(comment.removeprefix("bench:"))):
                 found.append((table, ["-D", *words[1:]]))
     return found
 
@@ -93,7 +94,7 @@ class Bridge:
         self.gateway = str(hosts[0])
         self.free = [str(h) for h in reversed(hosts[1:])]
         self.counter = 0
-        self.forward_was: str | None = None
+        self.forwarding = hostnet.Forwarding(f"ns-{run_id}")
         self.index = 0
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
@@ -121,14 +122,16 @@ class Bridge:
             self.ipr.addr("add", index=index, address=self.gateway,
                           prefixlen=self.subnet.prefixlen)
             self.ipr.link("set", index=index, state="up")
-            if IP_FORWARD.read_text().strip() != "1":
-                self.forward_was = IP_FORWARD.read_text().strip()
-                IP_FORWARD.write_text("1")
+            self.forwarding.enable()  # journaled; restored when no bench user is left
             comment = ["-m", "comment", "--comment", label(self.run_id)]
-            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", str(self.subnet), "!", "-o",
+            subnet = str(self.subnet)
+            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o",
                       self.name, "-j", "MASQUERADE", *comment)
-            _iptables("-I", "FORWARD", "-i", self.name, "-j", "ACCEPT", *comment)
-            _iptables("-I", "FORWARD", "-o", self.name, "-j", "ACCEPT", *comment)
+            # only the run's own traffic: out of its bridge from its subnet, and back in only
+            # as replies to connections its containers opened
+            _iptables("-I", "FORWARD", "-i", self.name, "-s", subnet, "-j", "ACCEPT", *comment)
+            _iptables("-I", "FORWARD", "-o", self.name, "-d", subnet, "-m", "conntrack",
+                      "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT", *comment)
         except Exception as exc:
             self.remove()
             raise NetworkError(f"Making the bridge {self.name} failed: {exc}",
@@ -173,14 +176,12 @@ class Bridge:
         for index in self.ipr.link_lookup(ifname=self.name):
             with contextlib.suppress(Exception):
                 self.ipr.link("del", index=index)
-        if self.forward_was is not None and not _bench_bridges():
-            IP_FORWARD.write_text(self.forward_was)
-            self.forward_was = None
+        self.forwarding.release()
         self.ipr.close()
         self.netlink.close()
 
 
-def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
+def _bench_links(run_id: str | None, spare_live: bool = False) -> list[tuple[int, str]]:
     """(index, name) of the run's links (every run's, for None): those named with its tag,
     the tags of every run being read off the bridges that carry a `bench:` alias."""
     with pyroute2.IPRoute() as ipr:
@@ -191,13 +192,10 @@ def _bench_links(run_id: str | None) -> list[tuple[int, str]]:
     else:
         tags = {name[len(LINK_PREFIX):-2] for _, name, alias in links
                 if alias.startswith("bench:") and name.startswith(LINK_PREFIX)
-                and name.endswith("br")}
+                and name.endswith("br")
+                and not (spare_live and hostlock.run_is_live(alias.removeprefix("bench:")))}
     return [(index, name) for index, name, _ in links
             if any(name.startswith(f"{LINK_PREFIX}{t}") for t in tags)]
-
-
-def _bench_bridges() -> list[str]:
-    return [name for _, name in _bench_links(None) if name.endswith("br")]
 
 
 def cleanup(run_id: str | None) -> list[str]:
@@ -207,13 +205,13 @@ def cleanup(run_id: str | None) -> list[str]:
         with contextlib.suppress(CommandError, OSError):
             _iptables("-t", table, *args)
             removed.append(f"iptables -t {table} {' '.join(args[1:])}")
-    links = _bench_links(run_id)
+    links = _bench_links(run_id, spare_live=True)
     with pyroute2.IPRoute() as ipr:
         for index, name in sorted(links, key=lambda link: link[1].endswith("br")):
             with contextlib.suppress(Exception):
                 ipr.link("del", index=index)
                 removed.append(f"link {name}")
-    return removed
+    return removed + hostnet.recover()
 
 
 def host_netns_id() -> str:

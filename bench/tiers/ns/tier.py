@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core import procs
+from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.limits import Limits
 from bench.core.procs import Completed
@@ -39,12 +39,14 @@ from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
     Background,
+    HostMemory,
     Instance,
     InstanceSpec,
     ProcessBackground,
     SwitchChange,
     Tier,
     TierContext,
+    host_memory,
 )
 from bench.tiers.host import ENV
 from bench.tiers.ns import net as ns_net
@@ -76,10 +78,12 @@ def capabilities_from_env() -> frozenset[str]:
 
 
 class NsInstance(Instance):
-    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str) -> None:
+    def __init__(self, tier: NsTier, spec: InstanceSpec, name: str,
+                 lower: str | None = None) -> None:
         super().__init__(spec)
         self.tier = tier
         self.name = name
+        self.lower = lower or str(tier.ctx.image.rootfs)  # overlayfs lowerdir (top first)
         self.dir = tier.ctx.workdir / name
         self.cgroup = cgroups.Cgroup(tier.hierarchies, f"{CGROUP_ROOT}/{tier.ctx.run_id}/{name}",
                                      cgroups.controllers_for(spec.limits)
@@ -101,9 +105,12 @@ class NsInstance(Instance):
         self.sources: dict[str, str] = {}  # what came from the tier's pools, what was made
         self._net_pooled = False
         self._ready = False
+        self._go: int | None = None  # a prepared instance's go pipe, until go()
 
     # -- start ------------------------------------------------------------------------------
-    def launch(self) -> None:
+    def launch(self, hold: bool = False) -> None:
+        """Build the container; with `hold`, stop short of its command until `go()` (a warm
+        start: namespaces, cgroup and root ready, the init waiting on its go pipe)."""
         self.phases.mark("create")
         upper, work, merged = (self.dir / d for d in ("upper", "work", "merged"))
         scratch = self.dir / "scratch" if self.spec.scratch == "bind" else None
@@ -134,7 +141,7 @@ class NsInstance(Instance):
             flags=flags, cgroup_join=[str(f) for f in self.cgroup.join_files],
             cgroup_setup=[] if pooled_group is not None else
             [(str(p), v) for p, v in self.cgroup.setup(limits, io_device)],
-            root=RootPlan(str(self.tier.ctx.image.rootfs), str(upper), str(work), str(merged),
+            root=RootPlan(self.lower, str(upper), str(work), str(merged),
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps))
@@ -159,9 +166,12 @@ class NsInstance(Instance):
                 for fd in child_fds.values():
                     os.close(fd)
             self.metadata()
-            self._follow(go_w)
+            self._follow(go_w, hold)
         finally:
-            os.close(go_w)
+            if hold and self._ready:
+                self._go = go_w
+            else:
+                os.close(go_w)
         if limits.net_mbit is not None and self.spec.network == "bridge":
             tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
@@ -188,11 +198,12 @@ class NsInstance(Instance):
                 return
             self._buffer += chunk
 
-    def _follow(self, go_w: int) -> None:
+    def _follow(self, go_w: int, hold: bool = False) -> None:
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
         bridge mode bench wires the veth in as soon as the namespace exists, while the init
-        goes on, and says go then; with no network to wire, go is said at once."""
-        if self.net is None or self._net_pooled:
+        goes on, and says go then; with no network to wire, go is said at once. With `hold`,
+        go is left to `go()`."""
+        if (self.net is None or self._net_pooled) and not hold:
             with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
                 os.write(go_w, b"go")
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
@@ -208,7 +219,8 @@ class NsInstance(Instance):
                     with open(f"/proc/{self.pid}/ns/net", "rb") as netns:
                         self.tier.bridge.wire(netns.fileno(), self.net)
                     self.phases.mark("network_ready")
-                    os.write(go_w, b"go")
+                    if not hold:
+                        os.write(go_w, b"go")
                 except OSError:
                     if not self._dead(1.0):
                         raise
@@ -230,6 +242,15 @@ class NsInstance(Instance):
             return True
         ready, _, _ = select.select([self.pidfd], [], [], timeout)
         return bool(ready)
+
+    def go(self) -> None:
+        if self._go is None:
+            raise NsStartError(f"Container {self.name} is not a prepared instance waiting for "
+                               "its command.", "start it with NsTier.start_prepared.")
+        self.phases.mark("go")
+        os.write(self._go, b"go")
+        os.close(self._go)
+        self._go = None
 
     # -- use --------------------------------------------------------------------------------
     def _preexec(self) -> Any:
@@ -285,15 +306,33 @@ class NsInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return Path(f"/proc/{self.pid}/root", path.lstrip("/")).read_bytes()
+        """Resolved inside the container's root: its own symlinks cannot point at the host."""
+        return safefs.read_in_root(f"/proc/{self.pid}/root", path)
 
     def memory_bytes(self) -> int | None:
         return self.cgroup.memory_bytes()
+
+    def cgroup_pid(self) -> int | None:
+        return self.pid or None
+
+    def memory_report(self) -> dict[str, int]:
+        """The cgroup's usage, its memory.stat, and (v1) its kernel memory usage."""
+        found = {"usage": self.cgroup.memory_bytes(), **self.cgroup.memory_stat()}
+        kmem = self.cgroup.dir("memory") / "memory.kmem.usage_in_bytes"
+        with contextlib.suppress(OSError, ValueError):
+            found["kmem_usage"] = int(kmem.read_text())
+        return found
+
+    def host_pids(self) -> set[int] | None:
+        return self.cgroup.procs()
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
+        if self._go is not None:  # prepared, never started: closing the pipe ends the init
+            os.close(self._go)
+            self._go = None
         if self.pidfd is not None:
             if not self._dead(0):
                 # PID 1 killed: the kernel kills the rest of its PID namespace
@@ -369,6 +408,7 @@ class NsTier(Tier):
                    "veth + bridge + NAT (no Docker)")
     packages = ("iptables", "util-linux", "iproute2")
     live_switches = switching.CONTAINER_SWITCHES
+    warm_start = True  # start_prepared: the init holds before the command until go()
 
     def __init__(self, capabilities: frozenset[str] | None = None) -> None:
         self.capabilities = capabilities if capabilities is not None else capabilities_from_env()
@@ -461,12 +501,19 @@ class NsTier(Tier):
             self.zygote = Zygote(self.keep_caps)
         return self.zygote
 
-    def start(self, spec: InstanceSpec) -> Instance:
+    def start(self, spec: InstanceSpec, lower: str | None = None) -> Instance:
+        """Start an instance; `lower` stacks these directories instead of the bench image."""
+        return self._start(spec, lower, hold=False)
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        return self._start(spec, None, hold=True)
+
+    def _start(self, spec: InstanceSpec, lower: str | None, hold: bool) -> NsInstance:
         self.counter += 1
-        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}")
+        instance = NsInstance(self, spec, f"{spec.role}-{self.counter}", lower)
         self.instances.append(instance)
         try:
-            instance.launch()
+            instance.launch(hold)
         except BaseException:
             instance.stop()
             raise
@@ -476,7 +523,18 @@ class NsTier(Tier):
         with contextlib.suppress(ValueError):
             self.instances.remove(instance)
 
+    def layer_lab(self) -> Any:
+        """overlayfs over N layer directories (bench/tiers/ns/layers.py)."""
+        if getattr(self, "_layers", None) is None:
+            from bench.tiers.ns.layers import NsLayers
+
+            self._layers: Any = NsLayers(self)
+        return self._layers
+
     def finish(self) -> None:
+        if getattr(self, "_layers", None) is not None:
+            self._layers.close()
+            self._layers = None
         if not hasattr(self, "bridge"):
             return
         self._finishing = True
@@ -504,31 +562,42 @@ class NsTier(Tier):
         except BenchError:
             hierarchies = None
         if hierarchies is not None:
-            rel = f"{CGROUP_ROOT}/{run_id}" if run_id else CGROUP_ROOT
-            removed += [f"cgroup {p}" for p in cgroups.remove_tree(hierarchies, rel)]
+            runs = [run_id] if run_id else sorted(
+                {p.name for root in hierarchies.unique_roots
+                 for p in (root / CGROUP_ROOT).glob("*") if p.is_dir()})
+            for run in runs:
+                if run_id is None and hostlock.run_is_live(run):
+                    continue  # a run still going: not a leftover
+                removed += [f"cgroup {p}" for p in
+                            cgroups.remove_tree(hierarchies, f"{CGROUP_ROOT}/{run}")]
         removed += ns_net.cleanup(run_id)
-        base = settings().work_dir
-        for work in sorted(base.glob(f"{run_id or '*'}/ns")):
+        from bench.tiers.ns import layers as ns_layers
+
+        removed += ns_layers.cleanup(run_id)
+        for run_dir in hostlock.run_dirs(run_id):
+            work = run_dir / "ns"
             removed += [f"mount {p}" for p in sysmount.unmount_all(work)]
-            shutil.rmtree(work, ignore_errors=True)
-            removed.append(f"directory {work}")
+            if work.is_dir() and not work.is_symlink():
+                shutil.rmtree(work, ignore_errors=True)  # fd-based: follows no symlink inside
+                removed.append(f"directory {work}")
         return removed
 
-    def support_memory_bytes(self) -> int | None:
+    def support_memory(self) -> HostMemory | None:
         """The runtime's own processes (their proportional set size): the zygote, outside
         every container's cgroup; or, with bench-nsinit, each container's PID 1 (which its
         cgroup charges too: there is no runtime process outside the containers)."""
         zygote = getattr(self, "zygote", None)
         pids = [zygote.proc.pid] if zygote is not None else [i.pid for i in self.instances
                                                              if i.pid]
-        sizes = [size for size in map(_pss, pids) if size is not None]
-        return sum(sizes) if sizes else None
+        return host_memory(pids) if pids else None
 
     def metadata(self) -> dict[str, Any]:
         h = getattr(self, "hierarchies", None)
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
+                "seccomp": "none (Docker applies its default profile: ns and docker differ "
+                           "in the system calls they allow)",
                 "root": "overlayfs over the bench image",
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),
@@ -538,14 +607,3 @@ class NsTier(Tier):
                           "joins them; instance metadata says which it got"
                           if getattr(self, "nsinit", None) else None),
                 "pool_errors": getattr(self, "pool_errors", [])[-3:]}
-
-
-def _pss(pid: int) -> int | None:
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return None

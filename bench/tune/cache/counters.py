@@ -36,12 +36,20 @@ def parse_dm_cache_status(text: str) -> dict[str, int]:
             "cache_blocks_total": c_total, **dict(zip(names, values, strict=True))}
 
 
+WRITECACHE_FIELDS = ("error", "blocks", "free_blocks", "writeback_blocks",
+                     # event counters, Linux 5.15 and later
+                     "reads", "read_hits", "writes", "write_hits_uncommitted",
+                     "write_hits_committed", "writes_around", "writes_allocate",
+                     "writes_blocked_on_freelist", "flushes", "discards")
+
+
 def parse_dm_writecache_status(text: str) -> dict[str, int]:
-    """`dmsetup status` of dm-writecache: error, blocks, free blocks, writeback blocks, ..."""
+    """`dmsetup status` of dm-writecache: error, blocks, free blocks, blocks under writeback,
+    then (5.15+) reads, read hits, writes, ... (docs: admin-guide/device-mapper/writecache)."""
     fields = text.split()
     i = fields.index("writecache") + 1
-    names = ("error", "blocks", "free_blocks", "writeback_blocks")
-    return dict(zip(names, (int(x) for x in fields[i:i + 4]), strict=True))
+    values = [int(x) for x in fields[i:i + len(WRITECACHE_FIELDS)] if x.isdigit()]
+    return dict(zip(WRITECACHE_FIELDS, values, strict=False))
 
 
 def bcache_counters(bcache_dir: Path, read: Callable[[str], str] = _read) -> dict[str, int]:
@@ -59,7 +67,7 @@ def _human_bytes(text: str) -> int:
     """bcache prints sizes like '1.5M'."""
     found = re.fullmatch(r"\s*([\d.]+)([kKMGTP]?)\s*", text)
     if not found:
-        return 0
+        raise ValueError(f"not a bcache size: {text!r}")
     scale = {"": 1, "k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40,
              "P": 1 << 50}[found.group(2)]
     return int(float(found.group(1)) * scale)

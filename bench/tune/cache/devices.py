@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -133,14 +134,7 @@ class DeviceBuilder:
         faults.point("cache.built")
         built = Built(setup=name, recipe=recipe, variant=variant, top="", mount=Path(),
                       slow=slow, fast=fast)
-        if recipe.kind == "plain":
-            built.top = fast if options.get("device") == "fast" else slow
-        elif recipe.kind == "bcache":
-            self._bcache(built, options)
-        elif recipe.kind == "dm-cache":
-            self._dm_cache(built, options)
-        else:
-            self._dm_writecache(built, options)
+        self._stack(built, options)
         built.mount = self.dir / f"mnt-{name}"
         built.mount.mkdir(exist_ok=True)
         procs.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
@@ -155,6 +149,18 @@ class DeviceBuilder:
         self.built[name] = built
         self.log(f"cache setup {name}: {built.top} mounted at {built.mount}")
         return built
+
+    def _stack(self, built: Built, options: dict[str, Any]) -> None:
+        """The recipe's layer over the slow and fast devices; sets `built.top`."""
+        kind = built.recipe.kind
+        if kind == "plain":
+            built.top = built.fast if options.get("device") == "fast" else built.slow
+        elif kind == "bcache":
+            self._bcache(built, options)
+        elif kind == "dm-cache":
+            self._dm_cache(built, options)
+        else:
+            self._dm_writecache(built, options)
 
     def _loop_file(self, label: str, size_mb: int, direct: bool,
                    directory: Path | None = None) -> str:
@@ -229,6 +235,7 @@ class DeviceBuilder:
                         f"0 {fast_sectors - meta_sectors} linear {built.fast} {meta_sectors}")
         self.shell.run(["dd", "if=/dev/zero", f"of={meta}", "bs=1M", "count=1", "oflag=direct"],
                        timeout=60)
+        built.details["cache_meta"] = meta
         table = dm_cache_table(self._sectors(built.slow), meta, data, built.slow,
                                int(options.get("chunk_kb", 64)), str(options["cache_mode"]),
                                str(options.get("policy", "smq")))
@@ -247,19 +254,30 @@ class DeviceBuilder:
         sh = self.shell
         for dev in (built.slow, built.fast):
             sh.run(["wipefs", "-a", dev], timeout=60)
-        sh.run(["make-bcache", "-C", built.fast, "-B", built.slow], timeout=120)
+        # small buckets: the kernel wants at least 1024 of them on the cache device
+        sh.run(["make-bcache", "--bucket", f"{int(options.get('bucket_kb', 64))}k",
+                "-C", built.fast, "-B", built.slow], timeout=120)
         for dev in (built.slow, built.fast):  # udev (bcache-tools' rule) may have done it
             with contextlib.suppress(OSError):
                 sh.write("/sys/fs/bcache/register", dev)
         slow_name = Path(sh.realpath(built.slow)).name
         link = f"/sys/block/{slow_name}/bcache/dev"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not sh.exists(link) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.2)
         top_name = Path(sh.realpath(link)).name
         built.top = f"/dev/{top_name}"
         built.bcache_dir = Path("/sys/block") / top_name / "bcache"
-        cset = sh.realpath(str(built.bcache_dir / "cache"))  # /sys/fs/bcache/<set uuid>
+        state = str(built.bcache_dir / "state")
+        while sh.read(state).strip() == "no cache":
+            if time.monotonic() > deadline:
+                raise TuneError(f"bcache {top_name} has no cache device attached ({built.fast} "
+                                "did not register).", "see the kernel log (dmesg).")
+            time.sleep(0.2)
+        super_block = sh.run(["bcache-super-show", built.fast], timeout=60)
+        uuid = re.search(r"^cset\.uuid\s+([0-9a-f-]+)", super_block, re.M)
+        cset = f"/sys/fs/bcache/{uuid.group(1)}" if uuid else ""
+        built.details["cache_set"] = cset
         self._made("bcache", dev=top_name, backing=slow_name, cset=cset)
         for knob, value in (("cache_mode", options["cache_mode"]),
                             ("sequential_cutoff", int(options.get("sequential_cutoff_kb", 4096))

@@ -15,7 +15,8 @@ from bench.tune.cache.counters import (
     parse_dm_writecache_status,
 )
 from bench.tune.cache.devices import DeviceBuilder
-from bench.tune.cache.teardown import _undo
+from bench.tune.cache.emptying import empty_cache
+from bench.tune.cache.teardown import CLEANUP_FIX, _undo, failed_text
 
 
 class CacheLab(DeviceBuilder):
@@ -49,15 +50,22 @@ class CacheLab(DeviceBuilder):
     python = sys.executable  # the interpreter that runs the state scripts where the lab is
 
     def make_cold(self, name: str) -> None:
-        """Drop what the page cache and the device's buffer cache hold of this setup."""
+        """Write dirty data back, empty the cache layer (emptying.py) and drop what the page
+        cache and the buffer cache hold: the next reads come from the slow device."""
         built = self.built[name]
+        self.drain(name)
+        empty_cache(self.shell, built)
         self.shell.run([self.python, "-c", COLD, str(built.mount)], timeout=300)
         self.shell.run(["blockdev", "--flushbufs", built.top], check=False, timeout=60)
 
     def make_warm(self, name: str) -> None:
-        """Read every file twice, in 1 MiB pieces in random order (a cache skips reads it
-        sees as one long sequential stream), so the cache and the page cache hold them."""
-        self.shell.run([self.python, "-c", WARM, str(self.built[name].mount)], timeout=600)
+        """From cold, read every file twice in 1 MiB pieces in random order (a cache skips
+        reads it sees as one long sequential stream); a write cache (dm-writecache) holds what
+        was written, so its files are written again instead."""
+        built = self.built[name]
+        self.make_cold(name)
+        mode = "rewrite" if built.recipe.kind == "dm-writecache" else "read"
+        self.shell.run([self.python, "-c", WARM, str(built.mount), mode], timeout=600)
 
     def drain(self, name: str, timeout: float = 120.0) -> int:
         """Write back dirty data (sync; a writeback cache is flushed until its dirty counter
@@ -76,7 +84,13 @@ class CacheLab(DeviceBuilder):
             self.shell.write(str(built.bcache_dir / "writeback_percent"), "0")
         try:
             while True:
-                dirty = self.counters(name).get(dirty_key, 0)
+                dirty = self.counters(name).get(dirty_key)
+                if dirty is None:  # unknown is not clean
+                    raise BenchError(
+                        f"Cannot read the dirty counter ({dirty_key}) of cache setup {name}, "
+                        "so whether its writeback finished is unknown.",
+                        f"check {built.bcache_dir or built.dm_name} (dmsetup status / "
+                        "sysfs) and the kernel log.")
                 if dirty == 0 or time.monotonic() > deadline:
                     return dirty
                 time.sleep(0.2)
@@ -86,8 +100,12 @@ class CacheLab(DeviceBuilder):
                                  str(built.details["options"].get("writeback_percent", 10)))
 
     def destroy(self) -> list[str]:
-        removed = _undo(self.state)
+        """Remove everything made; raises BenchError naming what could not be removed (the
+        state file stays, so `bench cleanup` tries again)."""
+        removed, failed = _undo(self.state)
         self.built.clear()
+        if failed:
+            raise BenchError(failed_text(failed, removed), CLEANUP_FIX)
         self.state_path.unlink(missing_ok=True)
         return removed
 
@@ -109,13 +127,22 @@ for base, _, files in os.walk(sys.argv[1]):
 WARM = """
 import os, random, sys
 paths = [os.path.join(b, n) for b, _, fs in os.walk(sys.argv[1]) for n in fs]
-for _ in range(2):
+rewrite = sys.argv[2] == "rewrite"
+for _ in range(1 if rewrite else 2):
     for path in sorted(paths):
         if os.path.islink(path):
             continue
-        with open(path, "rb") as fh:
-            pieces = list(range(0, os.fstat(fh.fileno()).st_size, 1 << 20))
+        fd = os.open(path, os.O_RDWR if rewrite else os.O_RDONLY)
+        try:
+            pieces = list(range(0, os.fstat(fd).st_size, 1 << 20))
             random.Random(path).shuffle(pieces)
             for offset in pieces:
-                os.pread(fh.fileno(), 1 << 20, offset)
+                data = os.pread(fd, 1 << 20, offset)
+                if rewrite:
+                    os.pwrite(fd, data, offset)
+            if rewrite:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 """

@@ -17,10 +17,19 @@ from bench.tune.cache.devices import _write, stop_bcache
 from bench.tune.cache.probe import BLKIO
 from bench.tune.cache.shell import LocalShell
 
+CLEANUP_FIX = "see the error of each, fix its cause, then run `bench cleanup` again."
 
-def _undo(state: dict[str, Any]) -> list[str]:
-    """Remove what a state file lists, newest first; keep going past errors."""
-    removed = []
+
+def failed_text(failed: list[str], removed: list[str]) -> str:
+    done = f" (removed: {', '.join(removed)})" if removed else ""
+    return f"Could not remove {len(failed)} cache device part(s): {'; '.join(failed)}{done}."
+
+
+def _undo(state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Remove what a state file lists, newest first; keep going past errors. Returns (what was
+    removed, what could not be removed and why)."""
+    removed: list[str] = []
+    failed: list[str] = []
     for item in reversed(state.get("made", [])):
         kind = item["kind"]
         try:
@@ -42,12 +51,12 @@ def _undo(state: dict[str, Any]) -> list[str]:
                 stop_bcache(LocalShell(), item)
                 removed.append(f"bcache {item['dev']}")
             elif kind == "dm":
-                procs.run(["dmsetup", "remove", "--retry", item["name"]], check=False,
-                          timeout=60)
-                removed.append(f"device-mapper {item['name']}")
+                if _dm_exists(item["name"]):
+                    procs.run(["dmsetup", "remove", "--retry", item["name"]], timeout=60)
+                    removed.append(f"device-mapper {item['name']}")
             elif kind == "loop":
                 if _loop_backs(item["dev"], item["file"]):
-                    procs.run(["losetup", "-d", item["dev"]], check=False, timeout=60)
+                    procs.run(["losetup", "-d", item["dev"]], timeout=60)
                     removed.append(f"loop {item['dev']} ({item['file']})")
             elif kind == "zram":
                 if _remove_zram(int(item["id"])):
@@ -55,11 +64,11 @@ def _undo(state: dict[str, Any]) -> list[str]:
             elif kind == "file":
                 Path(item["path"]).unlink(missing_ok=True)
         except (BenchError, OSError) as exc:
-            removed.append(f"FAILED to remove {kind} {item}: {exc}")
+            failed.append(f"{kind} {item}: {exc}")
     directory = state.get("dir")
     if directory and Path(directory).exists() and not sysmount.mounts_under(directory):
         shutil.rmtree(directory, ignore_errors=True)
-    return removed
+    return removed, failed
 
 
 def _remove_zram(number: int, timeout: float = 60.0) -> bool:
@@ -78,6 +87,15 @@ def _remove_zram(number: int, timeout: float = 60.0) -> bool:
             time.sleep(0.1)
 
 
+def _dm_exists(name: str) -> bool:
+    """Is there a device-mapper device of this name (sysfs: works without udev)?"""
+    for path in Path("/sys/block").glob("dm-*/dm/name"):
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == name:
+                return True
+    return False
+
+
 def _loop_backs(dev: str, file: str) -> bool:
     """Is `dev` still the loop device over `file` (and not reused by someone else)?"""
     name = Path(dev).name
@@ -92,6 +110,7 @@ def cleanup(run_id: str | None, state_dir: Path | None = None) -> list[str]:
     """Remove cache devices that runs no longer alive left behind (`bench cleanup`)."""
     base = state_dir or journal_mod.state_dir()
     removed: list[str] = []
+    failed: list[str] = []
     if not base.is_dir():
         return removed
     for path in sorted(base.glob(f"cache-{run_id or '*'}.json")):
@@ -100,8 +119,14 @@ def cleanup(run_id: str | None, state_dir: Path | None = None) -> list[str]:
             continue
         try:
             state = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            failed.append(f"{session}: unreadable state file {path}: {exc}")
             continue
-        removed += [f"{session}: {what}" for what in _undo(state)]
-        path.unlink(missing_ok=True)
+        done, not_done = _undo(state)
+        removed += [f"{session}: {what}" for what in done]
+        failed += [f"{session}: {what}" for what in not_done]
+        if not not_done:  # keep the list of what is left for the next `bench cleanup`
+            path.unlink(missing_ok=True)
+    if failed:
+        raise BenchError(failed_text(failed, removed), CLEANUP_FIX)
     return removed
