@@ -24,16 +24,19 @@ back); on a VM the guest's MemTotal is read until it has moved by the switched a
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError, CommandError
 from bench.core.limits import Limits
 from bench.core.samples import Measurement
-from bench.run.scenario import Switch
+from bench.run.scenario import Scenario, Switch
 from bench.tiers.base import Instance
 from bench.workloads.base import Params, RunContext, Series, Workload
 
@@ -195,6 +198,26 @@ class SwitchRun:
                                                       for x in e.effects]}
                              for e in self.events],
                 "skipped": self.skipped}
+
+
+def run_recorded(ctx: RunContext, workload: Workload[Any], params: Params, scenario: Scenario,
+                 rundir: Path | None, cell: dict[str, Any]) -> tuple[list[Measurement], bool]:
+    """A switch run of the runner: its series and switch events appended to SERIES_FILE in
+    `rundir` (None: a warm-up, not kept), the instances given the scenario's limits back after
+    it. Returns the measurements and whether that switch back was live."""
+    instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
+                 if i is not None}
+    try:
+        done = run(ctx, workload, params, scenario.switches, instances, scenario.limits)
+    finally:
+        back = [i.switch(scenario.limits) for i in instances.values()]
+    if rundir is not None:
+        with open(rundir / SERIES_FILE, "a") as fh:
+            fh.write(json.dumps({"run_key": ctx.run_key, **cell, **done.record()},
+                                default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return done.measurements(), all(r.live for r in back)
 
 
 def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list[Switch],
