@@ -12,8 +12,7 @@ hierarchy the suite uses. `Limits` keys mean the same on both versions:
 | io_read_bps / io_write_bps | blkio.throttle.{read,write}_bps_device | io.max rbps= wbps= |
 | io_read_iops / io_write_iops | blkio.throttle.{read,write}_iops_device | io.max riops= wiops= |
 
-`update` changes the limits of a group that processes already use (a live switch): the same
-files, written in an order the kernel accepts (v1: memsw never below the memory limit).
+Live changes and readback of a group's limits: bench/kernel/cgroupread.py.
 """
 
 from __future__ import annotations
@@ -258,19 +257,6 @@ class Cgroup:
             if io_device is None:
                 raise CgroupError("I/O limits need a block device.", "drop the I/O limit.")
             steps.append((path / "io.max", f"{io_device} {' '.join(io)}"))
-        return steps
-
-    def update(self, limits: Limits, io_device: str | None = None) -> list[tuple[Path, str]]:
-        """Change the limits `limits` sets on the live group; return what was written. On v1
-        the memory limit and memsw are written in the order that keeps memsw >= the limit."""
-        steps = [(p, v) for p, v in (self._limits_v2(limits, io_device) if self.h.version == 2
-                                     else self._limits_v1(limits, io_device)) if v is not None]
-        if limits.memory_mb is not None and self.h.version == 1:
-            current = int((self.dir("memory") / "memory.limit_in_bytes").read_text())
-            if (limits.memory_mb << 20) > current:  # growing: memsw first
-                steps.sort(key=lambda step: step[0].name != "memory.memsw.limit_in_bytes")
-        for path, value in steps:
-            _write(path, value)
         return steps
 
     # -- using ------------------------------------------------------------------------------

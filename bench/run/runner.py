@@ -360,27 +360,16 @@ class Runner:
 
     def _switch_run(self, ctx: RunContext, workload: Any, params: Any,
                     planned: planning.PlannedRun) -> list[Any]:
-        """A run with the scenario's switches; its series and switch events go to
-        switches.jsonl; the instances get the scenario's limits back after it (or are
-        restarted when a tier cannot switch them back live)."""
-        instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
-                     if i is not None}
-        try:
-            done = switching.run(ctx, workload, params, self.scenario.switches, instances,
-                                 self.scenario.limits)
-        finally:
-            back = [i.switch(self.scenario.limits) for i in instances.values()]
-            if not all(r.live for r in back):
-                self._drop_instances(ctx.tier.name)
-        if not planned.warmup:
-            cell = planned.cell.cell
-            record = {"run_key": ctx.run_key, "tier": cell.tier, "workload": cell.workload,
-                      "cell": cell.key, "repetition": planned.repetition, **done.record()}
-            with open(self.rundir.path / switching.SERIES_FILE, "a") as fh:
-                fh.write(json.dumps(record, default=str) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        return done.measurements()
+        """A run with the scenario's switches (bench/run/switches.py); restarts the tier's
+        instances when it cannot switch them back to the scenario's limits live."""
+        cell = planned.cell.cell
+        found, back_live = switching.run_recorded(
+            ctx, workload, params, self.scenario, None if planned.warmup else self.rundir.path,
+            {"tier": cell.tier, "workload": cell.workload, "cell": cell.key,
+             "repetition": planned.repetition})
+        if not back_live:
+            self._drop_instances(ctx.tier.name)
+        return found
 
     def _drop_orphan_samples(self, done_keys: set[str]) -> None:
         """Samples of a run that never reached the journal are set aside, then the run is redone."""

@@ -111,9 +111,8 @@ class KvmInstance(Instance):
         return Agent(self.domain)
 
     def _config(self) -> DomainConfig:
-        """Limits as the domain's XML; with switches planned (spec.ceiling) the guest boots
-        with as many vCPUs as the largest CPU limit needs and RAM up to the largest memory
-        limit behind a balloon inflated to the starting one."""
+        """Limits as domain XML; with switches planned (spec.ceiling): vCPUs for the largest
+        CPU limit, RAM up to the largest memory limit behind a balloon at the starting one."""
         limits, top = self.spec.limits, self.spec.ceiling or self.spec.limits
         cpuset = tuple(_parse_cpuset(limits.cpuset)) if limits.cpuset else ()
         host_cpus = len(cpuset) if cpuset else (os.cpu_count() or 1)
