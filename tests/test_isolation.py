@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -286,6 +285,7 @@ def _sample(tier: str, workload: str, metric: str, value: float, rep: int = 0,
 
 
 def test_tables_and_report_section_from_samples(tmp_path: Path) -> None:
+    from bench.analysis.frame import Run, read_frame
     from bench.report import isolation as section
     from bench.report.page import Page
 
@@ -314,9 +314,13 @@ def test_tables_and_report_section_from_samples(tmp_path: Path) -> None:
                    .model_copy(update={"metadata": {"shows": "<script>x</script>"}})]:
         rundir.add_sample(sample)
     page = Page("t")
-    section.add(page, [SimpleNamespace(run_id="e", path=empty)])  # type: ignore[list-item]
+
+    def run_of(path: Path) -> Run:
+        return Run(path.name, path, {}, read_frame(path / "samples.jsonl"), [])
+
+    section.add(page, [run_of(empty)])
     assert page.sections == []  # no isolation samples: no section
-    section.add(page, [SimpleNamespace(run_id="f", path=full)])  # type: ignore[list-item]
+    section.add(page, [run_of(full)])
     (anchor, _, body), = page.sections
     assert anchor == "isolation" and "data-figure" in body  # the heat map
     assert "<script>x" not in body and "&lt;script&gt;x" in body  # escaped
