@@ -24,9 +24,9 @@ from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
 from bench.kernel import cgroups
-from bench.tiers import get as get_tier
 from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
+from bench.tiers.registry import get as get_tier
 from bench.workloads.base import RunContext
 from bench.workloads.isolation import antagonists, common
 from bench.workloads.isolation.accounting import Accounting

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.core.image import Image
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from tests.parts import need
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 
 from bench.core.image import Image
 from bench.kernel import cgroups
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 
 pytestmark = pytest.mark.integration
 # the lane's guest (tests/lane/) is a typical host without Docker

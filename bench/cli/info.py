@@ -8,7 +8,7 @@ from rich.table import Table
 from bench.cli.common import console
 from bench.core.errors import BenchError
 from bench.run import scenario as scenario_mod
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 
 

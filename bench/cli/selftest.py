@@ -42,8 +42,8 @@ from bench.core import hostlock, image, procs
 from bench.core.errors import BenchError
 from bench.core.limits import Limits, ScratchMode
 from bench.kernel import cgroups
-from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.workloads.disk_fio import FioParams, fio_argv, parse_fio_json
 from bench.workloads.net_iperf3 import parse_iperf3_json
 

@@ -37,8 +37,8 @@ from bench.run import plan as planning
 from bench.run import switches as switching
 from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
-from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.tune.hook import TuningHook
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
