@@ -34,7 +34,7 @@ from bench.core.image import Image
 from bench.core.rundir import RunDir
 from bench.kernel import cgroups, sysmount
 from bench.tiers.ns import net as ns_net
-from bench.tiers.ns.tier import CGROUP_ROOT
+from bench.tiers.ns.instance import CGROUP_ROOT
 from bench.tiers.registry import TIERS
 from bench.tune import catalog as catalog_mod
 from bench.tune.sysfs import HostFs

@@ -29,7 +29,8 @@ from bench.core.rundir import RunDir
 from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.ns import net as ns_net
-from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
+from bench.tiers.ns.instance import CGROUP_ROOT, NsInstance
+from bench.tiers.ns.tier import NsTier
 
 pytestmark = [pytest.mark.integration, pytest.mark.part("ns")]
 MiB = 1 << 20
