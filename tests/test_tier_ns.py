@@ -150,6 +150,27 @@ def test_exec_enters_the_running_instance(tier: NsTier, started: list[Instance])
     assert failed.value.returncode == 3
 
 
+def mount_options(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its per-mount options, from /proc/self/mountinfo (the last mount wins)."""
+    found = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        found[fields[4]] = set(fields[5].split(","))
+    return found
+
+
+def test_host_kernel_parts_of_proc_are_read_only(tier: NsTier, started: list[Instance]) -> None:
+    """As Docker has them: sysctls outside the container's own netns cannot be written from
+    inside (read off the mount table, never by writing one)."""
+    box = tier.start(InstanceSpec("proc", Limits()))
+    started.append(box)
+    mounts = mount_options(box.exec(["cat", "/proc/self/mountinfo"], 30).stdout)
+    for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
+        if path == "/proc/sys" or Path(path).exists():  # (no sysrq-trigger in some kernels)
+            assert "ro" in mounts[path], (path, mounts.get(path))
+    assert "rw" in mounts["/proc/sys/net"] and "rw" in mounts["/proc"]
+
+
 def test_capabilities_are_configurable(bench_image: Image, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown capabilities"):

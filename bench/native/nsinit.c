@@ -105,6 +105,24 @@ static void do_mount(const char *src, const char *target, const char *type, unsi
         fail("mount %s on %s (%s)", src, target, type ? type : "none");
 }
 
+/* Parts of /proc that reach the host's kernel are read-only, as Docker has them (its
+ * readonlyPaths): sysctls outside the container's own network namespace, the sysrq trigger,
+ * bus, fs and irq. /proc/sys/net stays writable: those sysctls belong to the container's netns. */
+static void protect_proc(const char *merged) {
+    static const char *const readonly[] = {"sys", "sysrq-trigger", "bus", "fs", "irq"};
+    char path[4200];
+    for (size_t i = 0; i < sizeof readonly / sizeof *readonly; i++) {
+        snprintf(path, sizeof path, "%s/proc/%s", merged, readonly[i]);
+        if (access(path, F_OK) != 0) continue;  /* not in this kernel */
+        do_mount(path, path, NULL, MS_BIND | MS_REC, NULL);
+        do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+                 | MS_NOEXEC, NULL);
+    }
+    snprintf(path, sizeof path, "%s/proc/sys/net", merged);
+    do_mount(path, path, NULL, MS_BIND, NULL);
+    do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
 static void make_dev(const char *merged) {
     static const struct { const char *name; unsigned major, minor; } devices[] = {
         {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8},
@@ -146,6 +164,7 @@ static void make_root(const char *lower, const char *upper, const char *work, co
     }
     snprintf(path, sizeof path, "%s/proc", merged);
     do_mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    protect_proc(merged);
     snprintf(path, sizeof path, "%s/sys", merged);
     do_mount("sysfs", path, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     make_dev(merged);
