@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.core import hostlock
 from bench.core.errors import BenchError, TierUnavailable
 from bench.core.lazy import lazy
 from bench.kernel import cgroups, sysmount
@@ -148,22 +149,32 @@ class DockerTier(Tier):
         if self._engine is None and not engine_mod.diagnose().ok:
             return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
+
+        def leftover(thing: Any) -> bool:
+            """Every run's things (run_id None) but those of a run that is still going."""
+            labels = getattr(thing, "labels", None) or thing.attrs.get("Labels") or {}
+            return run_id is not None or not hostlock.run_is_live(labels.get(RUN_LABEL, ""))
+
         for image in self.engine.images.list(filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                self.engine.images.remove(str(image.id), force=True)
-                removed.append(f"image {str(image.id)[:19]}")
+                if leftover(image):
+                    self.engine.images.remove(str(image.id), force=True)
+                    removed.append(f"image {str(image.id)[:19]}")
         for container in self.engine.containers.list(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-                removed.append(f"container {container.name}")
+                if leftover(container):
+                    container.remove(force=True)
+                    removed.append(f"container {container.name}")
         for network in self.engine.networks.list(filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
-                network.remove()
-                removed.append(f"network {network.name}")
+                if leftover(network):
+                    network.remove()
+                    removed.append(f"network {network.name}")
         for volume in self.engine.volumes.list(filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound):
-                volume.remove(force=True)
-                removed.append(f"volume {volume.name}")
+                if leftover(volume):
+                    volume.remove(force=True)
+                    removed.append(f"volume {volume.name}")
         return removed
 
     def support_memory(self) -> HostMemory | None:
