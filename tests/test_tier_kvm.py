@@ -584,7 +584,7 @@ def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
 @pytest.mark.part("kvm")
 @pytest.mark.parametrize(("limit", "low", "high"), [("cpus", 0.1, 0.2),
                                                     ("io_read_bps", 4 * MiB, 12 * MiB),
-                                                    ("net_mbit", 50, 150)])
+                                                    ("net_mbit", 20, 60)])
 def test_kvm_rate_after_each_switch_matches_the_new_limit(
         guest: tuple[KvmTier, KvmInstance], bench_image: Image, tmp_path: Path, limit: str,
         low: Any, high: Any) -> None:

@@ -186,8 +186,7 @@ class SwitchRun:
                 found.append(Measurement(
                     metric=f"switch{event.index}_memory_mb_effect_s",
                     value=event.memory["time_to_effect_s"], unit="s", direction="lower",
-                    metadata={**meta, **{k: v for k, v in event.memory.items()
-                                         if k != "result"}}))
+                    metadata={**meta, **event.memory}))
         return found
 
     def record(self) -> dict[str, Any]:
