@@ -140,7 +140,10 @@ class GuestLimits:
         return SwitchChange(limit, value, True, "libvirt setMemoryFlags (virtio balloon)")
 
     def _io(self, limit: str, value: int) -> SwitchChange:
-        self.domain.setBlockIoTune(SCRATCH, {IOTUNE[limit]: value}, LIVE)
+        # QEMU takes the throttle as a whole: the ones not switched are given as they are
+        current = self.domain.blockIoTune(SCRATCH, LIVE)
+        tune = {key: int(current.get(key) or 0) for key in IOTUNE.values()}
+        self.domain.setBlockIoTune(SCRATCH, tune | {IOTUNE[limit]: value}, LIVE)
         return SwitchChange(limit, value, True,
                             f"libvirt setBlockIoTune {IOTUNE[limit]} on {SCRATCH}")
 
