@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from bench.core import image
-from bench.tiers import get as get_tier
 from bench.tiers.base import InstanceSpec, Limits, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.workloads.startup import STAMP
 
 LIMITS = Limits(cpus=2, memory_mb=2048, pids=4096)  # what scenarios/quick.yaml sets

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from bench.core.image import Image
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
+from tests.parts import need
 
 pytestmark = pytest.mark.integration
-TIERS_HERE = [t for t in ("ns", "docker") if t in TIERS and TIERS[t]().available().ok]
+TIERS_HERE = ["ns", "docker"]
 
 SCENARIO = """
 name: kills
@@ -36,9 +37,12 @@ workloads:
 """
 
 
-@pytest.mark.skipif(not TIERS_HERE, reason="neither the ns nor the docker tier is available")
+@pytest.mark.part("ns", "docker")
 def test_runs_killed_by_a_limit_say_why(tmp_path: Path, bench_image: Image,
                                        results_dir: Path) -> None:
+    for tier in TIERS_HERE:  # both tiers, each required or a reason to skip
+        availability = TIERS[tier]().available()
+        need(tier, availability.ok, availability.reason)
     scenario = tmp_path / "kills.yaml"
     scenario.write_text(SCENARIO.format(tiers=", ".join(TIERS_HERE)))
     env = {**os.environ, "BENCH_LOCK_PATH": str(tmp_path / "bench.lock")}

@@ -204,7 +204,7 @@ def test_samples_file_loads_into_pandas_rows(results_dir: Path, tmp_path: Path,
 def test_doctor_and_list(results_dir: Path, bench_image: Image) -> None:
     done = bench("doctor", env=env_for(results_dir))
     assert done.returncode == 0, done.stderr
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
     from bench.workloads import WORKLOADS
 
     for name in [*TIERS, *WORKLOADS]:

@@ -15,9 +15,9 @@ from bench.kernel import cgroupread, cgroups
 from bench.kernel.cgroups import Cgroup
 from bench.run import scenario, switches
 from bench.run.switches import SwitchEvent, level, time_to_effect
-from bench.tiers import TIERS
 from bench.tiers.kvm import domxml
 from bench.tiers.kvm.domxml import DomainConfig
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 from bench.workloads.base import Series
 from bench.workloads.cpu_sysbench import parse_sysbench_intervals

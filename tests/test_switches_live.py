@@ -25,8 +25,8 @@ from bench.core.limits import Limits
 from bench.run import switches
 from bench.run.runner import work_root
 from bench.run.scenario import Switch
-from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from tests.parts import need

@@ -29,7 +29,8 @@ from bench.core.rundir import RunDir
 from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.ns import net as ns_net
-from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
+from bench.tiers.ns.instance import CGROUP_ROOT, NsInstance
+from bench.tiers.ns.tier import NsTier
 
 pytestmark = [pytest.mark.integration, pytest.mark.part("ns")]
 MiB = 1 << 20
@@ -147,6 +148,27 @@ def test_exec_enters_the_running_instance(tier: NsTier, started: list[Instance])
     with pytest.raises(CommandError) as failed:
         box.exec(["sh", "-c", "exit 3"], 30)
     assert failed.value.returncode == 3
+
+
+def mount_options(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its per-mount options, from /proc/self/mountinfo (the last mount wins)."""
+    found = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        found[fields[4]] = set(fields[5].split(","))
+    return found
+
+
+def test_host_kernel_parts_of_proc_are_read_only(tier: NsTier, started: list[Instance]) -> None:
+    """As Docker has them: sysctls outside the container's own netns cannot be written from
+    inside (read off the mount table, never by writing one)."""
+    box = tier.start(InstanceSpec("proc", Limits()))
+    started.append(box)
+    mounts = mount_options(box.exec(["cat", "/proc/self/mountinfo"], 30).stdout)
+    for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
+        if path == "/proc/sys" or Path(path).exists():  # (no sysrq-trigger in some kernels)
+            assert "ro" in mounts[path], (path, mounts.get(path))
+    assert "rw" in mounts["/proc/sys/net"] and "rw" in mounts["/proc"]
 
 
 def test_capabilities_are_configurable(bench_image: Image, tmp_path: Path,

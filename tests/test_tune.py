@@ -439,6 +439,53 @@ def test_cache_setups_go_where_the_tier_can_mount_them() -> None:
                                                          cache="writeback")
 
 
+class _RecordingShell:
+    """A guest that cannot exist here: records the argv the lab would run inside it."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> str:
+        self.argvs.append(argv)
+        return "2097152\n" if argv[:2] == ["blockdev", "--getsz"] else ""
+
+    def read(self, path: str) -> str:
+        return ""
+
+    def write(self, path: str, text: str) -> None:
+        self.argvs.append(["write", path, text])
+
+    def exists(self, path: str) -> bool:
+        return True
+
+    def realpath(self, path: str) -> str:
+        return path
+
+
+def test_guest_lab_gives_each_setup_its_own_aligned_slices() -> None:
+    from bench.tune.cache.given import GivenDevicesLab
+
+    shell = _RecordingShell()
+    names = ["none", "none-slow", "lvmcache-writeback", "dm-writecache-ssd"]
+    lab = GivenDevicesLab("r1", shell, "/dev/vdc", "/dev/vdd", "/scratch", "iotune", names)
+    lab.build("dm-writecache-ssd")
+    lab.build("none-slow")
+    tables = [a[a.index("--table") + 1] for a in shell.argvs if a[:2] == ["dmsetup", "create"]]
+    linear = [t.split() for t in tables if " linear " in t]
+    # three setups (none is no setup): thirds of the disks, each a whole number of MiB
+    assert {(t[3], int(t[4])) for t in linear} == {("/dev/vdc", 2 * 698368),
+                                                  ("/dev/vdd", 2 * 698368), ("/dev/vdc", 0)}
+    assert all(int(t[1]) % 2048 == 0 for t in linear)
+    assert any(t.split()[2] == "writecache" for t in tables)
+    binds = [a for a in shell.argvs if a[:2] == ["mount", "--bind"]]
+    assert [b[2:] for b in binds] == [["/run/bench-cache/dm-writecache-ssd", "/scratch"],
+                                      ["/run/bench-cache/none-slow", "/scratch"]]
+    assert ["umount", "/scratch"] in shell.argvs  # the first setup unbound before the next
+    lab.destroy()
+    removed = [a[-1] for a in shell.argvs if a[:2] == ["dmsetup", "remove"]]
+    assert len(removed) == len(tables)
+
+
 def test_cache_recipes_and_setups() -> None:
     names = set(cache.setups())
     assert {"none-slow", "none-fast", "bcache-writeback", "bcache-writethrough",

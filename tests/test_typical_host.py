@@ -174,7 +174,7 @@ def _scenario(tmp_path: Path, state: str) -> Path:
     data = yaml.safe_load((REPO / "scenarios" / "ssd-cache.yaml").read_text())
     data.update(repetitions=2, warmup=1, name=f"ssd-cache-{state}")
     data["workloads"] = [{"workload": "disk.fio", "params": {
-        "size_mb": 32, "runtime_s": 1.0, "iodepth": 16, "rw": "randread", "bs": "4k"}}]
+        "size_mb": 32, "runtime_s": 1.0, "iodepth": 1, "rw": "randread", "bs": "4k"}}]
     data["sweep"] = {"cache": CACHES, "cache_state": state}
     path = tmp_path / f"ssd-cache-{state}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -216,3 +216,13 @@ def test_ssd_cache_setups_build_cache_and_leave_nothing(tmp_path: Path) -> None:
     assert set(summary) == set(CACHES), summary
     slow, fast = summary["none-slow"], summary["none-fast"]
     assert fast["iops_cold"] >= 5 * slow["iops_cold"], summary
+    for name in CACHES[2:]:  # the caches: warm from the cache, cold from the slow device
+        row = summary[name]
+        assert row["iops_warm"] >= 3 * row["iops_cold"], (name, summary)
+        assert _hits(row["counters_warm"]) > 0, (name, summary)
+        assert row["dirty_after_drain_cold"] == 0 and row["dirty_after_drain_warm"] == 0
+
+
+def _hits(counters: dict[str, int]) -> int:
+    """Read hits of a run, whatever the cache calls them."""
+    return counters.get("cache.cache_hits", counters.get("cache.read_hits", 0))

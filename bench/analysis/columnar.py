@@ -96,11 +96,19 @@ def assemble(columns: dict[str, Any], meta: dict[str, Any], cells: list[tuple[An
     for position, prefix in ((7, "param."), (8, "tunable.")):
         for key in sorted({k for cell in cells for k in cell[position]}):
             per_cell = np.empty(len(cells), dtype=object)
-            per_cell[:] = [cell[position].get(key, np.nan) for cell in cells]
+            per_cell[:] = [_scalar(cell[position].get(key, np.nan)) for cell in cells]
             extra[prefix + key] = per_cell[codes]
     for name in sorted(extra):
         out[name] = pd.Series(extra[name], dtype=object)
     return out
+
+
+def _scalar(value: Any) -> Any:
+    """A parameter as one hashable column value: nested ones (a victim's parameters, per-instance
+    limits) as their canonical JSON text."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
 
 
 def without_torn_tail(data: bytes) -> bytes:

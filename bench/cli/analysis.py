@@ -155,6 +155,19 @@ def _when(stamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(stamp))
 
 
+def _series_json(s: history.Series) -> dict[str, Any]:
+    points = s.points
+    run_ids = [str(r) for r in points["run_id"]]
+    return {
+        "host": s.host, "tier": s.tier, "cell": s.label, "metric": s.metric, "unit": s.unit,
+        "direction": s.direction,
+        "points": [{"run_id": r, "started": t, "median": m, "n": n} for r, t, m, n in zip(
+            run_ids, points["started"].tolist(), points["median"].tolist(),
+            points["n"].tolist(), strict=True)],
+        "change_points": [{"index": c.index, "run_id": run_ids[c.index], "before": c.before,
+                           "after": c.after, "change": c.change} for c in s.changes]}
+
+
 @history_group.command("trend")
 @_db_option
 @_filters
@@ -162,15 +175,8 @@ def history_trend(db: str | None, host: str | None, tier: str | None, workload: 
                   metric: str | None, all_metrics: bool, min_effect: float, fmt: str) -> None:
     """Each series (host, cell, metric): per-run medians and the change points found (PELT)."""
     found = _series(db, host, tier, workload, metric, all_metrics, min_effect)
-    if fmt == "json":
-        click.echo(json.dumps([{
-            "host": s.host, "tier": s.tier, "cell": s.label, "metric": s.metric,
-            "unit": s.unit, "direction": s.direction,
-            "points": [{"run_id": r.run_id, "started": r.started, "median": r.median, "n": r.n}
-                       for r in s.points.itertuples()],
-            "change_points": [{"index": c.index, "run_id": str(s.points["run_id"].iloc[c.index]),
-                               "before": c.before, "after": c.after, "change": c.change}
-                              for c in s.changes]} for s in found], indent=2))
+    if fmt == "json":  # compact: the C encoder (indent= takes the pure-Python one, 10x slower)
+        click.echo(json.dumps([_series_json(s) for s in found]))
         return
     table = Table(title="history trend")
     for name in ("host", "tier", "cell", "metric", "runs", "first", "last", "change points"):

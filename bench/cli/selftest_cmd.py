@@ -11,7 +11,7 @@ from rich.table import Table
 from bench.cli.common import console
 from bench.core import hostlock
 from bench.core.errors import BenchError
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 
 
 @click.command()

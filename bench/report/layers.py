@@ -30,7 +30,8 @@ METRICS = (("pull_s", "cold pull, loopback registry"),
            ("first_mount_ms", "ns: its overlayfs mount"),
            ("lookup_deepest_us", "ns: first lookup of a file in the deepest layer"),
            ("lookup_missing_us", "ns: lookup of an absent name"))
-PAYOFF = ("pull_s", "pull_limited_s", "first_start_ms", "first_exit_ms")
+PAYOFF = ("pull_s", "pull_limited_s", "first_start_ms", "first_exit_ms", "lookup_deepest_us",
+          "lookup_missing_us")
 
 
 def layer_frame(runs: list[Run]) -> pd.DataFrame:

@@ -37,8 +37,8 @@ from bench.run import plan as planning
 from bench.run import switches as switching
 from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
-from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.tune.hook import TuningHook
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
@@ -248,9 +248,8 @@ class Runner:
             f"with `bench run --resume {self.rundir.run_id}`.")
 
     def _prepare_tiers(self, img: image.Image) -> None:
-        for name in self.tier_names:
-            if not any(c.cell.tier == name for c in self.plan.cells):
-                continue  # every workload here takes no part on it (Workload.not_on)
+        planned = {c.cell.tier for c in self.plan.cells}  # no cell: every workload is not_on it
+        for name in [n for n in self.tier_names if n in planned]:
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The Tier and Instance contracts. One tier lives in one module; see bench/tiers/__init__.py."""
+"""The Tier and Instance contracts. One tier lives in one module; see bench/tiers/registry.py."""
 
 from __future__ import annotations
 

@@ -88,6 +88,9 @@ class HostInstance(Instance):
         self.launch()
 
     def exec(self, argv: list[str], timeout: float) -> Completed:
+        if self.guard is None:  # chroot(8) enters the image: no preexec, so Python can vfork
+            chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # instead of copying itself
+            return procs.run([chroot, str(self.root), *argv], timeout=timeout, env=ENV)
         return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter())
 
     def spawn(self, argv: list[str]) -> Background:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.core.errors import CommandError
+from bench.core.hostlock import work_root
 from bench.tiers.kvm.domxml import disk_xml
-from bench.tiers.kvm.tier import work_root
 from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.cache.recipes import device_spec
 

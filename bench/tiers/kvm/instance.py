@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.core import procs
@@ -28,6 +25,7 @@ from bench.tiers.base import (
 )
 from bench.tiers.kvm import clock, domxml, libvirtd, qemuuser
 from bench.tiers.kvm.agent import Agent, AgentError, completed
+from bench.tiers.kvm.console import console_tail, stamp_seconds
 from bench.tiers.kvm.domxml import DomainConfig
 from bench.tiers.kvm.limits import GuestLimits, net_kbytes, shaper, shaper_note
 from bench.tiers.kvm.limits import tap_of as limits_tap
@@ -40,26 +38,6 @@ else:
 
 if TYPE_CHECKING:
     from bench.tiers.kvm.tier import KvmTier
-
-CONSOLE_TAIL_LINES = 15
-
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
-    """The last distinct lines of a guest's serial console, without terminal escapes."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no console output)"
-    tail: list[str] = []
-    for raw in text.replace("\r", "\n").splitlines():
-        line = " ".join(ANSI.sub("", raw).split())
-        if line and line not in tail[-3:]:
-            tail.append(line)
-    return " | ".join(tail[-lines:]) or "(no console output)"
-
 
 
 class KvmBackground(Background):
@@ -269,7 +247,7 @@ class KvmInstance(Instance):
         done = completed(argv, state, 0.0)
         self._output = done.stdout + done.stderr
         self._sync_clock()
-        stamp = _stamp_seconds(done.stdout)
+        stamp = stamp_seconds(done.stdout)
         if stamp is not None and self.sync is not None:
             self.phases.mark("first_instruction", self.sync.to_host(stamp))
         return done.returncode
@@ -380,15 +358,6 @@ class KvmInstance(Instance):
             found["clock_sync_uncertainty_ms"] = round(self.sync.uncertainty_s * 1e3, 3)
         return found
 
-
-
-def _stamp_seconds(text: str) -> float | None:
-    """bench-stamp's reading of the guest's CLOCK_MONOTONIC, in seconds."""
-    for line in text.splitlines():
-        if '"bench-stamp"' in line:
-            with contextlib.suppress(ValueError, KeyError):
-                return int(json.loads(line)["monotonic_ns"]) / 1e9
-    return None
 
 
 def _parse_cpuset(text: str) -> list[int]:

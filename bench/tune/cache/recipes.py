@@ -36,9 +36,9 @@ class SlowSpec(BaseModel):
     size_mb: int = Field(1024, ge=64)
     read_bps: int = Field(52428800, ge=1 << 20)
     write_bps: int = Field(52428800, ge=1 << 20)
-    read_iops: int = Field(400, ge=10)
-    write_iops: int = Field(400, ge=10)
-    delay_ms: int = Field(4, ge=0, le=1000)
+    read_iops: int = Field(100, ge=10)
+    write_iops: int = Field(100, ge=10)
+    delay_ms: int = Field(10, ge=0, le=1000)
     slow_down: tuple[Literal["blkio-throttle", "dm-delay"], ...] = ("blkio-throttle", "dm-delay")
 
 
