@@ -186,8 +186,7 @@ class SwitchRun:
                 found.append(Measurement(
                     metric=f"switch{event.index}_memory_mb_effect_s",
                     value=event.memory["time_to_effect_s"], unit="s", direction="lower",
-                    metadata={**meta, **{k: v for k, v in event.memory.items()
-                                         if k != "result"}}))
+                    metadata={**meta, **event.memory}))
         return found
 
     def record(self) -> dict[str, Any]:
@@ -240,14 +239,16 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
     skipped: list[str] = []
     current = initial
     for index, switch in enumerate(switches, 1):
+        old = current
+        current = current.merged(switch.set)
+        # the memory look before (an allocation takes seconds) is taken while waiting, so the
+        # switch is still made on time; nothing changes the memory limit in between
+        look = _MemoryLook(instances["main"], old.memory_mb, switch.set.memory_mb) \
+            if switch.set.memory_mb is not None and "main" in instances else None
         thread.join(max(0.0, t0 + switch.at_s - time.monotonic()))
         if not thread.is_alive():
             skipped.append(f"switch {index} at {switch.at_s:g} s: the workload had ended")
             continue
-        old = current
-        current = current.merged(switch.set)
-        look = _MemoryLook(instances["main"], old.memory_mb, switch.set.memory_mb) \
-            if switch.set.memory_mb is not None and "main" in instances else None
         called = time.monotonic()
         results = {role: instance.switch(switch.set) for role, instance in instances.items()}
         memory = look.after(called) if look is not None else None

@@ -64,6 +64,9 @@ class Iperf3(Workload[Iperf3Params]):
     def run(self, ctx: RunContext, params: Iperf3Params) -> list[Measurement]:
         return parse_iperf3_json(self._run(ctx, params, []))
 
+    def before_series(self, ctx: RunContext, params: Iperf3Params) -> None:
+        ctx.main().exec(["iperf3", "--version"], timeout=ctx.remaining())  # a warm start
+
     def run_series(self, ctx: RunContext, params: Iperf3Params) -> Series:
         out = self._run(ctx, params, ["-i", "1"])
         found = parse_iperf3_json(out)

@@ -19,8 +19,10 @@ meaning).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.core.errors import BenchError
@@ -122,10 +124,42 @@ class GuestLimits:
             return SwitchChange(limit, value, False,
                                 f"more CPUs than the {vcpus} vCPU(s) the guest booted with")
         quota = vcpu_quota_us(value, vcpus) if value < vcpus else -1
-        self.domain.setSchedulerParametersFlags(
-            {"vcpu_period": QUOTA_PERIOD_US, "vcpu_quota": quota}, LIVE)
+        try:
+            self.domain.setSchedulerParametersFlags(
+                {"vcpu_period": QUOTA_PERIOD_US, "vcpu_quota": quota}, LIVE)
+        except libvirt.libvirtError as exc:
+            # libvirtd resolves controllers through its mount table: a bind mount of the
+            # cgroup tree elsewhere (a chroot's /sys) sends it to the wrong files. The vCPU
+            # threads' own groups are the files it would write.
+            groups = self._vcpu_groups()
+            if not groups:
+                raise
+            for group in groups:
+                (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+            return SwitchChange(limit, value, True,
+                                "cpu.cfs_quota_us of the vCPU threads' cgroups (libvirt "
+                                f"failed: {exc.get_error_message()[:120]})")
         return SwitchChange(limit, value, True,
                             "libvirt setSchedulerParameters vcpu_quota (per vCPU thread)")
+
+    def _vcpu_groups(self) -> list[Path]:
+        """The cgroup v1 cpu groups of the QEMU threads that run vCPUs ("CPU n/TCG|KVM")."""
+        pid = self.instance.pid
+        root = next((Path(p) for p in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu")
+                     if Path(p, "cpu.cfs_quota_us").exists()), None)
+        if pid is None or root is None:
+            return []
+        found = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                if not (task / "comm").read_text().startswith("CPU "):
+                    continue
+                for line in (task / "cgroup").read_text().splitlines():
+                    _, controllers, rel = line.split(":", 2)
+                    if "cpu" in controllers.split(","):
+                        found.append(root / rel.lstrip("/"))
+        return sorted(set(found))
 
     def _memory_mb(self, limit: str, value: int) -> SwitchChange:
         cfg = self.instance.config
@@ -140,7 +174,10 @@ class GuestLimits:
         return SwitchChange(limit, value, True, "libvirt setMemoryFlags (virtio balloon)")
 
     def _io(self, limit: str, value: int) -> SwitchChange:
-        self.domain.setBlockIoTune(SCRATCH, {IOTUNE[limit]: value}, LIVE)
+        # QEMU takes the throttle as a whole: the ones not switched are given as they are
+        current = self.domain.blockIoTune(SCRATCH, LIVE)
+        tune = {key: int(current.get(key) or 0) for key in IOTUNE.values()}
+        self.domain.setBlockIoTune(SCRATCH, tune | {IOTUNE[limit]: value}, LIVE)
         return SwitchChange(limit, value, True,
                             f"libvirt setBlockIoTune {IOTUNE[limit]} on {SCRATCH}")
 
@@ -163,8 +200,11 @@ class GuestLimits:
         found: dict[str, Any] = {}
         try:
             params = domain.schedulerParametersFlags(LIVE)
-        except libvirt.libvirtError:  # libvirt could not read the cgroup: not read back
-            params = {}
+        except libvirt.libvirtError:  # libvirt could not read the cgroups: read them here
+            groups = self._vcpu_groups()
+            params = {"vcpu_quota": int((groups[0] / "cpu.cfs_quota_us").read_text()),
+                      "vcpu_period": int((groups[0] / "cpu.cfs_period_us").read_text())} \
+                if groups else {}
         quota = params.get("vcpu_quota", -1)
         vcpus = self.instance.config.vcpus
         found["cpus"] = (quota / params.get("vcpu_period", QUOTA_PERIOD_US) * vcpus
