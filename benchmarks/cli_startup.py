@@ -43,7 +43,8 @@ def main() -> None:
         for name, argv in COMMANDS.items():
             times[name].append(timed(argv))
     base = statistics.median(times["import click"])
-    print(f"{'command':<14} {'median s':>9} {'x click':>8}   (load average {os.getloadavg()[0]:.1f})")
+    load = os.getloadavg()[0]
+    print(f"{'command':<14} {'median s':>9} {'x click':>8}   (load average {load:.1f})")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<14} {median:9.3f} {median / base:8.2f}")

@@ -4,17 +4,28 @@ Time from "start" to the no-op's first instruction (bench-stamp's CLOCK_MONOTONI
 
   ns-bridge   the ns tier as `bench run` uses it (own netns, veth on the run's bridge)
   ns-host     the ns tier in host network mode (no network namespace)
+  ns-warm     the ns tier's warm start mode (startup.noop mode=warm): the command started in
+              an instance prepared ahead (namespaces, cgroup, root ready), timed from the call
   unshare     `unshare --fork --pid --mount-proc --uts --ipc --net --mount bench-stamp`
   fork-exec   the host's plain fork/exec of bench-stamp (subprocess, no isolation)
+  docker-run  `docker run --rm --network none bench-image:HASH bench-stamp` (when docker is
+              there; the container's stamp is on the same kernel clock), every --docker-every
+              rounds only, as it takes about 100 times longer
 
-Usage (root, bench image built):  python benchmarks/ns_startup.py [--rounds 40]
+Each of --repeat runs prints its medians and ratios (one JSON object per line): the targets
+are ns-bridge <= 1.25 x unshare in every run, ns-warm <= 2 x fork-exec, docker-run >= 50 x
+ns-bridge.
+
+Usage (root, bench image built):  python -m benchmarks.ns_startup [--rounds 40] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -54,47 +65,86 @@ def via_ns(tier: NsTier, network: NetworkMode, limits: Limits) -> Callable[[], f
     return once
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
-    img = image.require()
+def via_warm(tier: NsTier, network: NetworkMode, limits: Limits) -> Callable[[], float]:
+    """A prepared instance (untimed), then its command started on demand: go -> stamp."""
+    def once() -> float:
+        inst = tier.start_prepared(InstanceSpec("startup", limits, command=[STAMP],
+                                                network=network))
+        try:
+            inst.go()
+            if inst.wait(30) != 0:
+                raise RuntimeError(f"bench-stamp failed: {inst.output()}")
+            first = stamp_of(inst.output())
+        finally:
+            inst.stop()
+        return first - inst.phases.stamps["go"]
+
+    return once
+
+
+def docker_image(img: image.Image) -> str | None:
+    name = f"bench-image:{img.hash}"
+    if shutil.which("docker") is None:
+        return None
+    found = subprocess.run(["docker", "image", "inspect", name], capture_output=True)
+    return name if found.returncode == 0 else None
+
+
+def one_run(tier: NsTier, img: image.Image, args: argparse.Namespace, seed: int) -> None:
     stamp = str(img.rootfs / STAMP.lstrip("/"))
     limits = Limits(cpus=2, memory_mb=2048, pids=4096)  # what scenarios/quick.yaml sets
+    cases: dict[str, Callable[[], float]] = {
+        "ns-bridge": via_ns(tier, "bridge", limits),
+        "ns-host": via_ns(tier, "host", limits),
+        "ns-warm": via_warm(tier, "bridge", limits),
+        "unshare": lambda: via_process([*UNSHARE, stamp]),
+        "fork-exec": lambda: via_process([stamp]),
+    }
+    docker = docker_image(img)
+    if docker:
+        cases["docker-run"] = lambda: via_process(
+            ["docker", "run", "--rm", "--network", "none", docker, STAMP])
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    rng = random.Random(seed)
+    for round_ in range(args.warmup + args.rounds):
+        order = [n for n in cases if n != "docker-run" or round_ % args.docker_every == 0]
+        rng.shuffle(order)  # interleaved, in a new order every round
+        for name in order:
+            value = cases[name]()
+            if round_ >= args.warmup:
+                times[name].append(value * 1e3)
+    medians = {name: statistics.median(values) for name, values in times.items() if values}
+    result = {
+        "rounds": args.rounds, "load": round(os.getloadavg()[0], 1),
+        "median_ms": {k: round(v, 3) for k, v in medians.items()},
+        "ratio_ns_bridge_vs_unshare": round(medians["ns-bridge"] / medians["unshare"], 2),
+        "ratio_ns_host_vs_unshare": round(medians["ns-host"] / medians["unshare"], 2),
+        "ratio_ns_warm_vs_fork_exec": round(medians["ns-warm"] / medians["fork-exec"], 2),
+        "ratio_ns_bridge_vs_fork_exec": round(medians["ns-bridge"] / medians["fork-exec"], 2),
+    }
+    if "docker-run" in medians:
+        result["ratio_docker_run_vs_ns_bridge"] = round(
+            medians["docker-run"] / medians["ns-bridge"], 1)
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="consecutive runs")
+    parser.add_argument("--docker-every", type=int, default=4)
+    args = parser.parse_args()
+    img = image.require()
     run_id = f"nsbench-{int(time.time())}"
     tier = NsTier()
     with tempfile.TemporaryDirectory(prefix="ns-startup-", dir="/var/tmp") as tmp:
         tier.prepare(TierContext(run_id, img, Path(tmp) / "ns", Path(tmp)))
         try:
-            cases: dict[str, Callable[[], float]] = {
-                "ns-bridge": via_ns(tier, "bridge", limits),
-                "ns-host": via_ns(tier, "host", limits),
-                "unshare": lambda: via_process([*UNSHARE, stamp]),
-                "fork-exec": lambda: via_process([stamp]),
-            }
-            times: dict[str, list[float]] = {name: [] for name in cases}
-            rng = random.Random(1)
-            for round_ in range(args.warmup + args.rounds):
-                order = list(cases)
-                rng.shuffle(order)  # interleaved, in a new order every round
-                for name in order:
-                    value = cases[name]()
-                    if round_ >= args.warmup:
-                        times[name].append(value * 1e3)
+            for run in range(args.repeat):
+                one_run(tier, img, args, seed=run + 1)
         finally:
             tier.finish()
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    result = {
-        "rounds": args.rounds,
-        "median_ms": {k: round(v, 3) for k, v in medians.items()},
-        "p90_ms": {k: round(statistics.quantiles(v, n=10)[-1], 3) for k, v in times.items()},
-        "ratio_ns_bridge_vs_unshare": round(medians["ns-bridge"] / medians["unshare"], 2),
-        "ratio_ns_host_vs_unshare": round(medians["ns-host"] / medians["unshare"], 2),
-        "ratio_ns_bridge_vs_fork_exec": round(medians["ns-bridge"] / medians["fork-exec"], 2),
-        "ratio_unshare_vs_fork_exec": round(medians["unshare"] / medians["fork-exec"], 2),
-    }
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

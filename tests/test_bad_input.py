@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from bench.core.errors import ScenarioError
 from bench.core.samples import read_samples
 from bench.run import scenario
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),

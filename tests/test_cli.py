@@ -45,6 +45,7 @@ def test_run_tier_filter_plans_only_that_tier_and_refuses_a_stranger() -> None:
 
 def test_config_names_each_setting_and_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_KVM_BOOT_TIMEOUT", "33")
+    monkeypatch.delenv("BENCH_WORK_DIR", raising=False)
     done = CliRunner().invoke(main, ["config"], terminal_width=200)
     assert done.exit_code == 0, done.output
     line = next(x for x in done.output.splitlines() if "BENCH_KVM_BOOT_TIMEOUT" in x)

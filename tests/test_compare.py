@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from bench.analysis import compare, frame
 from bench.cli.main import main
 from bench.core.image import Image
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from tests import synthetic
 from tests.parts import need
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,44 +178,14 @@ def test_synthetic_nightly_medians_are_what_was_constructed(tmp_path: Path) -> N
 
 # -- PostgreSQL: the same history on a real server (a throwaway cluster on a unix socket) -------
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
-    if Path("/usr/lib/postgresql").exists() else None
-
-
 @pytest.fixture
-def postgres_url(tmp_path: Path) -> Iterator[str]:
-    import pwd
-    import shutil
-    import subprocess
+def postgres_url() -> Iterator[str]:
+    from tests import pgserver
 
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        need("postgres", False, "psycopg is not installed (pip install 'psycopg[binary]')")
-    need("postgres", PG_BIN is not None and (PG_BIN / "initdb").exists(),
-         "no PostgreSQL server binaries (apt-get install postgresql)")
-    need("root", os.geteuid() == 0, "the PostgreSQL server runs as the postgres user")
-    assert PG_BIN is not None
-    user = pwd.getpwnam("postgres")
-    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    os.chown(root, user.pw_uid, user.pw_gid)
-
-    def as_postgres() -> None:
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-
-    data = root / "data"
-    subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
-    subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"),
-                    "-o", f"-k {root} -c listen_addresses=''", "start"],
-                   check=True, capture_output=True, preexec_fn=as_postgres, timeout=120)
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}"
-    finally:
-        subprocess.run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                        "stop"], capture_output=True, preexec_fn=as_postgres, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+    why = pgserver.missing()
+    need("root" if why and why.startswith("not root") else "postgres", why is None, why or "")
+    with pgserver.server() as url:
+        yield url
 
 
 @pytest.mark.part("postgres")

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,9 +24,9 @@ from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
 from bench.kernel import cgroups
-from bench.tiers import get as get_tier
 from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
+from bench.tiers.registry import get as get_tier
 from bench.workloads.base import RunContext
 from bench.workloads.isolation import antagonists, common
 from bench.workloads.isolation.accounting import Accounting
@@ -286,6 +285,7 @@ def _sample(tier: str, workload: str, metric: str, value: float, rep: int = 0,
 
 
 def test_tables_and_report_section_from_samples(tmp_path: Path) -> None:
+    from bench.analysis.frame import Run, read_frame
     from bench.report import isolation as section
     from bench.report.page import Page
 
@@ -314,9 +314,13 @@ def test_tables_and_report_section_from_samples(tmp_path: Path) -> None:
                    .model_copy(update={"metadata": {"shows": "<script>x</script>"}})]:
         rundir.add_sample(sample)
     page = Page("t")
-    section.add(page, [SimpleNamespace(run_id="e", path=empty)])  # type: ignore[list-item]
+
+    def run_of(path: Path) -> Run:
+        return Run(path.name, path, {}, read_frame(path / "samples.jsonl"), [])
+
+    section.add(page, [run_of(empty)])
     assert page.sections == []  # no isolation samples: no section
-    section.add(page, [SimpleNamespace(run_id="f", path=full)])  # type: ignore[list-item]
+    section.add(page, [run_of(full)])
     (anchor, _, body), = page.sections
     assert anchor == "isolation" and "data-figure" in body  # the heat map
     assert "<script>x" not in body and "&lt;script&gt;x" in body  # escaped
@@ -328,3 +332,18 @@ def test_interference_parameters_reject_bad_victims_and_limits() -> None:
                 {"write_mb": 2048}):
         with pytest.raises(ValidationError):
             Interference().parse_params(bad)
+
+
+def test_nested_parameters_are_hashable_frame_columns(tmp_path: Path) -> None:
+    """An interference cell's parameters hold dicts (the victim's parameters, per-instance
+    limits): the frame every report figure reads turns them into canonical JSON text."""
+    from bench.analysis.frame import read_frame
+
+    rundir = RunDir(tmp_path)
+    for rep in range(2):
+        rundir.add_sample(_sample("ns", "isolation.interference", "victim_slowdown", 1.0, rep,
+                                  victim="cpu.sysbench", victim_params={"threads": 1},
+                                  victim_limits={"cpuset": "0"}))
+    frame = read_frame(rundir.samples_path)
+    assert frame["param.victim_params"].nunique() == 1
+    assert frame["param.victim_limits"].iloc[0] == '{"cpuset":"0"}'

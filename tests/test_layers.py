@@ -185,13 +185,18 @@ def layer_run(results: Path) -> Path:
 def test_report_shows_layer_counts_and_when_merging_pays_off(tmp_path: Path) -> None:
     from bench.analysis.frame import load
     from bench.report import layers as section
+    from bench.report.build import Report
     from bench.report.page import Page
 
     run = load(layer_run(tmp_path))
-    html = section.section([run], Page("t", "t"))
-    assert "pull_s: merging paid off from 4 layers on" in html  # 0.9 s vs 0.5 s
+    page = Page("t", "t")
+    section.section(Report([run], page))
+    html = "".join(str(body) for _, _, body in page.sections)
+    assert "pull_s: merging pays off from 4 layers on" in html  # 0.9 s vs 0.5 s
     assert "(at 64 layers: 6.78 -&gt; 0.5" in html
     assert "first_start_ms: merging did not pay off" in html
     assert "16 merged into 1" in html
     assert "<script>alert(1)" not in html and "kvm takes no part" in html
-    assert section.section([], Page("t", "t")) == ""
+    empty = Page("t", "t")
+    section.section(Report([], empty))
+    assert not empty.sections

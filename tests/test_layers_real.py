@@ -26,9 +26,10 @@ from bench.tiers.docker.tier import DockerTier
 from bench.tiers.layered import LayerPoint
 from bench.tiers.ns import layers as ns_layers
 from bench.tiers.ns.tier import NsTier
-from tests.conftest import need
+from tests.parts import need
 
 pytestmark = pytest.mark.integration
+PART_FIXTURES = {"docker_lab": "registry"}  # tests on bench's registry and the engine
 SIZE_MB = 4
 POINTS = [LayerPoint(SIZE_MB, 1, False), LayerPoint(SIZE_MB, 4, False),
           LayerPoint(SIZE_MB, 16, False), LayerPoint(SIZE_MB, 16, True)]
@@ -138,20 +139,21 @@ def test_a_measurement_has_pull_start_and_disk(docker_lab: DockerLayers) -> None
 
 def test_nothing_is_left_after_the_run(docker_lab: DockerLayers) -> None:
     run_id, tier = docker_lab.run_id, docker_lab.tier
-    addr = docker_lab.limited.addr if docker_lab.limited else ""
-    ns = docker_lab.limited.ns if docker_lab.limited else ""
+    limited = docker_lab.limited_registry(50.0)  # started by an earlier test, or now
+    addr, ns = limited.addr, limited.ns
     tier.finish()
     assert not (registry.repositories_dir() / "bench" / run_id).exists()
     assert registry.blob_digests() == docker_lab.blobs_before  # type: ignore[attr-defined]
     engine = docker_engine.connect(30)
     assert not engine.images.list(filters={"label": f"bench.run={run_id}"})
     assert not engine.containers.list(all=True, filters={"label": f"bench.run={run_id}"})
-    assert addr and not (limited_mod.certs_d() / addr).exists()
-    assert ns and not Path(f"/run/netns/{ns}").exists()
+    assert not (limited_mod.certs_d() / addr).exists()
+    assert not Path(f"/run/netns/{ns}").exists()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"brg{limited_mod.tag(run_id)}" not in links
 
 
+@pytest.mark.part("ns")
 def test_ns_overlay_of_n_layers(bench_image: Image, tmp_path: Path) -> None:
     run_id = f"test-nslayers-{secrets.token_hex(3)}"
     tier = NsTier()
@@ -176,3 +178,31 @@ def test_ns_overlay_of_n_layers(bench_image: Image, tmp_path: Path) -> None:
         tier.finish()
     assert not sysmount.mounts_under(tmp_path)
     assert not ns_layers.link_dir(run_id).exists()
+
+
+@pytest.mark.part("docker", "registry")
+def test_cleanup_by_run_id_after_a_crash(bench_image: Image, tmp_path: Path) -> None:
+    """A run killed mid-way leaves its repositories, namespace, veth and CA: `bench cleanup
+    --run` (DockerTier.cleanup) removes them all, and nothing of other runs."""
+    need("docker", docker_engine.diagnose().ok, docker_engine.diagnose().reason)
+    need("registry", registry.available().ok, registry.available().reason)
+    before = registry.blob_digests()
+    run_id = f"test-crash-{secrets.token_hex(3)}"
+    tier = DockerTier()
+    tier.prepare(TierContext(run_id, bench_image, tmp_path / "docker", tmp_path))
+    lab: DockerLayers = tier.layer_lab()
+    lab.push(LayerPoint(1, 2, False))
+    limited = lab.limited_registry(50.0)  # "killed" here: no finish, no close
+    assert (registry.repositories_dir() / "bench" / run_id).exists()
+    removed = DockerTier().cleanup(run_id)
+    assert any("network namespace" in r for r in removed), removed
+    assert any("certificate directory" in r for r in removed), removed
+    assert not (registry.repositories_dir() / "bench" / run_id).exists()
+    assert registry.blob_digests() == before
+    assert not Path(f"/run/netns/{limited.ns}").exists()
+    assert not (limited_mod.certs_d() / limited.addr).exists()
+    if limited.proc is not None:
+        limited.proc.wait(10)  # killed with its namespace
+    lab.pushed.clear()
+    lab.limited = None
+    tier.finish()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.parts import FLOORS
+
 REPO = Path(__file__).resolve().parent.parent
 
 MODULE = '''
@@ -59,13 +61,14 @@ def test_the_summary_counts_per_part_and_a_floor_fails_the_run(tmp_path: Path) -
     assert "tests per part" in done.stdout
     lines = {line.split()[0]: line for line in done.stdout.splitlines()
              if line.startswith(("host ", "ns ", "docker "))}
-    assert lines["host"].split() == ["host", "ran", "1", "skipped", "0", "floor", "30",
-                                     "(required)"], lines
+    assert lines["host"].split() == ["host", "ran", "1", "skipped", "0", "floor",
+                                     str(FLOORS["host"]), "(required)"], lines
     assert lines["ns"].split()[:5] == ["ns", "ran", "1", "skipped", "0"], lines
     assert lines["docker"].split()[:5] == ["docker", "ran", "0", "skipped", "1"], lines
     # one test per part is below the real floors: the run fails, though no test did
     assert done.returncode == 1, done.stdout
-    assert "FAILED: required part host ran 1 tests, below its floor 30" in done.stdout
+    assert f"FAILED: required part host ran 1 tests, below its floor {FLOORS['host']}" in \
+        done.stdout
     # a partial run (a file named on the command line) is not held to the floors
     partial = pytest_in(tmp_path, BENCH_REQUIRE="host,ns")
     assert partial.returncode == 0, partial.stdout

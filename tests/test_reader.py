@@ -91,3 +91,22 @@ def test_a_params_key_that_looks_like_the_marker_is_read_right(tmp_path: Path) -
     assert found["param.direction"].tolist() == ["up", "up"]
     assert found["param.note"].tolist() == [', "direction": "x'] * 2
     assert found["cell"].nunique() == 1
+
+
+def test_the_parquet_copy_reads_back_the_same_frame_and_goes_stale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.analysis import parquet_copy
+
+    monkeypatch.setattr(parquet_copy, "WORTH", 10)
+    path = synthetic.write_run(tmp_path, synthetic.Spec("copy", hostile=True, repetitions=3))
+    jsonl = path / "samples.jsonl"
+    first = frame._read(jsonl)  # parsed, and the copy written
+    assert (path / "samples.parquet").exists()
+    again = parquet_copy.read(jsonl)
+    assert again is not None
+    same(first, again)
+    append_jsonl(jsonl, sample(99))  # the run goes on: the copy no longer describes the file
+    assert parquet_copy.read(jsonl) is None
+    grown = frame._read(jsonl)
+    assert len(grown) == len(first) + 1 and grown["repetition"].iloc[-1] == 99
+    assert parquet_copy.read(jsonl) is not None  # written again for the new state

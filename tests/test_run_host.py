@@ -15,6 +15,7 @@ import yaml
 
 from bench.core.image import Image
 from bench.core.rundir import RunDir
+from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run import scenario
 
@@ -84,7 +85,7 @@ def test_quick_scenario_host_part(tmp_path: Path, results_dir: Path, bench_image
     phases = manifest["phases_s"]
     assert phases["runs host"] > 0 and phases["total"] >= phases["runs host"]
     # nothing of the run stays mounted
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
 
 
 SMALL = {
@@ -124,7 +125,7 @@ def test_sigint_keeps_samples_and_resume_completes(tmp_path: Path, results_dir: 
     assert taken, "samples taken before the interrupt must stay on disk"
     total = 3 * (2 + 1 + 1)
     assert len(run.records()) < total
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
 
     done = bench("run", "--resume", run.run_id, env=env_for(results_dir))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -203,7 +204,7 @@ def test_samples_file_loads_into_pandas_rows(results_dir: Path, tmp_path: Path,
 def test_doctor_and_list(results_dir: Path, bench_image: Image) -> None:
     done = bench("doctor", env=env_for(results_dir))
     assert done.returncode == 0, done.stderr
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
     from bench.workloads import WORKLOADS
 
     for name in [*TIERS, *WORKLOADS]:
@@ -253,9 +254,9 @@ def test_cleanup_after_sigkill_leaves_no_mount(tmp_path: Path, results_dir: Path
     proc.kill()
     proc.wait()
     run = only_run(results_dir)
-    assert sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}"), "the killed run left mounts"
+    assert sysmount.mounts_under(settings().work_dir / run.run_id), "the killed run left mounts"
     done = bench("cleanup", "--run", run.run_id, env=env_for(results_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "removed host: mount" in done.stdout
-    assert not sysmount.mounts_under(f"/var/tmp/bench/{run.run_id}")
+    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
     assert run.samples(), "samples taken before the kill stay readable"

@@ -368,3 +368,30 @@ def test_the_image_build_refuses_a_pyperf_wheel_that_is_not_the_pinned_one(
     with pytest.raises(BenchError):
         image._install_pyperf(rootfs)
     assert not list(rootfs.rglob("pyperf"))  # nothing of it reached the image
+
+
+def test_kvm_run_locks_in_run_lock_refuse_planted_links_and_directories(
+        tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/run/lock is world-writable: a symlink at a run's lock, or a directory someone else
+    made for bench's locks, is refused and its target left as it was."""
+    from bench.tiers.kvm import runlock
+
+    shared = tmp_path / "run-lock"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.setenv("BENCH_KVM_LOCK_DIR", str(shared / "bench-kvm"))
+    (shared / "bench-kvm").mkdir()
+    (shared / "bench-kvm" / "run-a.lock").symlink_to(victim)
+    before = fingerprint(victim)
+    with pytest.raises(BenchError, match="symlink"):
+        runlock.hold_run_lock("run-a")
+    assert fingerprint(victim) == before
+    held = runlock.hold_run_lock("run-b")
+    try:
+        assert runlock.run_is_live("run-b") and not runlock.run_is_live("run-a")
+    finally:
+        held.close()
+    os.chown(shared / "bench-kvm", NOBODY, NOBODY)  # planted by another user
+    with pytest.raises(BenchError, match="belongs to uid"):
+        runlock.hold_run_lock("run-c")
+    assert not (shared / "bench-kvm" / "run-c.lock").exists()

@@ -84,7 +84,7 @@ def test_run_journal_skips_only_a_torn_last_line(tmp_path: Path) -> None:
 
 def test_the_baseline_tier_is_the_one_tier_that_says_so() -> None:
     from bench.core.samples import BASELINE_TIER
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
 
     assert [name for name, tier in TIERS.items() if tier.is_baseline] == [BASELINE_TIER]
 

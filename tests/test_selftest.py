@@ -12,7 +12,7 @@ import pytest
 
 from bench.core.image import Image
 from bench.kernel import cgroups
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 
 pytestmark = pytest.mark.integration
 # the lane's guest (tests/lane/) is a typical host without Docker
@@ -30,19 +30,32 @@ def test_selftest_measures_each_injected_limit(tmp_path: Path, bench_image: Imag
     args = [a for t in FAST_TIERS for a in ("--tier", t)]
     done = subprocess.run([sys.executable, "-m", "bench.cli", "selftest", "--json", *args],
                           env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode in (0, 1), done.stderr  # 1: a check missed the 5% target
     checks = json.loads(done.stdout[done.stdout.index("["):])
+    # a CPU quota is only checkable while the host has a CPU to spare: on a loaded one that
+    # check is skipped and says so (everything else must be measured)
+    for check in checks:
+        assert not check["skipped"] or (check["limit"] == "cpus"
+                                        and "too loaded" in check["skipped"]), check
     available = [c for c in checks if not c["skipped"]]
     assert {c["tier"] for c in available} == set(FAST_TIERS)
-    assert len(available) == 3 * len(FAST_TIERS)
+    for tier in FAST_TIERS:
+        mine = {(c["limit"], c["set"]) for c in checks if c["tier"] == tier}
+        # each limit, and one combined case: read and write throttled together, the write
+        # run first (a read limit that held alone did not hold after it)
+        assert {limit for limit, _ in mine} >= {"cpus", "io_read_bps", "io_write_bps",
+                                                 "tbf (network)"}, (tier, mine)
+        assert any("io_write_bps" in s and "io_read_bps" in s for limit, s in mine
+                   if limit == "io_read_bps"), (tier, mine)
     for check in available:
-        # the precision target (5%) is for quiet hosts and is reported, not asserted; a limit
-        # that had no effect would be off by 100% or more
-        assert abs(check["measured"] / check["expected"] - 1) < 0.25, check
+        # the promise: within 5% of the injected value (paired ratios, bounded retries that
+        # the check reports); a miss is a failure here too
+        assert abs(check["measured"] / check["expected"] - 1) <= 0.05 and check["passed"], check
+    assert done.returncode == 0, done.stderr[-2000:]
     # nothing left: no test namespace, no qdisc, no cgroup, no work directory
     netns_after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     assert not {n for n in netns_after - netns_before if "selftest" in n}
-    assert "tbf" not in qdiscs()
+    # (other users' shapers may run at the same time: ours are the 200 Mbit ones)
+    assert not [q for q in qdiscs().splitlines() if "tbf" in q and "rate 200Mbit" in q]
     for root in cgroups.detect().unique_roots:
         assert not list((root / cgroups.ROOT_NAME).glob("selftest-*"))
     assert not any((tmp_path / "work").glob("selftest-*"))

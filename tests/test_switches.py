@@ -15,9 +15,9 @@ from bench.kernel import cgroupread, cgroups
 from bench.kernel.cgroups import Cgroup
 from bench.run import scenario, switches
 from bench.run.switches import SwitchEvent, level, time_to_effect
-from bench.tiers import TIERS
 from bench.tiers.kvm import domxml
 from bench.tiers.kvm.domxml import DomainConfig
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 from bench.workloads.base import Series
 from bench.workloads.cpu_sysbench import parse_sysbench_intervals
@@ -35,7 +35,7 @@ def test_iops_limits_on_v2_are_set_switched_and_read_back(tmp_path: Path) -> Non
     assert io_max.read_text() == f"254:0 rbps={20 * MiB} riops=500 wiops=300"
     (parent / "main-1" / "cpu.max").write_text("max 100000")
     (parent / "main-1" / "memory.max").write_text("max")
-    group.update(Limits(cpus=1.5, io_read_iops=2000), io_device="254:0")
+    cgroupread.update(group, Limits(cpus=1.5, io_read_iops=2000), io_device="254:0")
     assert io_max.read_text() == "254:0 riops=2000"  # the kernel merges keys; a file does not
     io_max.write_text(f"254:0 rbps={20 * MiB} wbps=max riops=2000 wiops=300\n")
     assert cgroupread.read_limits(group, "254:0") == {
@@ -50,9 +50,9 @@ def test_v1_memory_switch_writes_memsw_first_when_growing(tmp_path: Path) -> Non
     group.make(limits, io_device="8:0")
     blkio = roots["blkio"] / "bench-ns/run-1/main-1"
     assert (blkio / "blkio.throttle.read_iops_device").read_text() == "8:0 100"
-    grow = [p.name for p, _ in group.update(Limits(memory_mb=1024))]
+    grow = [p.name for p, _ in cgroupread.update(group, Limits(memory_mb=1024))]
     assert grow == ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
-    shrink = [p.name for p, _ in group.update(Limits(memory_mb=256))]
+    shrink = [p.name for p, _ in cgroupread.update(group, Limits(memory_mb=256))]
     assert shrink == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
     assert cgroupread.read_limits(group, "8:0")["io_read_iops"] == 100
     assert cgroupread.read_limits(group, "8:0")["memory_mb"] == 256

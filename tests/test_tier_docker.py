@@ -26,7 +26,8 @@ from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.docker import engine as docker_engine
-from bench.tiers.docker.tier import DockerTier, import_image
+from bench.tiers.docker.image import import_image
+from bench.tiers.docker.tier import DockerTier
 from bench.tiers.host import HostTier
 from bench.workloads.base import RunContext
 from bench.workloads.cpu_sysbench import parse_sysbench_cpu

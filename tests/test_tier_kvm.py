@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,13 +97,18 @@ def prepared(bench_image: Image, run_id: str, raw: Path) -> KvmTier:
 # -- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module", autouse=True)
-def work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Guests' disks live under BENCH_WORK_DIR; pytest's directories are private (0700), which
-    QEMU must cope with."""
-    path = tmp_path_factory.mktemp("kvm-work")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENCH_WORK_DIR", str(path))
-        yield path
+def work_root() -> Iterator[Path]:
+    """Guests' disks live under BENCH_WORK_DIR: here a directory libvirt's unprivileged QEMU
+    user can reach, as the default /var/tmp/bench is (pytest's own are private, 0700; a guest
+    there runs as root, which test_qemu_runs_as_root_only_where_its_user_is_shut_out checks)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-kvm-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("BENCH_WORK_DIR", str(path))
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -636,3 +643,34 @@ def test_kvm_memory_switch_moves_the_guests_memtotal(guest: tuple[KvmTier, KvmIn
         assert memory["moved_mb"] == pytest.approx(-256, rel=0.05)
     finally:
         main.switch(Limits(memory_mb=GUEST_LIMITS.memory_mb))
+
+
+def test_qemu_runs_as_libvirts_unprivileged_user(guest: tuple[KvmTier, KvmInstance]) -> None:
+    """QEMU runs as libvirt's QEMU user (Debian: libvirt-qemu), not root; the run's disks are
+    given to it, the shared guest files stay root's."""
+    import pwd
+
+    _, main = guest
+    user = libvirtd.qemu_user()
+    assert main.pid is not None
+    assert Path(f"/proc/{main.pid}").stat().st_uid == pwd.getpwnam(user).pw_uid
+    assert main.metadata()["qemu_user"] == user
+    assert main.overlay.stat().st_uid == pwd.getpwnam(user).pw_uid
+    assert main.tier.guest.disk.stat().st_uid == 0
+
+
+def test_qemu_runs_as_root_only_where_its_user_is_shut_out(tmp_path: Path) -> None:
+    from bench.tiers.kvm import qemuuser
+
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    readable = Path("/etc/hostname")
+    assert qemuuser.choose([readable], [closed / "root.qcow2"]).uid == 0
+    assert "cannot reach" in qemuuser.choose([readable], [closed / "root.qcow2"]).reason
+    opened = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        opened.chmod(0o755)
+        chosen = qemuuser.choose([readable], [opened / "root.qcow2"])
+        assert chosen.name == libvirtd.qemu_user() and chosen.uid != 0, chosen
+    finally:
+        opened.rmdir()

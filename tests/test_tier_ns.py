@@ -29,7 +29,8 @@ from bench.core.rundir import RunDir
 from bench.kernel import cgroups, linuxns, sysmount
 from bench.tiers.base import Instance, InstanceSpec, TierContext
 from bench.tiers.ns import net as ns_net
-from bench.tiers.ns.tier import CGROUP_ROOT, NsInstance, NsTier
+from bench.tiers.ns.instance import CGROUP_ROOT, NsInstance
+from bench.tiers.ns.tier import NsTier
 
 pytestmark = [pytest.mark.integration, pytest.mark.part("ns")]
 MiB = 1 << 20
@@ -147,6 +148,27 @@ def test_exec_enters_the_running_instance(tier: NsTier, started: list[Instance])
     with pytest.raises(CommandError) as failed:
         box.exec(["sh", "-c", "exit 3"], 30)
     assert failed.value.returncode == 3
+
+
+def mount_options(mountinfo: str) -> dict[str, set[str]]:
+    """Mount point -> its per-mount options, from /proc/self/mountinfo (the last mount wins)."""
+    found = {}
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        found[fields[4]] = set(fields[5].split(","))
+    return found
+
+
+def test_host_kernel_parts_of_proc_are_read_only(tier: NsTier, started: list[Instance]) -> None:
+    """As Docker has them: sysctls outside the container's own netns cannot be written from
+    inside (read off the mount table, never by writing one)."""
+    box = tier.start(InstanceSpec("proc", Limits()))
+    started.append(box)
+    mounts = mount_options(box.exec(["cat", "/proc/self/mountinfo"], 30).stdout)
+    for path in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
+        if path == "/proc/sys" or Path(path).exists():  # (no sysrq-trigger in some kernels)
+            assert "ro" in mounts[path], (path, mounts.get(path))
+    assert "rw" in mounts["/proc/sys/net"] and "rw" in mounts["/proc"]
 
 
 def test_capabilities_are_configurable(bench_image: Image, tmp_path: Path,
@@ -456,7 +478,7 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
             {"workload": "disk.fio", "params": {"size_mb": 16, "runtime_s": 0.5}},
             {"workload": "network.iperf3", "params": {"seconds": 1}},
             {"workload": "network.sockperf", "params": {"seconds": 1}},
-            {"workload": "startup.noop", "repetitions": 3},
+            {"workload": "startup.noop", "repetitions": 3, "matrix": {"mode": ["new", "warm"]}},
             {"workload": "density.idle", "params": {"instances": 3, "settle_s": 0.2}},
         ],
     }
@@ -472,12 +494,22 @@ def test_bench_run_host_and_ns_every_family(tmp_path: Path, results_dir: Path,
     from bench.workloads import WORKLOADS
 
     seen = {(s.cell.tier, WORKLOADS[s.cell.workload].family) for s in run.samples()}
-    families = {w.family for w in WORKLOADS.values()}
+    families = {WORKLOADS[w["workload"]].family for w in scenario["workloads"]}
+    assert families == {"cpu", "memory", "disk", "network", "startup", "density"}
     assert {f for t, f in seen if t == "ns"} == families
     startup = [s for s in run.samples() if s.cell.tier == "ns"
                and s.metric == "first_instruction_ms"]
     assert startup and all(0 < s.value < 1000 for s in startup)
-    assert "cgroup_joined" in startup[0].metadata["phases_ms"]
+    new = [s for s in startup if s.metadata["start_mode"] == "new"]
+    warm = [s for s in startup if s.metadata["start_mode"] == "warm"]
+    assert len(new) == len(warm) == 3  # a start mode of its own: its own cell, never mixed
+    assert {s.cell.key for s in new}.isdisjoint({s.cell.key for s in warm})
+    assert all(s.cell.params["mode"] == "warm" for s in warm)
+    assert "cgroup_joined" in new[0].metadata["phases_ms"]
+    # timed from go: the namespaces, cgroup and root were ready before, so it starts faster
+    assert set(warm[0].metadata["phases_ms"]) >= {"go", "first_instruction", "exit"}
+    assert "cgroup_joined" not in warm[0].metadata["phases_ms"]
+    assert sorted(s.value for s in warm)[1] < sorted(s.value for s in new)[1]
     assert not leftovers(run.run_id)
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bench.core.image import Image
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
 from bench.tune.sysfs import HostFs, block_device_of

@@ -14,33 +14,41 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pcsv
-import pyarrow.json as pjson
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from bench.core.samples import FORMAT_VERSION, Cell
 
-META_COLUMNS = ("network_path", "page_cache", "accelerator", "phases_ms", "scratch_fs")
+META_COLUMNS = ("network_path", "page_cache", "accelerator", "phases_ms", "scratch_fs",
+                "start_mode")
 BASE_COLUMNS = ("run_id", "cell", "tier", "workload", "label", "cache", "params", "tunables",
                 "repetition", "metric", "value", "unit", "direction", "timestamp")
 
 PREFIX = '{"cell": '
 MARKER = ', "direction": "'
 BLOCK = 1 << 24
-STRING_META = ("network_path", "page_cache", "accelerator", "scratch_fs")
+STRING_META = ("network_path", "page_cache", "accelerator", "scratch_fs", "start_mode")
 REQUIRED = ("run_id", "repetition", "metric", "value", "unit", "direction", "timestamp")
-SCHEMA = pa.schema([
-    ("v", pa.int64()), ("run_id", pa.string()), ("repetition", pa.int64()),
-    ("metric", pa.string()), ("value", pa.float64()), ("unit", pa.string()),
-    ("direction", pa.string()), ("timestamp", pa.float64()),
-    ("metadata", pa.struct([(name, pa.string()) for name in STRING_META])),
-])
+
+
+@cache
+def schema() -> pa.Schema:
+    """What the JSON reader is told each field is (pyarrow is imported when first read)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("v", pa.int64()), ("run_id", pa.string()), ("repetition", pa.int64()),
+        ("metric", pa.string()), ("value", pa.float64()), ("unit", pa.string()),
+        ("direction", pa.string()), ("timestamp", pa.float64()),
+        ("metadata", pa.struct([(name, pa.string()) for name in STRING_META])),
+    ])
 
 
 def canonical(value: dict[str, Any]) -> str:
@@ -88,11 +96,19 @@ def assemble(columns: dict[str, Any], meta: dict[str, Any], cells: list[tuple[An
     for position, prefix in ((7, "param."), (8, "tunable.")):
         for key in sorted({k for cell in cells for k in cell[position]}):
             per_cell = np.empty(len(cells), dtype=object)
-            per_cell[:] = [cell[position].get(key, np.nan) for cell in cells]
+            per_cell[:] = [_scalar(cell[position].get(key, np.nan)) for cell in cells]
             extra[prefix + key] = per_cell[codes]
     for name in sorted(extra):
         out[name] = pd.Series(extra[name], dtype=object)
     return out
+
+
+def _scalar(value: Any) -> Any:
+    """A parameter as one hashable column value: nested ones (a victim's parameters, per-instance
+    limits) as their canonical JSON text."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return value
 
 
 def without_torn_tail(data: bytes) -> bytes:
@@ -110,6 +126,9 @@ def without_torn_tail(data: bytes) -> bytes:
 def _lines(data: bytes) -> pa.ChunkedArray:
     """Each non-empty line as a string. JSON text has no raw control characters, so a CSV
     reader with \\x01 as its delimiter and no quoting splits lines and nothing else."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
     table = pcsv.read_csv(
         io.BytesIO(data),
         read_options=pcsv.ReadOptions(column_names=["line"], block_size=BLOCK),
@@ -120,12 +139,16 @@ def _lines(data: bytes) -> pa.ChunkedArray:
 
 def read(data: bytes) -> pd.DataFrame | None:
     """The tidy frame of `data` (samples.jsonl's bytes, torn tail removed), or None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pjson
+
     try:
         lines = _lines(data)
         table = pjson.read_json(io.BytesIO(data),
                                 read_options=pjson.ReadOptions(block_size=BLOCK),
                                 parse_options=pjson.ParseOptions(
-                                    explicit_schema=SCHEMA, unexpected_field_behavior="ignore"))
+                                    explicit_schema=schema(), unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
     if len(lines) != table.num_rows or not _valid(lines, table):
@@ -149,6 +172,8 @@ def read(data: bytes) -> pd.DataFrame | None:
 
 
 def _numpy(column: pa.ChunkedArray) -> Any:
+    import pyarrow as pa
+
     if pa.types.is_string(column.type):
         return pd.Categorical(column.to_pandas(strings_to_categorical=True))
     return column.to_numpy()
@@ -156,6 +181,8 @@ def _numpy(column: pa.ChunkedArray) -> Any:
 
 def _valid(lines: pa.ChunkedArray, table: pa.Table) -> bool:
     """The bulk checks: layout, required fields, allowed values, the current format."""
+    import pyarrow.compute as pc
+
     if not pc.all(pc.starts_with(lines, PREFIX + "{")).as_py():
         return False
     if any(table[name].null_count for name in REQUIRED):
@@ -169,6 +196,9 @@ def _valid(lines: pa.ChunkedArray, table: pa.Table) -> bool:
 
 def _phases(lines: pa.ChunkedArray) -> np.ndarray:
     """metadata.phases_ms (start-up rows only): parsed from just the lines that carry it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     out = np.full(len(lines), None, dtype=object)
     mask = pc.match_substring(lines, '"phases_ms": {')
     rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))

@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.analysis import methodology, stats
+from bench.analysis.defaults import COMPARE_FORMATS
 from bench.analysis.frame import Run
 
-FORMATS = ("table", "json", "markdown", "junit")
+FORMATS = COMPARE_FORMATS
 
 
 @dataclass

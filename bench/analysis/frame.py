@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.analysis import columnar
+from bench.analysis import columnar, parquet_copy
 from bench.analysis.columnar import (
     META_COLUMNS,
     assemble,
@@ -53,10 +53,28 @@ class Run:
         return float(self.manifest.get("started_at") or 0.0)
 
 
+_LAST: dict[tuple[str, int, int], pd.DataFrame] = {}
+
+
 def read_frame(path: Path) -> pd.DataFrame:
-    """samples.jsonl -> a tidy frame (see the module's docstring)."""
-    if not path.exists():
+    """samples.jsonl -> a tidy frame (see the module's docstring). The last file read is kept
+    while it is unchanged (a report and its tuning section read the same run); callers get
+    a copy-on-write copy, so none sees another's changes."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return empty_frame()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _LAST:
+        _LAST.clear()
+        _LAST[key] = _read(path)
+    return _LAST[key].copy(deep=False)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    found = parquet_copy.read(path)
+    if found is not None:
+        return found
     data = columnar.without_torn_tail(path.read_bytes())
     if not data.strip():
         return empty_frame()
@@ -65,6 +83,8 @@ def read_frame(path: Path) -> pd.DataFrame:
         found = _validated(path)
     if found.empty:
         return empty_frame()
+    if len(found) >= parquet_copy.WORTH:
+        parquet_copy.write(path, found)
     return found
 
 

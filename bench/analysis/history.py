@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,6 @@ from sqlalchemy.orm import Session
 
 from bench.analysis import changepoint
 from bench.analysis.columnar import META_COLUMNS, empty_frame
-from bench.analysis.frame import Run
-from bench.analysis.frame import load as load_run
 from bench.analysis.history_schema import (
     SCHEMA_VERSION,
     CellRow,
@@ -40,6 +38,9 @@ from bench.core.errors import BenchError
 from bench.core.rundir import RunRecord, results_dir
 from bench.core.settings import settings
 from bench.workloads import HEADLINE
+
+if TYPE_CHECKING:
+    from bench.analysis.frame import Run
 
 SAMPLE_COLUMNS = ("run_id", "cell", "metric", "repetition", "value", "unit", "direction",
                   "timestamp", "meta")
@@ -179,6 +180,9 @@ def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
     dialect = conn.dialect.name
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":
         raw: Any = conn.connection.driver_connection
+        # the commit need not wait for the WAL flush: a crash can lose this ingest, which is
+        # then simply run again, never corrupt what is stored
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         with raw.cursor() as cursor, \
                 cursor.copy(COPY_SAMPLES) as copy:
             for row in rows:
@@ -191,6 +195,8 @@ def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
 
 
 def ingest_path(engine: Engine, run: str | Path) -> Ingested:
+    from bench.analysis.frame import load as load_run
+
     return ingest(engine, load_run(run))
 
 
@@ -204,6 +210,8 @@ def runs(engine: Engine, host: str | None = None) -> list[RunRow]:
 
 def load(engine: Engine, run_id: str) -> Run:
     """A stored run as a `Run`, the same shape `bench.analysis.frame.load` gives for a directory."""
+    from bench.analysis.frame import Run
+
     with Session(engine) as session:
         row = session.get(RunRow, run_id)
         if row is None:

@@ -9,7 +9,8 @@ keeping every stored run: a database made before versions were kept (the tables 
 - v2: `bench_points`, each run's median (and count) per cell and metric, written at ingest, so
   trends read one row per run and series instead of every sample; filled from the stored
   samples when an older database is migrated. The samples keep one index (run id) instead of
-  v1's two wider ones, which made a bulk insert three times slower.
+  v1's two wider ones, which made a bulk insert three times slower, and lose their foreign keys
+  (checked per row on PostgreSQL; SQLite never enforced them).
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ class SampleRow(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("bench_runs.run_id", ondelete="CASCADE"))
-    cell: Mapped[str] = mapped_column(ForeignKey("bench_cells.key"))
+    # no foreign keys since v2: ingest writes the run and its cells first in the same
+    # transaction, and a key checked per row (a trigger call each on PostgreSQL) made a bulk
+    # COPY of a million samples several times slower
+    run_id: Mapped[str] = mapped_column(String(200))
+    cell: Mapped[str] = mapped_column(String(32))
     metric: Mapped[str] = mapped_column(String(128))
     repetition: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
@@ -128,6 +132,9 @@ def point_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _to_v2(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":  # SQLite does not enforce them: nothing to drop
+        for name in ("bench_samples_run_id_fkey", "bench_samples_cell_fkey"):
+            conn.execute(text(f"ALTER TABLE bench_samples DROP CONSTRAINT IF EXISTS {name}"))
     for name in ("ix_bench_samples_run_cell_metric", "ix_bench_samples_cell_metric"):
         conn.execute(text(f"DROP INDEX IF EXISTS {name}"))  # constant names
     for index in cast(Table, SampleRow.__table__).indexes:

@@ -33,13 +33,14 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 
+from bench.analysis.defaults import ALPHA as ALPHA
+from bench.analysis.defaults import MIN_EFFECT as MIN_EFFECT
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_MAX_N = 100
 OUTLIER_Z = 3.5
 OUTLIER_MIN_N = 5  # with fewer values the MAD is too unstable to call anything an outlier
-ALPHA = 0.05
-MIN_EFFECT = 0.02
 
 Direction = Literal["higher", "lower"]
 Verdict = Literal["faster", "slower", "same"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.core import image, procs
 from bench.core.errors import BenchError
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 
 CORE_PACKAGES = ("mmdebstrap", "util-linux", "iproute2", "e2fsprogs", "procps")

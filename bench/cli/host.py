@@ -16,7 +16,7 @@ from bench.core import image as image_mod
 from bench.core.errors import BenchError
 from bench.core.hostlock import work_root
 from bench.kernel import sysmount
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 
 
 @click.command()

@@ -8,7 +8,7 @@ from rich.table import Table
 from bench.cli.common import console
 from bench.core.errors import BenchError
 from bench.run import scenario as scenario_mod
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.workloads import WORKLOADS
 
 
@@ -35,7 +35,8 @@ def list_cmd() -> None:
     for column in ("name", "family", "description", "parameters (default)"):
         loads.add_column(column)
     for name, w in WORKLOADS.items():
-        fields = ", ".join(f"{k} ({f.default})" for k, f in w.params_model.model_fields.items())
+        fields = ", ".join(f"{k} ({f.get_default(call_default_factory=True)})"
+                           for k, f in w.params_model.model_fields.items())
         loads.add_row(name, w.family, w.description, fields or "-")
     console.print(loads)
 

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("bench.cli.host:cleanup",
                 "Remove what a killed run left behind (mounts, containers,..."),
     "selftest": ("bench.cli.selftest_cmd:selftest",
-                 "Inject a CPU quota, an I/O throttle and a tbf rate limit;..."),
+                 "Inject CPU, I/O and network limits and measure each on..."),
     "report": ("bench.cli.analysis:report_cmd",
                "Write one self-contained HTML report of RUN (ids or..."),
     "compare": ("bench.cli.analysis:compare_cmd",

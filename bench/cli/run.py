@@ -47,6 +47,9 @@ def run(scenario: str, dry_run: bool, resume_id: str | None, all_metrics: bool,
         _run_locked(scenario, resume_id, all_metrics, only)
 
 
+COPY_FROM_BYTES = 30 * 2**20  # about 100,000 samples (bench/analysis/parquet_copy.py)
+
+
 def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
                 only: tuple[str, ...] = ()) -> None:
     from bench.run.phases import PhaseClock
@@ -88,7 +91,15 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
         console.print(f"[yellow]interrupted after {outcome.done} of {outcome.total} runs; the "
                       f"samples taken are in {rundir.path}. Resume with: "
                       f"bench run --resume {rundir.run_id}[/yellow]")
+        console.print(clock.line(), highlight=False)
         sys.exit(EXIT_INTERRUPTED)
+    samples = rundir.samples_path
+    if samples.exists() and samples.stat().st_size > COPY_FROM_BYTES:
+        # a big run: parsed once now, so reports, compare and history read the Parquet copy
+        from bench.analysis.frame import read_frame
+
+        with clock.phase("columnar copy"):
+            read_frame(rundir.samples_path)
     print_summary(rundir, console, all_metrics)
     console.print(f"results: {rundir.path}")
     console.print(clock.line(), highlight=False)

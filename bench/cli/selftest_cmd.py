@@ -5,19 +5,23 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cli.common import console
 from bench.core import hostlock
 from bench.core.errors import BenchError
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 
 
 @click.command()
 @click.option("--tier", "tiers", multiple=True, help="Only these tiers (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def selftest(tiers: tuple[str, ...], as_json: bool) -> None:
-    """Inject a CPU quota, an I/O throttle and a tbf rate limit; measure each on every tier."""
+@click.option("--full", is_flag=True,
+              help="Every limit alone and in pairs, on both scratch modes, with values other "
+                   "than the defaults (a validation, minutes per tier).")
+def selftest(tiers: tuple[str, ...], as_json: bool, full: bool) -> None:
+    """Inject CPU, I/O and network limits and measure each on every tier (within 5%)."""
     from bench.cli import selftest as st
 
     names = list(tiers) or list(TIERS)
@@ -26,21 +30,21 @@ def selftest(tiers: tuple[str, ...], as_json: bool) -> None:
         raise BenchError(f"Unknown tier(s): {', '.join(unknown)}.",
                          f"choose from: {', '.join(TIERS)}.")
     with hostlock.hold("(selftest)"):
-        checks = st.SelfTest(names, log=console.print).run()
+        checks = st.SelfTest(names, log=console.print, full=full).run()
     if as_json:
         click.echo(st.as_json(checks))
     else:
         out = Table(title=f"bench selftest (pass: within {st.TOLERANCE:.0%} of the injected value)")
-        for column in ("tier", "limit injected", "expected", "measured", "unit", "error",
+        for column in ("tier", "limit", "set", "expected", "measured", "unit", "error",
                        "result", "how"):
             out.add_column(column)
         for c in checks:
             if c.skipped:
-                out.add_row(c.tier, c.limit, "-", "-", c.unit, "-", "[yellow]skipped[/yellow]",
-                            c.skipped)
+                out.add_row(c.tier, c.limit, c.set, "-", "-", c.unit, "-",
+                            "[yellow]skipped[/yellow]", escape(c.skipped))
                 continue
-            out.add_row(c.tier, c.limit, f"{c.expected:.3g}", f"{c.measured:.3g}", c.unit,
-                        f"{c.error:.1%}",
+            out.add_row(c.tier, c.limit, c.set, f"{c.expected:.3g}", f"{c.measured:.3g}",
+                        c.unit, f"{c.error:.1%}",
                         "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
         console.print(out)
     if any(not c.passed and not c.skipped for c in checks):

@@ -36,6 +36,7 @@ def run(
     input_text: str | None = None,
     preexec: Callable[[], None] | None = None,
     cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run argv to completion. On timeout the process group is killed and CommandTimeout raised."""
     argv = [str(a) for a in argv]
@@ -50,6 +51,7 @@ def run(
         start_new_session=preexec is None,
         preexec_fn=_with_setsid(preexec) if preexec else None,
         cwd=cwd,
+        pass_fds=tuple(pass_fds),
     )
     try:
         out, err = proc.communicate(input_text, timeout=timeout)

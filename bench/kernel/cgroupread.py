@@ -1,9 +1,26 @@
-"""What the kernel holds for a group's limits, read back in Limits' units (cgroup v1 and v2):
-the check that a limit set or switched is the limit in force."""
+"""A live group's limits: changed in place (a live switch: the files cgroups.py writes, in an
+order the kernel accepts; v1: memsw never below the memory limit), and read back as the kernel
+holds them, in Limits' units (cgroup v1 and v2)."""
 
 from __future__ import annotations
 
-from bench.kernel.cgroups import CFS_PERIOD_US, IO_FILES_V1, IO_KEYS_V2, Cgroup
+from pathlib import Path
+
+from bench.core.limits import Limits
+from bench.kernel.cgroups import CFS_PERIOD_US, IO_FILES_V1, IO_KEYS_V2, Cgroup, _write
+
+
+def update(group: Cgroup, limits: Limits, io_device: str | None = None) -> list[tuple[Path, str]]:
+    """Change the limits `limits` sets on the live group; return what was written."""
+    steps = [(p, v) for p, v in (group._limits_v2(limits, io_device) if group.h.version == 2
+                                 else group._limits_v1(limits, io_device)) if v is not None]
+    if limits.memory_mb is not None and group.h.version == 1:
+        current = int((group.dir("memory") / "memory.limit_in_bytes").read_text())
+        if (limits.memory_mb << 20) > current:  # growing: memsw first
+            steps.sort(key=lambda step: step[0].name != "memory.memsw.limit_in_bytes")
+    for path, value in steps:
+        _write(path, value)
+    return steps
 
 
 def read_limits(group: Cgroup, io_device: str | None = None) -> dict[str, object]:

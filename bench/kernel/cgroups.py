@@ -12,8 +12,7 @@ hierarchy the suite uses. `Limits` keys mean the same on both versions:
 | io_read_bps / io_write_bps | blkio.throttle.{read,write}_bps_device | io.max rbps= wbps= |
 | io_read_iops / io_write_iops | blkio.throttle.{read,write}_iops_device | io.max riops= wiops= |
 
-`update` changes the limits of a group that processes already use (a live switch): the same
-files, written in an order the kernel accepts (v1: memsw never below the memory limit).
+Live changes and readback of a group's limits: bench/kernel/cgroupread.py.
 """
 
 from __future__ import annotations
@@ -260,19 +259,6 @@ class Cgroup:
             steps.append((path / "io.max", f"{io_device} {' '.join(io)}"))
         return steps
 
-    def update(self, limits: Limits, io_device: str | None = None) -> list[tuple[Path, str]]:
-        """Change the limits `limits` sets on the live group; return what was written. On v1
-        the memory limit and memsw are written in the order that keeps memsw >= the limit."""
-        steps = [(p, v) for p, v in (self._limits_v2(limits, io_device) if self.h.version == 2
-                                     else self._limits_v1(limits, io_device)) if v is not None]
-        if limits.memory_mb is not None and self.h.version == 1:
-            current = int((self.dir("memory") / "memory.limit_in_bytes").read_text())
-            if (limits.memory_mb << 20) > current:  # growing: memsw first
-                steps.sort(key=lambda step: step[0].name != "memory.memsw.limit_in_bytes")
-        for path, value in steps:
-            _write(path, value)
-        return steps
-
     # -- using ------------------------------------------------------------------------------
     @property
     def join_files(self) -> list[Path]:
@@ -372,3 +358,51 @@ def remove_tree(hierarchies: Hierarchies, rel: str) -> list[str]:
             if group.remove():
                 removed.append(str(path))
     return removed
+
+
+def _counter(text: str, key: str) -> int | None:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _number(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+def limit_events(pid: int) -> dict[str, int | None]:
+    """What the kernel counted against the limits of `pid`'s groups: OOM kills, refused forks,
+    and the memory peak and limits (None: not readable here). Works for any process on the
+    host (a container's init, a docker container's State.Pid), on cgroup v1 and v2."""
+    groups: dict[str, str] = {}
+    for line in _read(Path(f"/proc/{pid}/cgroup")).splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(",") if controllers else [""]:
+            groups[controller] = path.lstrip("/")
+    try:
+        h = detect()
+    except CgroupError:
+        return {}
+    if h.version == 2:
+        memory = pids = h.roots["memory"] / groups.get("", "")
+        oom = _counter(_read(memory / "memory.events"), "oom_kill")
+        peak, limit = _number(_read(memory / "memory.peak")), _number(_read(memory / "memory.max"))
+    else:
+        memory = h.roots["memory"] / groups.get("memory", "")
+        pids = h.roots["pids"] / groups.get("pids", "")
+        oom = _counter(_read(memory / "memory.oom_control"), "oom_kill")
+        peak = _number(_read(memory / "memory.max_usage_in_bytes"))
+        limit = _number(_read(memory / "memory.limit_in_bytes"))
+    return {"oom_kill": oom, "memory_peak": peak, "memory_limit": limit,
+            "pids_refused": _counter(_read(pids / "pids.events"), "max"),
+            "pids_limit": _number(_read(pids / "pids.max"))}

@@ -15,7 +15,14 @@
  * the Python runtime it mirrors; `clone` carries the init's host PID too; a pooled network
  * namespace adds `network_ready` as it is joined), builds the container around itself, waits
  * for bench's `go` on GO, starts COMMAND and reaps. Lines are stamped as each phase ends and
- * sent when bench needs them: at `net` (bench wires a new namespace), `ready`, an error. */
+ * sent when bench needs them: at `net` (bench wires a new namespace), `ready`, an error.
+ *
+ *   bench-nsinit --enter CAPMASK NAME=FD,... NJOIN PATH... -- COMMAND...
+ *
+ * runs COMMAND in a running container instead (bench's `exec`): join its cgroups (write 0 to
+ * each PATH), setns into each namespace FD (inherited, in the order given), fork (only children
+ * enter a PID namespace), drop capabilities to CAPMASK, exec; exit with COMMAND's status.
+ * Spawned directly, so bench does not fork its own (large) process to get there. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -98,6 +105,24 @@ static void do_mount(const char *src, const char *target, const char *type, unsi
         fail("mount %s on %s (%s)", src, target, type ? type : "none");
 }
 
+/* Parts of /proc that reach the host's kernel are read-only, as Docker has them (its
+ * readonlyPaths): sysctls outside the container's own network namespace, the sysrq trigger,
+ * bus, fs and irq. /proc/sys/net stays writable: those sysctls belong to the container's netns. */
+static void protect_proc(const char *merged) {
+    static const char *const readonly[] = {"sys", "sysrq-trigger", "bus", "fs", "irq"};
+    char path[4200];
+    for (size_t i = 0; i < sizeof readonly / sizeof *readonly; i++) {
+        snprintf(path, sizeof path, "%s/proc/%s", merged, readonly[i]);
+        if (access(path, F_OK) != 0) continue;  /* not in this kernel */
+        do_mount(path, path, NULL, MS_BIND | MS_REC, NULL);
+        do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+                 | MS_NOEXEC, NULL);
+    }
+    snprintf(path, sizeof path, "%s/proc/sys/net", merged);
+    do_mount(path, path, NULL, MS_BIND, NULL);
+    do_mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
 static void make_dev(const char *merged) {
     static const struct { const char *name; unsigned major, minor; } devices[] = {
         {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8},
@@ -139,6 +164,7 @@ static void make_root(const char *lower, const char *upper, const char *work, co
     }
     snprintf(path, sizeof path, "%s/proc", merged);
     do_mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    protect_proc(merged);
     snprintf(path, sizeof path, "%s/sys", merged);
     do_mount("sysfs", path, "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     make_dev(merged);
@@ -204,7 +230,41 @@ static void reap_forever(pid_t command) {
     }
 }
 
+static int enter(int argc, char **argv) {
+    report_fd = 2;  /* errors go to stderr: bench reports them with the command's */
+    if (argc < 6) return 2;
+    unsigned long long keep = strtoull(argv[2], NULL, 0);
+    char *spec = argv[3];
+    int at = 4, njoin = atoi(argv[at++]);
+    if (njoin < 0 || at + njoin >= argc) return 2;
+    for (int i = 0; i < njoin; i++) write_file(argv[at + i], "0");
+    at += njoin;
+    if (strcmp(argv[at], "--") != 0 || at + 1 >= argc) return 2;
+    char **command = argv + at + 1;
+    for (char *item = strtok(spec, ","); item; item = strtok(NULL, ",")) {
+        char *eq = strchr(item, '=');
+        if (!eq) return 2;
+        *eq = 0;
+        int fd = atoi(eq + 1);
+        if (setns(fd, 0) != 0) fail("setns %s", item);
+        close(fd);
+    }
+    pid_t pid = fork();
+    if (pid < 0) fail("fork");
+    if (pid == 0) {
+        if (chdir("/") != 0) fail("chdir /");
+        cut_capabilities(keep, last_cap());
+        execvp(command[0], command);
+        dprintf(2, "cannot run %s: %s\n", command[0], strerror(errno));
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--enter") == 0) return enter(argc, argv);
     double clone_time = now();
     int spawned_as_init = getpid() == 1;  /* bench spawned us into a new PID namespace */
     if (argc < 16) {

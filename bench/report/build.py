@@ -47,8 +47,14 @@ class Report:
 
     @cached_property
     def mains(self) -> list[tuple[Run, pd.DataFrame]]:
-        """Each run with its headline-metric rows (the columns the figures read)."""
-        return [(run, methodology.headline(run.frame)) for run in self.runs]
+        """Each run with its headline-metric rows, only the columns the figures read (every
+        filter below copies what it keeps: on a million rows the metadata columns cost)."""
+        found = []
+        for run in self.runs:
+            columns = [c for c in run.frame.columns if not c.startswith("meta.")
+                       and c not in ("timestamp", "repetition", "params", "tunables")]
+            found.append((run, methodology.headline(run.frame[columns])))
+        return found
 
     @cached_property
     def checked(self) -> list[list[methodology.Finding]]:
@@ -97,13 +103,6 @@ def startup(report: Report) -> None:
             "figures.html.j2", intro="", figures=[report.page.figure(fig)], empty="",
             note=f"Medians of the time between consecutive phase stamps of each start, one "
                  f"panel per tier on its own scale ({counts})."))
-
-
-def layers(report: Report) -> None:
-    """image.layers: pull and start time against layer count (bench/report/layers.py)."""
-    html = layers_section.section(report.runs, report.page)  # every value in it is escaped
-    if html:
-        report.page.add("layers", "Image layers", Markup(html))  # noqa: S704
 
 
 def samples(report: Report) -> None:
@@ -194,8 +193,9 @@ def environment(report: Report) -> None:
 
 
 # the page's sections in order; a feature's section goes in with one line here
-SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup, layers,
-                           samples, isolation, switch_runs, failures, tuning, environment]
+SECTIONS: list[Section] = [emulated, overview, overhead, methodology_section, startup,
+                           layers_section.section, samples, isolation, switch_runs, failures,
+                           tuning, environment]
 
 
 def render(runs: list[Run], plotlyjs: str = "inline") -> str:

@@ -49,8 +49,9 @@ def add(page: Page, runs: list[Run]) -> None:
     """Add the section when a run has isolation samples; nothing otherwise."""
     parts = []
     for run in runs:
-        if not (run.path / "samples.jsonl").exists():
-            continue
+        if not (run.path / "samples.jsonl").exists() or not any(
+                str(w).startswith("isolation.") for w in run.frame["workload"].unique()):
+            continue  # (every Sample of a million-sample run would take a minute to read)
         tables = isolation.tables(RunDir(run.path).samples())
         if not tables:
             continue

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,7 +12,11 @@ import plotly.graph_objects as go
 from bench.analysis import stats
 from bench.analysis.frame import Run
 from bench.report.figures import colour, t
-from bench.report.page import Page, esc
+from bench.report.templating import num
+from bench.report.templating import render as template
+
+if TYPE_CHECKING:
+    from bench.report.build import Report
 
 WORKLOAD = "image.layers"
 # (metric, what it is) in the order shown; a tier shows the ones it measured
@@ -25,17 +30,12 @@ METRICS = (("pull_s", "cold pull, loopback registry"),
            ("first_mount_ms", "ns: its overlayfs mount"),
            ("lookup_deepest_us", "ns: first lookup of a file in the deepest layer"),
            ("lookup_missing_us", "ns: lookup of an absent name"))
-PAYOFF = ("pull_s", "pull_limited_s", "first_start_ms", "first_exit_ms")
-
-
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return "&ndash;"
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+PAYOFF = ("pull_s", "pull_limited_s", "first_start_ms", "first_exit_ms", "lookup_deepest_us",
+          "lookup_missing_us")
 
 
 def layer_frame(runs: list[Run]) -> pd.DataFrame:
-    parts = [r.frame[r.frame["workload"].astype(str) == WORKLOAD] for r in runs
+    parts = [r.frame[r.frame["workload"] == WORKLOAD] for r in runs
              if not r.frame.empty and "param.layers" in r.frame]
     if not parts:
         return pd.DataFrame()
@@ -51,24 +51,6 @@ def _values(frame: pd.DataFrame, tier: str, metric: str, n: int, merged: bool) -
     part = frame[(frame["tier"].astype(str) == tier) & (frame["metric"].astype(str) == metric)
                  & (frame["n"] == n) & (frame["merged"] == merged)]
     return [float(v) for v in part["value"]]
-
-
-def _table(frame: pd.DataFrame, tier: str, metrics: list[tuple[str, str]],
-           counts: list[int]) -> str:
-    head = "".join(f"<th>{esc(m)}<br><span class=muted>{esc(what)}</span></th>"
-                   for m, what in metrics)
-    rows = []
-    for n in counts:
-        for merged in (False, True):
-            cells = []
-            for metric, _ in metrics:
-                est = stats.median_ci(_values(frame, tier, metric, n, merged))
-                cells.append(f"<td class=num title=\"n={est.n}\">{_num(est.median)} "
-                             f"[{_num(est.low)}, {_num(est.high)}]</td>" if est.n else
-                             "<td class=num>&ndash;</td>")
-            label = f"{n} merged into 1" if merged else str(n)
-            rows.append(f"<tr><td>{esc(label)}</td>{''.join(cells)}</tr>")
-    return (f"<table><tr><th>layers</th>{head}</tr>{''.join(rows)}</table>")
 
 
 def _figure(frame: pd.DataFrame, tier: str, metrics: list[tuple[str, str]],
@@ -92,6 +74,10 @@ def _figure(frame: pd.DataFrame, tier: str, metrics: list[tuple[str, str]],
     return fig
 
 
+def _list(counts: list[int]) -> str:
+    return ", ".join(map(str, sorted(counts)))
+
+
 def payoff(frame: pd.DataFrame, tier: str, counts: list[int]) -> list[str]:
     """Per metric: from which layer count the merged image was faster (Mann-Whitney and the
     2% minimum effect, as everywhere in bench), and by how much at the most layers."""
@@ -104,33 +90,35 @@ def payoff(frame: pd.DataFrame, tier: str, counts: list[int]) -> list[str]:
                 verdicts[n] = stats.compare(layered, merged, "lower")
         if not verdicts:
             continue
-        faster = [n for n, c in verdicts.items() if c.verdict == "faster"]
+        faster = sorted(n for n, c in verdicts.items() if c.verdict == "faster")
+        slower = sorted(n for n, c in verdicts.items() if c.verdict == "slower")
         top = max(verdicts)
         last = verdicts[top]
         ratio = last.new.median / last.base.median if last.base.median else float("nan")
-        if faster:
-            found.append(f"{metric}: merging paid off from {min(faster)} layers on "
-                         f"(at {top} layers: {_num(last.base.median)} -> "
-                         f"{_num(last.new.median)}, {ratio:.2f}x); faster at "
-                         f"{', '.join(map(str, sorted(faster)))}.")
+        at_top = (f"at {top} layers: {num(last.base.median)} -> {num(last.new.median)}, "
+                  f"{ratio:.2f}x")
+        onward = [n for n in sorted(verdicts) if all(m in faster for m in verdicts if m >= n)]
+        if onward:
+            text = f"{metric}: merging pays off from {onward[0]} layers on ({at_top})"
+        elif faster:
+            text = (f"{metric}: the merged image was faster at {_list(faster)} layers but not "
+                    f"at {_list([n for n in verdicts if n not in faster])} ({at_top})")
         else:
             notes = sorted({c.note for c in verdicts.values() if c.note})
-            found.append(f"{metric}: merging did not pay off at any layer count measured "
-                         f"(at {top} layers: {_num(last.base.median)} -> "
-                         f"{_num(last.new.median)}, {ratio:.2f}x)"
-                         + (f"; {'; '.join(notes)}" if notes else "") + ".")
+            text = (f"{metric}: merging did not pay off at any layer count measured ({at_top})"
+                    + (f"; {'; '.join(notes)}" if notes else ""))
+        if slower:
+            text += f"; the merged image was slower at {_list(slower)} layers"
+        found.append(text + ".")
     return found
 
 
-def section(runs: list[Run], page: Page) -> str:
-    """HTML of the section, or "" when the runs have no image-layer samples."""
-    frame = layer_frame(runs)
+def section(report: Report) -> None:
+    """The "Image layers" section, when the runs have image-layer samples."""
+    frame = layer_frame(report.runs)
     if frame.empty:
-        return ""
-    out = ["<p class=muted>The same files (from the bench image) split into N layers of about "
-           "equal size; \"merged\" is that N-layer image squashed into one layer. Medians "
-           "[95% CI]. A merged image shares no layer with other images: what that costs in "
-           "registry and disk space across images is not measured here.</p>"]
+        return
+    tiers = []
     for tier in sorted(frame["tier"].astype(str).unique()):
         part = frame[frame["tier"].astype(str) == tier]
         counts = sorted(int(n) for n in part["n"].unique())
@@ -138,16 +126,14 @@ def section(runs: list[Run], page: Page) -> str:
         metrics = [(m, what) for m, what in METRICS if m in present]
         if not metrics:
             continue
-        verdicts = payoff(part, tier, counts)
-        out.append(f"<h3>{esc(tier)}</h3>")
-        if verdicts:
-            out.append("<ul>" + "".join(f"<li>{esc(v)}</li>" for v in verdicts) + "</ul>")
-        out.append(page.figure(_figure(part, tier, metrics[:4], counts)))
-        out.append(_table(part, tier, metrics, counts))
-    skipped = {k: v for run in runs for k, v in
-               (run.manifest.get("skipped_cells") or {}).items() if k.endswith(WORKLOAD)}
-    if skipped:
-        out.append("<p class=muted>" + "; ".join(f"{esc(k.split('/')[0])} takes no part: "
-                                                  f"{esc(v)}" for k, v in skipped.items())
-                   + ".</p>")
-    return "".join(out)
+        rows = [{"label": f"{n} merged into 1" if merged else str(n),
+                 "cells": [stats.median_ci(_values(part, tier, m, n, merged)) for m, _ in metrics]}
+                for n in counts for merged in (False, True)]
+        tiers.append({"name": tier, "verdicts": payoff(part, tier, counts), "metrics": metrics,
+                      "figure": report.page.figure(_figure(part, tier, metrics[:4], counts)),
+                      "rows": rows})
+    skipped = sorted({(k.split("/")[0], v) for run in report.runs
+                      for k, v in (run.manifest.get("skipped_cells") or {}).items()
+                      if k.endswith(f"/{WORKLOAD}")})
+    report.page.add("layers", "Image layers", template("layers.html.j2", tiers=tiers,
+                                                       skipped=skipped))

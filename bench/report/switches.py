@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from bench.report.page import Page, esc
 
 SERIES_FILE = "switches.jsonl"  # bench.run.switches.SERIES_FILE (no import: report stays light)
@@ -141,5 +143,5 @@ def section(page: Page, run_id: str, run_path: Path) -> None:
             "1 s resolution); memory by its effect. Series start at the workload's exec call "
             "(the tool's own start aligned by its run time).</p>")
     extra = (f"<p class=warning>{esc('; '.join(skipped))}</p>" if skipped else "")
-    page.add(f"switches-{run_id}", f"Isolation switches ({run_id})",
-             note + _table(records) + extra + "".join(figures))
+    body = Markup(note + _table(records) + extra + "".join(figures))  # noqa: S704 (escaped)
+    page.add(f"switches-{run_id}", f"Isolation switches ({run_id})", body)

@@ -94,12 +94,14 @@ def startup_phases(runs: list[Run], tiers: list[str]) -> tuple[list[PhaseBar], l
         starts = frame[(frame["workload"].map(lambda w: family(str(w))) == "startup")
                        & frame["meta.phases_ms"].notna()]
         starts = starts.drop_duplicates(["tier", "label", "repetition"])
-        for tier in tiers:
-            rows = [p for p in starts.loc[starts["tier"] == tier, "meta.phases_ms"]
-                    if isinstance(p, dict) and p]
+        warm = starts["meta.start_mode"] == "warm"  # a start mode of its own: its own bar
+        for tier, mode in ((t, m) for t in tiers for m in ("new", "warm")):
+            pick = (starts["tier"] == tier) & (warm if mode == "warm" else ~warm)
+            rows = [p for p in starts.loc[pick, "meta.phases_ms"] if isinstance(p, dict) and p]
             if not rows:
                 continue
-            name = tier if len(runs) == 1 else f"{tier} · {run.run_id}"
+            name = tier + (" warm" if mode == "warm" else "")
+            name = name if len(runs) == 1 else f"{name} · {run.run_id}"
             per_bar.append((name, rows))
             for phases in rows:
                 for phase, at in phases.items():

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.core.samples import Cell
 from bench.run.scenario import Scenario, WorkloadEntry
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.tune.sweep import SweepSpec, axes
 from bench.workloads import WORKLOADS
 

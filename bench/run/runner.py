@@ -32,13 +32,13 @@ from bench.core import faults, hostinfo, hostlock, image
 from bench.core.errors import BenchError, CommandError, CommandTimeout, TierUnavailable
 from bench.core.rundir import RunDir, RunRecord
 from bench.core.samples import Sample
-from bench.run import adaptive
+from bench.run import adaptive, kills
 from bench.run import plan as planning
 from bench.run import switches as switching
 from bench.run.phases import PhaseClock
 from bench.run.scenario import Scenario
-from bench.tiers import get as get_tier
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.registry import get as get_tier
 from bench.tune.hook import TuningHook
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
@@ -248,9 +248,8 @@ class Runner:
             f"with `bench run --resume {self.rundir.run_id}`.")
 
     def _prepare_tiers(self, img: image.Image) -> None:
-        for name in self.tier_names:
-            if not any(c.cell.tier == name for c in self.plan.cells):
-                continue  # every workload here takes no part on it (Workload.not_on)
+        planned = {c.cell.tier for c in self.plan.cells}  # no cell: every workload is not_on it
+        for name in [n for n in self.tier_names if n in planned]:
             tier = get_tier(name)
             tier_dir = self.workdir / name
             tier_dir.mkdir(parents=True, exist_ok=True)
@@ -316,18 +315,26 @@ class Runner:
                              raw_dir=self.rundir.raw,
                              run_key=f"{cell.tier}.{cell.workload}.{cell.key}.r{planned.repetition}")
             faults.point("workload.running")
-            if self.scenario.switches:
-                measurements = self._switch_run(ctx, workload, params, planned)
-            else:
-                measurements = workload.run(ctx, params)
+            before = kills.snapshot(instance)
+            try:
+                if self.scenario.switches:
+                    measurements = self._switch_run(ctx, workload, params, planned)
+                else:
+                    measurements = workload.run(ctx, params)
+            except (CommandError, CommandTimeout) as exc:  # say what killed it, when known
+                explained = kills.explain(exc, before, kills.snapshot(instance),
+                                          self.scenario.limits, cell.workload, cell.label,
+                                          timeout)
+                if explained is exc:
+                    raise
+                raise explained from exc
         except (BenchError, OSError, ValueError) as exc:
             self._drop_instances(cell.tier)  # a failed instance is not reused
             if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
                 raise  # our disk is full, not the workload failing: the run stops
-            status = "timeout" if isinstance(exc, CommandTimeout) else "failed"
-            stderr = getattr(exc, "stderr", "") or ""
-            if isinstance(exc, CommandError | CommandTimeout):
-                stderr = exc.stderr
+            cause = exc.__cause__ if isinstance(exc.__cause__, CommandTimeout) else exc
+            status = "timeout" if isinstance(cause, CommandTimeout) else "failed"
+            stderr = getattr(exc, "stderr", "") or getattr(exc.__cause__, "stderr", "") or ""
             return RunRecord(key=planned.key, cell=cell.key, repetition=planned.repetition,
                              status=status, seconds=time.monotonic() - started,
                              error=str(exc), stderr=stderr[-4000:],
@@ -353,27 +360,16 @@ class Runner:
 
     def _switch_run(self, ctx: RunContext, workload: Any, params: Any,
                     planned: planning.PlannedRun) -> list[Any]:
-        """A run with the scenario's switches; its series and switch events go to
-        switches.jsonl; the instances get the scenario's limits back after it (or are
-        restarted when a tier cannot switch them back live)."""
-        instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
-                     if i is not None}
-        try:
-            done = switching.run(ctx, workload, params, self.scenario.switches, instances,
-                                 self.scenario.limits)
-        finally:
-            back = [i.switch(self.scenario.limits) for i in instances.values()]
-            if not all(r.live for r in back):
-                self._drop_instances(ctx.tier.name)
-        if not planned.warmup:
-            cell = planned.cell.cell
-            record = {"run_key": ctx.run_key, "tier": cell.tier, "workload": cell.workload,
-                      "cell": cell.key, "repetition": planned.repetition, **done.record()}
-            with open(self.rundir.path / switching.SERIES_FILE, "a") as fh:
-                fh.write(json.dumps(record, default=str) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        return done.measurements()
+        """A run with the scenario's switches (bench/run/switches.py); restarts the tier's
+        instances when it cannot switch them back to the scenario's limits live."""
+        cell = planned.cell.cell
+        found, back_live = switching.run_recorded(
+            ctx, workload, params, self.scenario, None if planned.warmup else self.rundir.path,
+            {"tier": cell.tier, "workload": cell.workload, "cell": cell.key,
+             "repetition": planned.repetition})
+        if not back_live:
+            self._drop_instances(ctx.tier.name)
+        return found
 
     def _drop_orphan_samples(self, done_keys: set[str]) -> None:
         """Samples of a run that never reached the journal are set aside, then the run is redone."""

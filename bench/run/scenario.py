@@ -16,7 +16,7 @@ from bench.core import shipped, yamlio
 from bench.core.errors import ScenarioError
 from bench.core.limits import Limits, NetworkMode, ScratchMode
 from bench.core.settings import settings
-from bench.tiers import TIERS
+from bench.tiers.registry import TIERS
 from bench.tune.sweep import SweepSpec
 from bench.workloads import WORKLOADS
 

@@ -24,16 +24,19 @@ back); on a VM the guest's MemTotal is read until it has moved by the switched a
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError, CommandError
 from bench.core.limits import Limits
 from bench.core.samples import Measurement
-from bench.run.scenario import Switch
+from bench.run.scenario import Scenario, Switch
 from bench.tiers.base import Instance
 from bench.workloads.base import Params, RunContext, Series, Workload
 
@@ -126,35 +129,36 @@ def _allocates(instance: Instance, mb: int) -> bool:
     return True
 
 
-def _memory_effect(instance: Instance, old: int | None, new: int,
-                   switch: Any) -> dict[str, Any]:
-    """Call `switch()` between two looks at the instance's memory; say what changed."""
-    seen = instance.memory_seen_mb()
-    started = time.monotonic()
-    if seen is not None:  # a VM: its MemTotal must move by the switched amount
-        result = switch()
-        want = new - (old or new)
-        while True:
-            now = instance.memory_seen_mb() or seen
-            moved = now - seen
-            done = want == 0 or abs(moved / want - 1) <= BAND
-            if done or time.monotonic() - started > GIVE_UP_S:
-                break
-            time.sleep(0.5)
-        return {"how": "guest MemTotal", "before_mb": round(seen, 1), "after_mb": round(now, 1),
-                "moved_mb": round(moved, 1), "switched_mb": want, "reached": done,
-                "time_to_effect_s": time.monotonic() - started if done else None,
-                "result": result}
-    probe = ((old or new) + new) // 2
-    before = _allocates(instance, probe)
-    started = time.monotonic()
-    result = switch()
-    after = _allocates(instance, probe)
-    changed = before != after
-    return {"how": f"allocating {probe} MB inside", "before": "succeeded" if before else
-            "failed", "after": "succeeded" if after else "failed", "reached": changed,
-            "time_to_effect_s": time.monotonic() - started if changed else None,
-            "result": result}
+class _MemoryLook:
+    """A memory switch's effect: a look before the switch (taken before its clock starts, so
+    that it delays no other limit's switch) and one after."""
+
+    def __init__(self, instance: Instance, old: int | None, new: int) -> None:
+        self.instance, self.old, self.new = instance, old, new
+        self.seen = instance.memory_seen_mb()  # a VM: its MemTotal must move by the switch
+        self.probe = ((old or new) + new) // 2
+        self.before = _allocates(instance, self.probe) if self.seen is None else None
+
+    def after(self, called: float) -> dict[str, Any]:
+        if self.seen is not None:
+            want = self.new - (self.old or self.new)
+            while True:
+                now = self.instance.memory_seen_mb() or self.seen
+                moved = now - self.seen
+                done = want == 0 or abs(moved / want - 1) <= BAND
+                if done or time.monotonic() - called > GIVE_UP_S:
+                    break
+                time.sleep(0.5)
+            return {"how": "guest MemTotal", "before_mb": round(self.seen, 1),
+                    "after_mb": round(now, 1), "moved_mb": round(moved, 1),
+                    "switched_mb": want, "reached": done,
+                    "time_to_effect_s": time.monotonic() - called if done else None}
+        after = _allocates(self.instance, self.probe)
+        changed = self.before != after
+        return {"how": f"allocating {self.probe} MB inside",
+                "before": "succeeded" if self.before else "failed",
+                "after": "succeeded" if after else "failed", "reached": changed,
+                "time_to_effect_s": time.monotonic() - called if changed else None}
 
 
 @dataclass
@@ -196,6 +200,26 @@ class SwitchRun:
                 "skipped": self.skipped}
 
 
+def run_recorded(ctx: RunContext, workload: Workload[Any], params: Params, scenario: Scenario,
+                 rundir: Path | None, cell: dict[str, Any]) -> tuple[list[Measurement], bool]:
+    """A switch run of the runner: its series and switch events appended to SERIES_FILE in
+    `rundir` (None: a warm-up, not kept), the instances given the scenario's limits back after
+    it. Returns the measurements and whether that switch back was live."""
+    instances = {role: i for role, i in (("main", ctx.instance), ("peer", ctx.peer))
+                 if i is not None}
+    try:
+        done = run(ctx, workload, params, scenario.switches, instances, scenario.limits)
+    finally:
+        back = [i.switch(scenario.limits) for i in instances.values()]
+    if rundir is not None:
+        with open(rundir / SERIES_FILE, "a") as fh:
+            fh.write(json.dumps({"run_key": ctx.run_key, **cell, **done.record()},
+                                default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return done.measurements(), all(r.live for r in back)
+
+
 def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list[Switch],
         instances: dict[str, Instance], initial: Limits) -> SwitchRun:
     """One switch run: the workload in a thread, the switches on time, then the metrics."""
@@ -222,20 +246,11 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
             continue
         old = current
         current = current.merged(switch.set)
+        look = _MemoryLook(instances["main"], old.memory_mb, switch.set.memory_mb) \
+            if switch.set.memory_mb is not None and "main" in instances else None
         called = time.monotonic()
-        results: dict[str, Any] = {}
-
-        def apply(sw: Switch = switch, out: dict[str, Any] = results) -> dict[str, Any]:
-            for role, instance in instances.items():
-                out[role] = instance.switch(sw.set)
-            return {r: res.live for r, res in out.items()}
-
-        memory = None
-        if switch.set.memory_mb is not None and "main" in instances:
-            memory = _memory_effect(instances["main"], old.memory_mb, switch.set.memory_mb,
-                                    apply)
-        else:
-            apply()
+        results = {role: instance.switch(switch.set) for role, instance in instances.items()}
+        memory = look.after(called) if look is not None else None
         events.append(SwitchEvent(
             index=index, at_s=switch.at_s, called_s=called - t0,
             set=switch.set.set_fields(),

@@ -1,20 +1,4 @@
-"""The tier registry: adding a tier is one line here plus its module and tests."""
+"""The tiers: the contract (base), the registry (registry) and one package or module per tier.
 
-from __future__ import annotations
-
-from bench.tiers.base import Tier
-from bench.tiers.docker.tier import DockerTier
-from bench.tiers.host import HostTier
-from bench.tiers.kvm.tier import KvmTier
-from bench.tiers.ns.tier import NsTier
-
-TIERS: dict[str, type[Tier]] = {
-    HostTier.name: HostTier,
-    NsTier.name: NsTier,
-    DockerTier.name: DockerTier,
-    KvmTier.name: KvmTier,
-}
-
-
-def get(name: str) -> Tier:
-    return TIERS[name]()
+Nothing is imported here: the ns runtime's zygote imports its modules under `python -S`, without
+the tier registry and its third-party dependencies."""

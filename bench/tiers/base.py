@@ -1,4 +1,4 @@
-"""The Tier and Instance contracts. One tier lives in one module; see bench/tiers/__init__.py."""
+"""The Tier and Instance contracts. One tier lives in one module; see bench/tiers/registry.py."""
 
 from __future__ import annotations
 
@@ -177,6 +177,10 @@ class Instance(ABC):
         self.spec = spec
         self.phases = Phases()
 
+    def go(self) -> None:
+        """Start the command of an instance from `Tier.start_prepared` (marks phase `go`)."""
+        raise NotImplementedError("only a prepared instance (warm start) waits for go")
+
     @abstractmethod
     def exec(self, argv: list[str], timeout: float) -> Completed:
         """Run argv inside and wait for it; raises CommandError/CommandTimeout."""
@@ -200,6 +204,11 @@ class Instance(ABC):
     @abstractmethod
     def read_file(self, path: str) -> bytes:
         """Copy a file out of the instance."""
+
+    def cgroup_pid(self) -> int | None:
+        """A host pid in the instance's control groups (its limits' counters are read there);
+        None where the limits are not host cgroups (a VM's guest, the host tier)."""
+        return None
 
     @abstractmethod
     def stop(self) -> None:
@@ -288,6 +297,14 @@ class Tier(ABC):
     @abstractmethod
     def start(self, spec: InstanceSpec) -> Instance:
         """Start an instance; phases are recorded on the instance."""
+
+    # `start_prepared`: an instance built up to its command (namespaces, cgroup, root ready),
+    # the command started into it on demand (`Instance.go`): the warm start mode
+    warm_start: ClassVar[bool] = False
+
+    def start_prepared(self, spec: InstanceSpec) -> Instance:
+        """An instance ready to run `spec.command` once `go()` is called (warm_start tiers)."""
+        raise NotImplementedError(f"the {self.name} tier has no warm start mode")
 
     def timeout_factor(self) -> float:
         """How many times slower than the host this tier may run a workload (after prepare;

@@ -34,7 +34,7 @@ def cgroup_change(group: cgroups.Cgroup, limit: str, value: Any,
     if limit in IO_LIMITS and io_device is None:
         return SwitchChange(limit, value, False, "no block device under the scratch area")
     try:
-        steps = group.update(Limits.model_validate({limit: value}), io_device)
+        steps = cgroupread.update(group, Limits.model_validate({limit: value}), io_device)
     except BenchError as exc:
         return SwitchChange(limit, value, False, f"the kernel refused it: {exc.cause}")
     files = ", ".join(sorted({p.name for p, _ in steps}))

@@ -30,8 +30,8 @@ from bench.core.samples import Cell
 from bench.core.settings import settings
 from bench.kernel import sysmount
 from bench.run.scenario import Scenario
-from bench.tiers import TIERS
 from bench.tiers.base import Instance, Tier
+from bench.tiers.registry import TIERS
 from bench.tune import catalog as catalog_mod
 from bench.tune import journal as journal_mod
 from bench.tune import sweep as sweep_mod

@@ -133,7 +133,7 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
     """(tunables, cache) pairs a cell on `tier` is measured under, and why any were left out."""
     if spec is None:
         return [({}, "none")], []
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
     from bench.tune.cache import setups as cache_setups
     from bench.tune.cache import unavailable_reason
     from bench.tune.sysfs import HostFs
@@ -180,13 +180,13 @@ def axes(spec: SweepSpec | None, tier: str) -> tuple[list[tuple[dict[str, Value]
 
 def cache_devices(tier: str) -> str:
     """Where the tier can mount a cache setup as an instance's scratch (Tier.cache_devices)."""
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
 
     return TIERS[tier].cache_devices if tier in TIERS else ""
 
 
 def cache_tiers() -> list[str]:
-    from bench.tiers import TIERS
+    from bench.tiers.registry import TIERS
 
     return [name for name, cls in TIERS.items() if cls.cache_devices]
 

@@ -8,14 +8,15 @@ after a crash: nothing is left to clean up.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.core.errors import CommandError
+from bench.core.hostlock import work_root
 from bench.tiers.kvm.domxml import disk_xml
-from bench.tiers.kvm.tier import work_root
 from bench.tune.cache.given import GivenDevicesLab
 from bench.tune.cache.recipes import device_spec
 
@@ -74,8 +75,14 @@ def attach_cache_disks(instance: KvmInstance, names: list[str],
         fh.truncate(spec.slow.size_mb << 20)
     fast = SHM / f"bench-{run_id}-{instance.name}-cache-fast.raw"
     fast_mb = min(spec.fast.size_mb, FAST_MAX_MB)
-    with open(fast, "wb") as fh:
-        fh.truncate(fast_mb << 20)
+    fast.unlink(missing_ok=True)  # /dev/shm is anyone's: a new file, never a planted link
+    fd = os.open(fast, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, fast_mb << 20)
+    finally:
+        os.close(fd)
+    for path in (slow, fast):
+        instance.qemu.give(path)
     try:
         instance.domain.attachDeviceFlags(
             disk_xml(slow, SLOW_TARGET, read_bps=spec.slow.read_bps,

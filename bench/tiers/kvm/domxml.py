@@ -43,6 +43,7 @@ class DomainConfig:
     memory_max_mb: int | None = None  # above memory_mb: RAM behind a virtio balloon (switches)
     net_kbytes: int | None = None  # libvirt <bandwidth> outbound average, KiB/s (tc police)
     agent: bool = True
+    dac_label: str = "+0:+0"  # +uid:+gid QEMU runs as (bench.tiers.kvm.qemuuser)
     host_cpu: bool = True  # under KVM: the host's CPU (host-passthrough), else QEMU's default
 
     @property
@@ -156,10 +157,10 @@ def domain_xml(cfg: DomainConfig) -> str:
         _sub(devices, "memballoon", model="virtio")
     else:
         _sub(devices, "memballoon", model="none")  # guest RAM stays what the limit says
-    # QEMU runs as root for our domains (bench runs as root): the run's disks may sit in
-    # directories only root can reach, and libvirt need not chown them back and forth
+    # a static label: QEMU runs as the user bench chose and gave the run's files to, and
+    # libvirt need not chown anything back and forth
     label = _sub(dom, "seclabel", type="static", model="dac", relabel="no")
-    _sub(label, "label", "+0:+0")
+    _sub(label, "label", cfg.dac_label)
     return ET.tostring(dom, encoding="unicode")
 
 

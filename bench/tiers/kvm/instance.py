@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.core import procs
@@ -25,8 +23,9 @@ from bench.tiers.base import (
     SwitchChange,
     host_memory,
 )
-from bench.tiers.kvm import clock, domxml, libvirtd
+from bench.tiers.kvm import clock, domxml, libvirtd, qemuuser
 from bench.tiers.kvm.agent import Agent, AgentError, completed
+from bench.tiers.kvm.console import console_tail, stamp_seconds
 from bench.tiers.kvm.domxml import DomainConfig
 from bench.tiers.kvm.limits import GuestLimits, net_kbytes, shaper, shaper_note
 from bench.tiers.kvm.limits import tap_of as limits_tap
@@ -39,26 +38,6 @@ else:
 
 if TYPE_CHECKING:
     from bench.tiers.kvm.tier import KvmTier
-
-CONSOLE_TAIL_LINES = 15
-
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
-    """The last distinct lines of a guest's serial console, without terminal escapes."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no console output)"
-    tail: list[str] = []
-    for raw in text.replace("\r", "\n").splitlines():
-        line = " ".join(ANSI.sub("", raw).split())
-        if line and line not in tail[-3:]:
-            tail.append(line)
-    return " | ".join(tail[-lines:]) or "(no console output)"
-
 
 
 class KvmBackground(Background):
@@ -101,6 +80,7 @@ class KvmInstance(Instance):
         self._stopped = False
         self.live = GuestLimits(self)
         self.config = self._config()
+        self.qemu = qemuuser.ROOT
 
     @property
     def agent(self) -> Agent:
@@ -109,9 +89,8 @@ class KvmInstance(Instance):
         return Agent(self.domain)
 
     def _config(self) -> DomainConfig:
-        """Limits as the domain's XML; with switches planned (spec.ceiling) the guest boots
-        with as many vCPUs as the largest CPU limit needs and RAM up to the largest memory
-        limit behind a balloon inflated to the starting one."""
+        """Limits as domain XML; with switches planned (spec.ceiling): vCPUs for the largest
+        CPU limit, RAM up to the largest memory limit behind a balloon at the starting one."""
         limits, top = self.spec.limits, self.spec.ceiling or self.spec.limits
         cpuset = tuple(_parse_cpuset(limits.cpuset)) if limits.cpuset else ()
         host_cpus = len(cpuset) if cpuset else (os.cpu_count() or 1)
@@ -160,6 +139,13 @@ class KvmInstance(Instance):
         procs.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                    "-b", str(self.tier.guest.disk), str(self.overlay)], timeout=60)
         self.tier.make_scratch(self.scratch)
+        self.console.touch()
+        guest = self.tier.guest
+        own = [self.overlay, self.scratch, self.console]
+        self.qemu = qemuuser.choose([guest.disk, guest.kernel, guest.initrd], own)
+        for path in own:  # the files only: the directory stays root's
+            self.qemu.give(path)
+        self.config = dataclasses.replace(self.config, dac_label=self.qemu.label)
         self.domain = self.tier.conn.defineXML(domxml.domain_xml(self.config))
         self.phases.mark("defined")
         self.phases.mark("start_call")
@@ -261,7 +247,7 @@ class KvmInstance(Instance):
         done = completed(argv, state, 0.0)
         self._output = done.stdout + done.stderr
         self._sync_clock()
-        stamp = _stamp_seconds(done.stdout)
+        stamp = stamp_seconds(done.stdout)
         if stamp is not None and self.sync is not None:
             self.phases.mark("first_instruction", self.sync.to_host(stamp))
         return done.returncode
@@ -346,6 +332,7 @@ class KvmInstance(Instance):
             "scratch_backing_device": scratch_fs["device"],
             "disk_cache": self.config.disk_cache,
             "disk_io": self.config.io_mode,
+            "qemu_user": self.qemu.name + (f" ({self.qemu.reason})" if self.qemu.reason else ""),
             "guest_cpu": "host-passthrough" if self.config.domain_type == "kvm"
             else "qemu64 (QEMU's TCG default)",
             "vcpus": self.config.vcpus,
@@ -371,15 +358,6 @@ class KvmInstance(Instance):
             found["clock_sync_uncertainty_ms"] = round(self.sync.uncertainty_s * 1e3, 3)
         return found
 
-
-
-def _stamp_seconds(text: str) -> float | None:
-    """bench-stamp's reading of the guest's CLOCK_MONOTONIC, in seconds."""
-    for line in text.splitlines():
-        if '"bench-stamp"' in line:
-            with contextlib.suppress(ValueError, KeyError):
-                return int(json.loads(line)["monotonic_ns"]) / 1e9
-    return None
 
 
 def _parse_cpuset(text: str) -> list[int]:

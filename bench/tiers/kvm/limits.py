@@ -161,7 +161,10 @@ class GuestLimits:
     def read(self) -> dict[str, Any]:
         domain = self.domain
         found: dict[str, Any] = {}
-        params = domain.schedulerParametersFlags(LIVE)
+        try:
+            params = domain.schedulerParametersFlags(LIVE)
+        except libvirt.libvirtError:  # libvirt could not read the cgroup: not read back
+            params = {}
         quota = params.get("vcpu_quota", -1)
         vcpus = self.instance.config.vcpus
         found["cpus"] = (quota / params.get("vcpu_period", QUOTA_PERIOD_US) * vcpus

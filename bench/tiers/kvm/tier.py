@@ -73,8 +73,9 @@ from bench.tiers.kvm import domxml, libvirtd
 from bench.tiers.kvm import guest as guest_mod
 from bench.tiers.kvm import limits as kvm_limits
 from bench.tiers.kvm import net as kvm_net
+from bench.tiers.kvm.console import console_tail
 from bench.tiers.kvm.domxml import CacheMode, DomainConfig
-from bench.tiers.kvm.instance import KvmInstance, console_tail
+from bench.tiers.kvm.instance import KvmInstance
 from bench.tiers.kvm.net import NETWORK_PREFIX
 from bench.tiers.kvm.runlock import hold_run_lock, lock_path, run_is_live
 

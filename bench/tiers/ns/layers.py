@@ -31,7 +31,8 @@ from bench.tiers.base import InstanceSpec
 from bench.tiers.layered import LayerLab, LayerPoint, LayerSource, measurement
 
 if TYPE_CHECKING:
-    from bench.tiers.ns.tier import NsInstance, NsTier
+    from bench.tiers.ns.instance import NsInstance
+    from bench.tiers.ns.tier import NsTier
 
 LINK_ROOT = Path("/run/bench-layers")
 MOUNTS = 20  # fresh mounts per measurement, one first lookup of the probe on each

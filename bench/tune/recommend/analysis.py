@@ -3,8 +3,10 @@ metric, p-values corrected together, a verdict per setting, and what to apply.""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.analysis import stats
 from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
-from bench.core.samples import Sample
+from bench.core.samples import Cell
 from bench.tune import catalog as catalog_mod
 from bench.tune.catalog import Catalog, Tunable
 from bench.tune.tuner import key_text
@@ -93,24 +95,50 @@ def _frozen(d: dict[str, Any]) -> str:
     return repr(sorted((k, repr(v)) for k, v in d.items()))
 
 
+@dataclass
+class _Group:
+    """The samples of one metric of one cell."""
+
+    cell: Cell
+    unit: str
+    direction: Literal["higher", "lower"]
+    values: list[float]
+
+
+def _groups(rundir: RunDir) -> dict[tuple[str, ...], _Group]:
+    """Every cell's metrics, keyed (tier, workload, params, cache, tunables, metric), read as
+    one frame (the columnar reader: a million samples in seconds, not one object each)."""
+    from bench.analysis.frame import read_frame
+
+    frame = read_frame(rundir.samples_path)
+    groups: dict[tuple[str, ...], _Group] = {}
+    if frame.empty:
+        return groups
+    for (_, metric), part in frame.groupby(["cell", "metric"], observed=True, sort=False):
+        row = part.iloc[0]
+        cell = Cell(tier=str(row["tier"]), workload=str(row["workload"]),
+                    params=json.loads(str(row["params"])),
+                    tunables=json.loads(str(row["tunables"])), cache=str(row["cache"]))
+        groups[(cell.tier, cell.workload, _frozen(cell.params), cell.cache,
+                _frozen(cell.tunables), str(metric))] = _Group(
+            cell, str(row["unit"]), "higher" if row["direction"] == "higher" else "lower",
+            part["value"].to_numpy(dtype=float).tolist())
+    return groups
+
+
 def analyse(rundir: RunDir, alpha: float = 0.05,
             correction: stats.Correction = "holm") -> Recommendation:
     manifest = rundir.manifest()
     tuning = manifest.get("tuning") or {}
-    samples = rundir.samples()
-    if not any(s.cell.tunables or s.cell.cache != "none" for s in samples):
+    groups = _groups(rundir)
+    if not any(g.cell.tunables or g.cell.cache != "none" for g in groups.values()):
         raise BenchError(f"Run {rundir.run_id} swept no tunable or cache setup, so there is "
                          "nothing to recommend.",
                          "run a scenario with a `sweep:` section, e.g. `bench run dirty-sweep`.")
     catalog = catalog_mod.load()
-    groups: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
-    for s in samples:
-        groups[(s.cell.tier, s.cell.workload, _frozen(s.cell.params), s.cell.cache,
-                _frozen(s.cell.tunables), s.metric)].append(s)
     comparisons: list[Comparison] = []
-    for key, chunk in sorted(groups.items()):
+    for key, first in sorted(groups.items()):
         tier, workload, _, cache, _, metric = key
-        first = chunk[0]
         if metric not in METRICS.get(workload, (metric,)):
             continue
         if first.cell.tunables:  # a setting vs the settings as found, same cache setup
@@ -123,8 +151,8 @@ def analyse(rundir: RunDir, alpha: float = 0.05,
             continue
         if not base:
             continue
-        values = [s.value for s in chunk]
-        current = [s.value for s in base]
+        values = first.values
+        current = base.values
         found = stats.log_ratio_test(current, values)
         change, low, high, p = found.change, found.low, found.high, found.p
         better = change > 0 if first.direction == "higher" else change < 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ class Containment(Workload[ContainmentParams]):
             "host_during": host_during}, indent=1))
         applied = params.pids_limit if ctx.tier.applies_limits else None
         meta = {"bound": params.bound, "pids_limit_applied": applied,
+                "host_loadavg_1": os.getloadavg()[0],
                 "pid_max_host": int(Path("/proc/sys/kernel/pid_max").read_text()),
                 "safety_pids_guard": params.bound + GUARD_MARGIN,
                 "offender_failures": offender_out["failures"],

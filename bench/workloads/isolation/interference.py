@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -150,6 +151,7 @@ class Interference(Workload[InterferenceParams]):
             "victim": params.victim, "metric": label, "alone": alone, "with": beside,
             "ratios": ratios, "antagonist": [m.model_dump() for m in hostile_out]}, indent=1))
         meta = {"victim": params.victim, "victim_metric": label, "antagonist": params.antagonist,
+                "host_loadavg_1": os.getloadavg()[0],  # others' load: a shared host's noise
                 "pair_ratios": ratios, "victim_alone": alone, "victim_with": beside,
                 "victim_limits": victim.spec.limits.model_dump(exclude_none=True),
                 "antagonist_limits": hostile.spec.limits.model_dump(exclude_none=True),

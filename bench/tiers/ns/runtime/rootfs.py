@@ -21,6 +21,7 @@ from bench.kernel.sysmount import (
     MS_PRIVATE,
     MS_RDONLY,
     MS_REC,
+    MS_REMOUNT,
 )
 
 MS_STRICTATIME = 1 << 24
@@ -64,6 +65,23 @@ def _dev(dev: str) -> None:
                    "mode=1777,size=65536k")
 
 
+# parts of /proc that reach the host's kernel: read-only, as Docker's readonlyPaths (the C init
+# does the same); /proc/sys/net stays writable, its sysctls are the container's netns's own
+READONLY_PROC = ("sys", "sysrq-trigger", "bus", "fs", "irq")
+LOCKED = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def _protect_proc(proc: str) -> None:
+    for name in READONLY_PROC:
+        path = f"{proc}/{name}"
+        if os.path.exists(path):
+            sysmount.mount(path, path, None, MS_BIND | MS_REC)
+            sysmount.mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | LOCKED)
+    net = f"{proc}/sys/net"
+    sysmount.mount(net, net, None, MS_BIND)
+    sysmount.mount("none", net, None, MS_BIND | MS_REMOUNT | LOCKED)
+
+
 def make_root(plan: RootPlan) -> None:
     """Build the container's root and switch to it. The caller is alone in a new mount ns."""
     sysmount.mount("none", "/", None, MS_REC | MS_PRIVATE)  # nothing propagates to the host
@@ -72,6 +90,7 @@ def make_root(plan: RootPlan) -> None:
     if plan.scratch_bind is not None:
         sysmount.mount(plan.scratch_bind, f"{merged}/scratch", None, MS_BIND | MS_REC)
     sysmount.mount("proc", f"{merged}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _protect_proc(f"{merged}/proc")
     sysmount.mount("sysfs", f"{merged}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _dev(f"{merged}/dev")
     # pivot_root(".", "."): the old root ends up stacked on the new one; detach it.
