@@ -17,6 +17,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 
 _libc = LIBC
@@ -36,7 +37,11 @@ def mount(source: str, target: str | Path, fstype: str | None, flags: int = 0,
 
 
 def bind(source: str | Path, target: str | Path, readonly: bool = False) -> None:
+    """A recursive bind that receives the source's mount events but sends none back: where /
+    is a shared mount (systemd hosts), unmounting <target>/sys/fs/cgroup would otherwise
+    unmount the host's /sys/fs/cgroup, and a tmpfs on <target>/tmp would appear in the source."""
     mount(str(source), target, None, MS_BIND | MS_REC)
+    mount("none", target, None, MS_SLAVE | MS_REC)
     if readonly:
         mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 

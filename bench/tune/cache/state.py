@@ -59,9 +59,9 @@ class CacheLab(DeviceBuilder):
         self.shell.run(["blockdev", "--flushbufs", built.top], check=False, timeout=60)
 
     def make_warm(self, name: str) -> None:
-        """From cold, read every file twice in 1 MiB pieces in random order (a cache skips
-        reads it sees as one long sequential stream); a write cache (dm-writecache) holds what
-        was written, so its files are written again instead."""
+        """From cold, read every file three times with O_DIRECT in 1 MiB pieces in random order
+        (a cache skips readahead and reads it sees as one long sequential stream); a write
+        cache (dm-writecache) holds what was written, so its files are written again instead."""
         built = self.built[name]
         self.make_cold(name)
         mode = "rewrite" if built.recipe.kind == "dm-writecache" else "read"
@@ -125,24 +125,26 @@ for base, _, files in os.walk(sys.argv[1]):
             os.close(fd)
 """
 WARM = """
-import os, random, sys
+import mmap, os, random, sys
+# O_DIRECT: page-cache readahead is flagged as such, and bcache does not cache readahead
 paths = [os.path.join(b, n) for b, _, fs in os.walk(sys.argv[1]) for n in fs]
 rewrite = sys.argv[2] == "rewrite"
-for _ in range(1 if rewrite else 2):
+buf = mmap.mmap(-1, 1 << 20)
+for _ in range(1 if rewrite else 3):
     for path in sorted(paths):
         if os.path.islink(path):
             continue
-        fd = os.open(path, os.O_RDWR if rewrite else os.O_RDONLY)
+        fd = os.open(path, (os.O_RDWR if rewrite else os.O_RDONLY) | os.O_DIRECT)
         try:
-            pieces = list(range(0, os.fstat(fd).st_size, 1 << 20))
+            size = os.fstat(fd).st_size
+            pieces = list(range(0, size - size % (1 << 20), 1 << 20))
             random.Random(path).shuffle(pieces)
             for offset in pieces:
-                data = os.pread(fd, 1 << 20, offset)
+                os.preadv(fd, [buf], offset)
                 if rewrite:
-                    os.pwrite(fd, data, offset)
+                    os.pwritev(fd, [buf], offset)
             if rewrite:
                 os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 """
