@@ -6,6 +6,7 @@ import sys
 
 import click
 from rich.markup import escape
+from rich.console import Console
 from rich.table import Table
 
 from bench.cli.common import console
@@ -29,8 +30,10 @@ def selftest(tiers: tuple[str, ...], as_json: bool, full: bool) -> None:
     if unknown:
         raise BenchError(f"Unknown tier(s): {', '.join(unknown)}.",
                          f"choose from: {', '.join(TIERS)}.")
+    # with --json, stdout carries the JSON only; progress goes to stderr
+    log = Console(stderr=True).print if as_json else console.print
     with hostlock.hold("(selftest)"):
-        checks = st.SelfTest(names, log=console.print, full=full).run()
+        checks = st.SelfTest(names, log=log, full=full).run()
     if as_json:
         click.echo(st.as_json(checks))
     else:
