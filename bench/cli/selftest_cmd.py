@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cli.common import console
