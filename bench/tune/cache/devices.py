@@ -278,6 +278,9 @@ class DeviceBuilder:
         uuid = re.search(r"^cset\.uuid\s+([0-9a-f-]+)", super_block, re.M)
         cset = f"/sys/fs/bcache/{uuid.group(1)}" if uuid else ""
         built.details["cache_set"] = cset
+        if cset:  # a slow cache (emulated, or busy) counts as congested and is bypassed
+            for knob in ("congested_read_threshold_us", "congested_write_threshold_us"):
+                sh.write(f"{cset}/{knob}", str(options.get(knob, 0)))
         self._made("bcache", dev=top_name, backing=slow_name, cset=cset)
         for knob, value in (("cache_mode", options["cache_mode"]),
                             ("sequential_cutoff", int(options.get("sequential_cutoff_kb", 4096))
