@@ -223,8 +223,18 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     runs = {p.name for base in (Path(made.env["BENCH_RESULTS_DIR"]), made.work)
             if base.is_dir() for p in base.iterdir() if p.is_dir()}
     for run_id in sorted(runs):
-        if made.leaks(run_id):
+        if _maybe_leaks(made, run_id):
             bench(made, "cleanup", "--run", run_id)
+
+
+def _maybe_leaks(lab: Lab, run_id: str) -> bool:
+    """For a fixture's teardown, which only tidies up: a probe that cannot look (a private
+    daemon a test killed is already gone) counts as a leak to clean, not as an error. The
+    tests' own `leaks(...) == []` assertions still fail on a probe error."""
+    try:
+        return bool(lab.leaks(run_id))
+    except pytest.fail.Exception:
+        return True
 
 
 def bench(lab: Lab, *args: str, timeout: float = 600,
@@ -576,7 +586,7 @@ def kvm_lab(lab: Lab) -> Iterator[Lab]:
     lab.env["BENCH_WORK_DIR"] = str(work)
     yield lab
     for run_id in sorted(p.name for p in (*lab.results.iterdir(), *work.iterdir()) if p.is_dir()):
-        if lab.leaks(run_id):
+        if _maybe_leaks(lab, run_id):
             bench(lab, "cleanup", "--run", run_id)
     shutil.rmtree(work, ignore_errors=True)
 
