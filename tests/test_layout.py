@@ -114,3 +114,24 @@ def test_modules_hold_one_idea() -> None:
     long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert {k: v for k, v in long.items() if k not in LONG_OK} == {}
+
+
+# modules that start processes themselves instead of through bench.core.procs, each for a reason
+# written in bench/core/procs.py's docstring
+SPAWNS_OK = {"bench/core/procs.py", "bench/tiers/docker/engine.py", "bench/tiers/kvm/libvirtd.py",
+             "bench/tiers/docker/registry.py", "bench/tiers/docker/limited.py",
+             "bench/tiers/host.py", "bench/tiers/base.py", "bench/tiers/docker/image.py",
+             "bench/tiers/ns/runtime/native.py", "bench/tiers/ns/runtime/zygote.py",
+             "bench/tiers/ns/runtime/init.py"}
+
+
+def test_processes_start_in_one_place_or_a_documented_exception() -> None:
+    spawn = re.compile(r"subprocess\.(run|Popen|call|check_output|check_call)\(|os\.posix_spawn"
+                       r"|os\.fork\(|os\.exec[lv]p?e?\(")
+    found = {str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+             if spawn.search(p.read_text())}
+    inside = {f for f in found if f.startswith("bench/workloads/isolation/inside/")}
+    assert found - inside - SPAWNS_OK == set()
+    documented = (PACKAGE / "core" / "procs.py").read_text()
+    for module in SPAWNS_OK - {"bench/core/procs.py"}:
+        assert module.removeprefix("bench/").split("/")[-1] in documented, module

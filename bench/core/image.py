@@ -12,7 +12,6 @@ import hashlib
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -294,10 +293,7 @@ def _manifest(rootfs: Path, data: dict[str, Any], digest: str, seconds: float) -
         done = run(["chroot", str(rootfs), *argv], timeout=60, check=False)
         text = (done.stdout or done.stderr).strip().splitlines()
         tools[name] = text[0] if text else "unknown"
-    size = int(
-        subprocess.run(["du", "-sb", str(rootfs)], capture_output=True, text=True, check=True)
-        .stdout.split()[0]
-    )
+    size = int(run(["du", "-sb", str(rootfs)], timeout=600).stdout.split()[0])
     return {
         "hash": digest,
         "recipe": data,

@@ -1,4 +1,17 @@
-"""Run commands as argv lists (never a shell string); a timeout kills the whole process group."""
+"""Run commands as argv lists (never a shell string); a timeout kills the whole process group.
+
+The one place bench runs a program to completion. The exceptions, each for a reason this
+module cannot serve (tests/test_layout.py holds the list):
+- daemons that must outlive bench: dockerd (tiers/docker/engine.py), libvirtd and virtlogd
+  (tiers/kvm/libvirtd.py), the image registries (tiers/docker/registry.py, limited.py);
+- processes an Instance owns for its lifetime and stops itself: host-tier commands and
+  servers (tiers/host.py, tiers/base.py's ProcessBackground), the tar stream into
+  `docker import` (tiers/docker/image.py);
+- the ns runtime: the C init is posix_spawned with a signal mask and descriptors set just so
+  (tiers/ns/runtime/native.py; its gcc build goes through here), the Python runtime forks
+  (runtime/zygote.py, runtime/init.py) because a new PID namespace starts at a fork;
+- programs that run inside an instance, not in bench (workloads/isolation/inside/).
+"""
 
 from __future__ import annotations
 
