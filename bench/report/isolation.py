@@ -12,12 +12,12 @@ from markupsafe import Markup
 from bench.analysis import isolation
 from bench.analysis.frame import Run
 from bench.core.rundir import RunDir
-from bench.report.page import Page, esc
+from bench.report.page import Page
+from bench.report.templating import render
 
 
-def _table(matrix: isolation.Matrix, colour: bool) -> str:
-    head = f"<th>{esc(matrix.corner)}</th>" + "".join(f"<th>{esc(c)}</th>"
-                                                      for c in matrix.columns)
+def _table(matrix: isolation.Matrix, colour: bool, figure: Markup | None) -> dict[str, Any]:
+    """The values of one table for the template (which escapes them)."""
     rows = []
     for row in matrix.rows:
         cells = []
@@ -25,10 +25,11 @@ def _table(matrix: isolation.Matrix, colour: bool) -> str:
             flag = matrix.flags.get((row, column))
             klass = ""
             if colour and flag is not None and not math.isnan(flag):
-                klass = ' class="slower"' if flag >= 1 else ' class="same"'
-            cells.append(f"<td{klass}>{esc(matrix.get(row, column))}</td>")
-        rows.append(f"<tr><th>{esc(row)}</th>{''.join(cells)}</tr>")
-    return (f"<h3>{esc(matrix.title)}</h3><table><tr>{head}</tr>{''.join(rows)}</table>")
+                klass = "slower" if flag >= 1 else "same"
+            cells.append({"text": matrix.get(row, column), "klass": klass})
+        rows.append({"name": row, "cells": cells})
+    return {"title": matrix.title, "corner": matrix.corner, "columns": matrix.columns,
+            "rows": rows, "figure": figure}
 
 
 def _heatmap(matrix: isolation.Matrix) -> Any:
@@ -55,16 +56,10 @@ def add(page: Page, runs: list[Run]) -> None:
         tables = isolation.tables(RunDir(run.path).samples())
         if not tables:
             continue
-        if len(runs) > 1:
-            parts.append(f"<p class=muted>run {esc(run.run_id)}</p>")
-        for matrix in tables:
-            if matrix.title.startswith("Interference: victim"):
-                parts.append(page.figure(_heatmap(matrix)))
-            parts.append(_table(matrix, colour="slowdown" in matrix.title))
+        parts.append({"run_id": run.run_id if len(runs) > 1 else "", "tables": [
+            _table(matrix, colour="slowdown" in matrix.title,
+                   figure=page.figure(_heatmap(matrix))
+                   if matrix.title.startswith("Interference: victim") else None)
+            for matrix in tables]})
     if parts:
-        intro = ("<p class=muted>How well each tier isolates: visibility (1 = the instance sees "
-                 "or may touch the host's own), interference (victim alone vs beside an "
-                 "antagonist, paired), fork-storm containment and memory accounting "
-                 "(bench/workloads/isolation/).</p>")
-        body = Markup(intro + "".join(parts))  # noqa: S704 (every value in parts is escaped)
-        page.add("isolation", "Isolation", body)
+        page.add("isolation", "Isolation", render("isolation.html.j2", parts=parts))
