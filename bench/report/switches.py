@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from markupsafe import Markup
-
-from bench.report.page import Page, esc
+from bench.report.page import Page
+from bench.report.templating import render
 
 SERIES_FILE = "switches.jsonl"  # bench.run.switches.SERIES_FILE (no import: report stays light)
 
@@ -40,7 +39,7 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _note(note: str) -> str:
-    return f" ({esc(note)})" if note and note != "not reached" else ""
+    return f" ({note})" if note and note != "not reached" else ""
 
 
 def _figure(page: Page, workload: str, metric: str, unit: str,
@@ -68,31 +67,36 @@ def _figure(page: Page, workload: str, metric: str, unit: str,
     return page.figure(fig)
 
 
-def _table(records: list[dict[str, Any]]) -> str:
-    head = ("<tr><th>tier</th><th>workload</th><th>switch</th><th>limit</th><th>old → new</th>"
-            "<th>live (how)</th><th>call s</th><th>level before</th><th>level after</th>"
-            "<th>limit allows</th><th>time to effect s</th></tr>")
+HEAD = ("tier", "workload", "switch", "limit", "old → new", "live (how)", "call s",
+        "level before", "level after", "limit allows", "time to effect s")
+
+
+def _cells(*texts: Any, span_last: int = 1) -> list[dict[str, Any]]:
+    cells = [{"text": str(text), "span": 1} for text in texts]
+    cells[-1]["span"] = span_last
+    return cells
+
+
+def _rows(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The table's cells as text; the template escapes every one."""
     rows = []
     for record in records:
         for switch in record["switches"]:
             changes = {c["limit"]: c for i in switch["instances"] for c in i["changes"]}
             shown = set()
+            where = f"{switch['index']} @ {_num(switch['called_s'], 1)} s"
             for effect in switch.get("effects", []):
                 shown.add(effect["limit"])
                 change = changes.get(effect["limit"], {})
                 effect_s = effect["time_to_effect_s"]
-                rows.append(
-                    f"<tr><td>{esc(record['tier'])}</td><td>{esc(record['workload'])}</td>"
-                    f"<td>{esc(switch['index'])} @ {esc(_num(switch['called_s'], 1))} s</td>"
-                    f"<td>{esc(effect['limit'])}</td>"
-                    f"<td>{esc(effect['old'])} → {esc(effect['new'])}</td>"
-                    f"<td>{'yes' if change.get('live') else 'NO'} ({esc(change.get('how'))})"
-                    f"</td><td>{esc(_num(switch['latency_s'], 4))}</td>"
-                    f"<td>{esc(_num(effect['level_before']))}</td>"
-                    f"<td>{esc(_num(effect['level_after']))}</td>"
-                    f"<td>{esc(_num(effect['expected_after']))}</td>"
-                    f"<td>{esc(_num(effect_s, 1)) if effect_s is not None else 'not reached'}"
-                    f"{_note(effect['note'])}</td></tr>")
+                rows.append(_cells(
+                    record["tier"], record["workload"], where, effect["limit"],
+                    f"{effect['old']} → {effect['new']}",
+                    f"{'yes' if change.get('live') else 'NO'} ({change.get('how')})",
+                    _num(switch["latency_s"], 4), _num(effect["level_before"]),
+                    _num(effect["level_after"]), _num(effect["expected_after"]),
+                    (_num(effect_s, 1) if effect_s is not None else "not reached")
+                    + _note(effect["note"])))
             memory = switch.get("memory")
             if memory:
                 shown.add("memory_mb")
@@ -103,23 +107,19 @@ def _table(records: list[dict[str, Any]]) -> str:
                     seen = (f"MemTotal {memory['before_mb']} → {memory['after_mb']} MB "
                             f"(moved {memory['moved_mb']} of {memory['switched_mb']})")
                 effect_s = memory.get("time_to_effect_s")
-                rows.append(
-                    f"<tr><td>{esc(record['tier'])}</td><td>{esc(record['workload'])}</td>"
-                    f"<td>{esc(switch['index'])} @ {esc(_num(switch['called_s'], 1))} s</td>"
-                    f"<td>memory_mb</td><td>→ {esc(switch['set'].get('memory_mb'))}</td>"
-                    f"<td>{'yes' if change.get('live') else 'NO'} ({esc(change.get('how'))})"
-                    f"</td><td>{esc(_num(switch['latency_s'], 4))}</td>"
-                    f"<td colspan=3>{esc(memory['how'])}: {esc(seen)}</td>"
-                    f"<td>{esc(_num(effect_s, 1)) if effect_s is not None else 'not reached'}"
-                    "</td></tr>")
+                row = _cells(record["tier"], record["workload"], where, "memory_mb",
+                             f"→ {switch['set'].get('memory_mb')}",
+                             f"{'yes' if change.get('live') else 'NO'} ({change.get('how')})",
+                             _num(switch["latency_s"], 4), f"{memory['how']}: {seen}",
+                             span_last=3)
+                rows.append([*row, *_cells(_num(effect_s, 1) if effect_s is not None
+                                           else "not reached")])
             for limit, change in changes.items():
                 if limit not in shown and not change["live"]:
-                    rows.append(
-                        f"<tr><td>{esc(record['tier'])}</td><td>{esc(record['workload'])}</td>"
-                        f"<td>{esc(switch['index'])}</td><td>{esc(limit)}</td>"
-                        f"<td>→ {esc(change['value'])}</td><td>NO ({esc(change['how'])})</td>"
-                        "<td colspan=5>not live: nothing to measure</td></tr>")
-    return f"<table class=data>{head}{''.join(rows)}</table>"
+                    rows.append(_cells(record["tier"], record["workload"], switch["index"],
+                                       limit, f"→ {change['value']}", f"NO ({change['how']})",
+                                       "not live: nothing to measure", span_last=5))
+    return rows
 
 
 def section(page: Page, run_id: str, run_path: Path) -> None:
@@ -137,11 +137,7 @@ def section(page: Page, run_id: str, run_path: Path) -> None:
                for e in s.get("effects", [])):
             unit = group[0]["metrics"].get(metric, "")
             figures.append(_figure(page, workload, metric, unit, group))
-    skipped = [s for r in records for s in r.get("skipped", [])]
-    note = ("<p class=muted>Time to effect: from the switch call until the 1-second value "
-            "stays within 5% of its new level for 3 seconds (the end of the first of them, "
-            "1 s resolution); memory by its effect. Series start at the workload's exec call "
-            "(the tool's own start aligned by its run time).</p>")
-    extra = (f"<p class=warning>{esc('; '.join(skipped))}</p>" if skipped else "")
-    body = Markup(note + _table(records) + extra + "".join(figures))  # noqa: S704 (escaped)
-    page.add(f"switches-{run_id}", f"Isolation switches ({run_id})", body)
+    skipped = "; ".join(s for r in records for s in r.get("skipped", []))
+    page.add(f"switches-{run_id}", f"Isolation switches ({run_id})",
+             render("switches.html.j2", head=HEAD, rows=_rows(records), skipped=skipped,
+                    figures=figures))
