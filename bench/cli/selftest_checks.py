@@ -244,12 +244,13 @@ def tbf(link: str, netns: list[str] | None = None) -> Iterator[None]:
 
 
 def until_listening(run: Run) -> Run:
-    """iperf3 exits 0 with 'Connection refused' in its JSON while its server is still binding."""
+    """iperf3 exits 0 with "Connection refused" in its JSON while its server is still binding,
+    and with "the server is busy" while it is still finishing the test before."""
     def retrying(argv: list[str]) -> str:
         out = ""
         for _ in range(50):
             out = run(argv)
-            if "refused" not in out:
+            if "refused" not in out and "server is busy" not in out:
                 break
             time.sleep(0.1)
         return out
