@@ -22,6 +22,7 @@ from rich.text import Text
 from bench.analysis import methodology, stats
 from bench.analysis.defaults import COMPARE_FORMATS
 from bench.analysis.frame import Run
+from bench.core.numbers import human as _fmt
 
 FORMATS = COMPARE_FORMATS
 
@@ -116,15 +117,6 @@ def compare(base: Run, new: Run, threshold: float = 0.05, all_metrics: bool = Fa
 def _order(group: Any) -> tuple[str, str, str]:
     row = group.iloc[0]
     return (str(row["tier"]), str(row["label"]), str(row["metric"]))
-
-
-def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.1f}" if magnitude >= 10 else f"{value:.3g}"
 
 
 def _cost_text(c: stats.Comparison) -> str:

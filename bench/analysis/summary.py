@@ -13,20 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.analysis import stats
+from bench.core.numbers import human as _fmt
 from bench.core.rundir import RunDir
 from bench.core.samples import BASELINE_TIER, Sample
 from bench.workloads import HEADLINE
-
-
-def _fmt(value: float) -> str:
-    if math.isnan(value):
-        return "-"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
 
 
 def group(samples: list[Sample]) -> dict[tuple[str, str, str, str, str], list[float]]:

@@ -4,7 +4,6 @@ already rendered) is passed as `Markup` and is the only thing not escaped again.
 
 from __future__ import annotations
 
-import math
 import time
 from functools import cache
 from typing import Any
@@ -12,18 +11,12 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from bench.core.numbers import human
+
 
 def num(value: float | None) -> str:
-    """A number for a table cell: thousands separators when large, 3 significant digits when
-    small, a dash when missing."""
-    if value is None or math.isnan(value):
-        return "\u2013"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
+    """A number for a table cell (bench.core.numbers), an en dash when missing."""
+    return human(value, missing="\u2013")
 
 
 def when(stamp: float | None, fmt: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
