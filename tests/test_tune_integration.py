@@ -166,9 +166,6 @@ def test_the_kernel_zeroes_the_counterpart_and_restore_brings_the_ratio_back(
     assert _snapshot() == before
 
 
-@pytest.mark.xfail(strict=False, reason="quarantined at the end of the session: failed on a "
-                   "quiet host after the cache states changed (none-slow neither measured nor "
-                   "left out, 499 s); see the closing note")
 def test_ssd_cache_compares_slow_and_fast_devices_and_removes_them(
         bench_image: Image, results_dir: Path, tmp_path: Path) -> None:
     zram_before = {p.name for p in Path("/sys/block").glob("zram*")}
