@@ -88,6 +88,11 @@ def pelt(x: np.ndarray, penalty: float, sigma: float, min_size: int = 2) -> list
         pruned_at[hopeless] = np.minimum(pruned_at[hopeless], end)
         candidates = np.append(candidates, end - min_size + 1)
         candidates = candidates[np.isfinite(best[candidates]) | (candidates > end - min_size)]
+    return _backtrack(last, n)
+
+
+def _backtrack(last: np.ndarray, n: int) -> list[int]:
+    """The change points of the optimal segmentation, from each end's best last split."""
     points = []
     position = n
     while position > 0:
@@ -126,13 +131,7 @@ def _optimal_partitioning(x: np.ndarray, penalty: float, sigma: float,
         pick = int(costs.argmin())
         best[t] = costs[pick] + penalty
         last[t] = pick
-    points = []
-    position = n
-    while position > 0:
-        position = int(last[position])
-        if position > 0:
-            points.append(position)
-    return sorted(points)
+    return _backtrack(last, n)
 
 
 def detect(values: list[float] | np.ndarray, min_size: int = 2, min_effect: float = 0.02,
