@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.core.errors import ScenarioError
+from bench.core.errors import ParseError, ScenarioError
 from bench.core.limits import Limits
 from bench.kernel import cgroupread, cgroups
 from bench.kernel.cgroups import Cgroup
@@ -102,9 +102,15 @@ def test_series_parsers_on_tool_output() -> None:
     fio = "1000, 20480, 0, 1048576, 0\n2000, 204800, 0, 1048576, 0\n"
     assert parse_fio_log(fio, 1024 / 1e6) == [(1.0, pytest.approx(20.97152)),
                                                (2.0, pytest.approx(209.7152))]
-    iperf = ('{"intervals": [{"sum": {"end": 1.0, "seconds": 1.0, "bits_per_second": 9.5e7}},'
-             ' {"sum": {"end": 1.1, "seconds": 0.1, "bits_per_second": 1e6}}]}')
-    assert parse_iperf3_intervals(iperf) == [(1.0, 95.0)]  # a stub interval is dropped
+    received = ('{"intervals": [{"sum": {"end": 1.0, "seconds": 1.0, "bits_per_second": 9.5e7}},'
+                ' {"sum": {"end": 1.1, "seconds": 0.1, "bits_per_second": 1e6}}]}')
+    sent = '{"sum": {"end": 1.0, "seconds": 1.0, "bits_per_second": 2e8}}'
+    iperf = f'{{"intervals": [{sent}], "server_output_json": {received}}}'
+    # the receiver's side (the server's, or the client's with -R); a stub interval is dropped
+    assert parse_iperf3_intervals(iperf) == [(1.0, 95.0)]
+    assert parse_iperf3_intervals(received, reverse=True) == [(1.0, 95.0)]
+    with pytest.raises(ParseError, match="server output"):
+        parse_iperf3_intervals('{"intervals": []}')
 
 
 SWITCHED = """

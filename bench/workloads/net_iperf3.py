@@ -41,9 +41,18 @@ def parse_iperf3_json(text: str) -> list[Measurement]:
     return found
 
 
-def parse_iperf3_intervals(text: str) -> list[tuple[float, float]]:
-    """`-J -i 1`: (seconds since start, Mbit/s over that interval), the sender's side."""
+def parse_iperf3_intervals(text: str, reverse: bool = False) -> list[tuple[float, float]]:
+    """`-J -i 1 --get-server-output`: (seconds since start, Mbit/s over that interval) on the
+    receiver's side, timed by the receiver's clock. The sender's side is lumpy at low rates
+    (it counts 128 KiB writes, which a full socket buffer lets through in bursts: 16.7 and
+    20.9 Mbit/s alternate under a 20 Mbit/s shaper) and, in a guest, timed by the guest's
+    clock; what arrives is what the limit let through."""
     data = json.loads(text)
+    if not reverse:  # the client sent: the server received
+        data = data.get("server_output_json") or {}
+        if not data:
+            raise ParseError("iperf3 gave no server output (--get-server-output)",
+                             "use iperf3 >= 3.1 on both ends; see raw/.")
     return [(float(i["sum"]["end"]), i["sum"]["bits_per_second"] / 1e6)
             for i in data.get("intervals", []) if i["sum"].get("seconds", 0) > 0.5]
 
@@ -68,16 +77,18 @@ class Iperf3(Workload[Iperf3Params]):
         ctx.main().exec(["iperf3", "--version"], timeout=ctx.remaining())  # a warm start
 
     def run_series(self, ctx: RunContext, params: Iperf3Params) -> Series:
-        out = self._run(ctx, params, ["-i", "1"])
+        out = self._run(ctx, params, ["-i", "1", "--get-server-output"])
         found = parse_iperf3_json(out)
-        return Series({"throughput_Mbps": parse_iperf3_intervals(out)},
+        return Series({"throughput_Mbps": parse_iperf3_intervals(out, params.reverse)},
                       {"throughput_Mbps": "Mbit/s"}, found, found[0].metadata.get("seconds"))
 
     def _run(self, ctx: RunContext, params: Iperf3Params, extra: list[str]) -> str:
         assert ctx.peer is not None
         port = random.randint(20000, 29999)
         address = ctx.peer.address()  # listen only on the peer's own address, never on all
-        server = ctx.peer.spawn(["iperf3", "-s", "-B", address, "-p", str(port)])
+        # -J on the server too: with --get-server-output the client then carries the server's
+        # intervals as JSON (server_output_json), not as text
+        server = ctx.peer.spawn(["iperf3", "-s", "-J", "-B", address, "-p", str(port)])
         try:
             argv = ["iperf3", "-c", address, "-p", str(port), "-J",
                     "-t", f"{params.seconds}", "-P", str(params.parallel), *extra]
