@@ -42,7 +42,7 @@ def test_list_rows_are_what_the_tier_and_workload_classes_say() -> None:
     from bench.cli import listing, listing_data
 
     tiers, workloads = listing.from_classes()
-    assert (listing_data.TIERS, listing_data.WORKLOADS) == (tiers, workloads), (
+    assert (tiers, workloads) == (listing_data.TIERS, listing_data.WORKLOADS), (
         "bench/cli/listing_data.py is stale: run `python -m bench.cli.listing`")
 
 
