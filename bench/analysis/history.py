@@ -3,7 +3,7 @@
 SQLAlchemy 2 over SQLite by default (`results/history.db`); any SQLAlchemy URL (e.g.
 `postgresql+psycopg://user@db/bench`) through `--db` or `BENCH_HISTORY_URL` lets a team share
 one history. A *series* is one metric of one cell on one host; its points are the per-run
-medians in start order, and `changepoint.detect` (PELT) says whether and when it shifted.
+medians in start order, and `changepoint.detect_all` (PELT) says whether and when it shifted.
 """
 
 from __future__ import annotations
@@ -337,9 +337,9 @@ def series(frame: pd.DataFrame, min_effect: float = 0.02, min_size: int = 2) -> 
     table = {"run_id": frame["run_id"].astype(str).to_numpy(dtype=object),
              "started": frame["started"].to_numpy(dtype=float), "median": medians,
              "n": frame["n"].to_numpy()}
-    for start, end in zip(starts, ends, strict=True):
-        changes = changepoint.detect(medians[start:end], min_size=min_size,
-                                     min_effect=min_effect)
+    detected = changepoint.detect_all([medians[a:b] for a, b in zip(starts, ends, strict=True)],
+                                      min_size=min_size, min_effect=min_effect)
+    for start, end, changes in zip(starts, ends, detected, strict=True):
         text = {name: str(values[start]) for name, values in columns.items()}
         found.append(Series(**text, columns={k: v[start:end] for k, v in table.items()},
                             changes=changes))
