@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from bench.core import image
 from bench.tiers.base import InstanceSpec, Limits, Tier, TierContext
+from bench.tiers.host import ENV
 from bench.tiers.registry import get as get_tier
 from bench.workloads.startup import STAMP
 
@@ -75,10 +77,11 @@ def tool_overhead(tier: Tier) -> float:
 
 
 def bare_overhead(rootfs: Path) -> float:
-    """The tool's own process: started from here, no tier, no instance."""
+    """The tool's own process: started from here (the tiers' environment), no tier."""
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     started = time.monotonic()
-    done = subprocess.run(["chroot", str(rootfs), *SYSBENCH], check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run([chroot, str(rootfs), *SYSBENCH], check=True, capture_output=True,
+                          text=True, env=ENV)
     return beyond_total(time.monotonic() - started, done.stdout)
 
 
