@@ -63,17 +63,25 @@ def test_change_point_at_the_night_of_the_shift(stored: tuple[str, list[Path]]) 
         assert str(s.points["run_id"].iloc[SHIFT_AT]).endswith(f"nightly-{SHIFT_AT:02d}")
 
 
+@pytest.mark.parametrize("without", [None, "cpu.sysbench"])
 def test_headline_points_are_the_headline_rows_of_all_points(
-        stored: tuple[str, list[Path]]) -> None:
-    from bench.workloads import HEADLINE
-
+        stored: tuple[str, list[Path]], without: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filtered in the database first, then exactly; a workload without headline metrics
+    (`without`) keeps all of its metrics."""
+    original = dict(history.HEADLINE)
+    headlines = {w: ms for w, ms in original.items() if w != without}
+    monkeypatch.setattr(history, "HEADLINE", headlines)
     engine = history.connect(stored[0])
     everything = history.points(engine, all_metrics=True)
-    wanted = everything[[m in HEADLINE.get(w, (m,)) for w, m in
+    wanted = everything[[m in headlines.get(w, (m,)) for w, m in
                          zip(everything["workload"], everything["metric"], strict=True)]]
-    headline = history.points(engine)  # filtered in the database first
-    assert 0 < len(headline) < len(everything)
+    headline = history.points(engine)
+    assert 0 < len(headline) < len(everything) or without
     assert headline.astype(str).equals(wanted.reset_index(drop=True).astype(str))
+    if without:
+        kept = set(headline.loc[headline["workload"] == without, "metric"])
+        assert len(kept) > len(original[without])
 
 
 def test_trend_json_carries_each_series_points_in_order(stored: tuple[str, list[Path]]) -> None:

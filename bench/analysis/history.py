@@ -293,7 +293,7 @@ def points(engine: Engine, host: str | None = None, tier: str | None = None,
         if metric:
             query = query.where(PointRow.metric == metric)
         elif not all_metrics:  # in the database, what the headline filter below surely drops
-            others = cells.loc[~cells["workload"].isin(list(HEADLINE)), "cell"].tolist()
+            others = select(CellRow.key).where(CellRow.workload.not_in(sorted(HEADLINE)))
             query = query.where(or_(
                 PointRow.metric.in_(sorted({m for ms in HEADLINE.values() for m in ms})),
                 PointRow.cell.in_(others)))
