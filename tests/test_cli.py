@@ -51,6 +51,7 @@ def test_list_marks_a_broken_scenario_and_check_validates_fully(
     (tmp_path / "broken.yaml").write_text("description: [unclosed\n")
     (tmp_path / "stranger.yaml").write_text("description: a stranger workload\n"
                                             "workloads: [{workload: no.such}]\n")
+    (tmp_path / "[b]marked.yaml").write_text("description: 'shown as written: [/b] [red]'\n")
     monkeypatch.setenv("BENCH_SCENARIO_DIR", str(tmp_path))
     runner = CliRunner()
     quick = runner.invoke(main, ["list"], env={"COLUMNS": "200"})
@@ -58,6 +59,7 @@ def test_list_marks_a_broken_scenario_and_check_validates_fully(
     broken = next(line for line in quick.output.splitlines() if "broken" in line)
     assert "invalid" in broken
     assert "a stranger workload" in quick.output  # only --check validates the fields
+    assert "[b]marked" in quick.output and "shown as written: [/b] [red]" in quick.output
     checked = runner.invoke(main, ["list", "--check"], env={"COLUMNS": "200"})
     stranger = next(line for line in checked.output.splitlines() if "stranger" in line)
     assert "invalid" in stranger and "invalid" in next(

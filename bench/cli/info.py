@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cli.common import console
@@ -13,24 +14,24 @@ from bench.core import shipped, yamlio
 from bench.core.errors import BenchError
 
 
-def _scenario_row(path: Path, check: bool) -> tuple[str, str]:
-    """A scenario's name and description; read as YAML only, unless `check` (full validation
-    needs every tier and workload class: most of a second)."""
+def _description(path: Path, check: bool) -> str:
+    """A scenario's description as console markup (the file's text escaped); read as YAML only,
+    unless `check` (full validation needs every tier and workload class: most of a second)."""
     if check:
         from bench.run import scenario as scenario_mod
 
         try:
-            return path.stem, scenario_mod.parse(path.read_text(), str(path)).description
+            return escape(scenario_mod.parse(path.read_text(), str(path)).description)
         except BenchError as exc:
-            return path.stem, f"[red]invalid: {exc.cause}[/red]"
+            return f"[red]invalid: {escape(exc.cause)}[/red]"
     try:
         data = yamlio.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        return path.stem, f"[red]invalid: {exc}[/red]"
+        return f"[red]invalid: {escape(str(exc))}[/red]"
     description = data.get("description", "") if isinstance(data, dict) else None
     if not isinstance(description, str):
-        return path.stem, "[red]invalid: not a scenario mapping with a text description[/red]"
-    return path.stem, description
+        return "[red]invalid: not a scenario mapping with a text description[/red]"
+    return escape(description)
 
 
 @click.command("list")
@@ -44,7 +45,7 @@ def list_cmd(check: bool) -> None:
     scen.add_column("name")
     scen.add_column("description")
     for path in sorted(shipped.scenario_dir().glob("*.yaml")):
-        scen.add_row(*_scenario_row(path, check))
+        scen.add_row(escape(path.stem), _description(path, check))
     console.print(scen)
     tiers = Table(title="tiers")
     tiers.add_column("name")
