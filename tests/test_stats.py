@@ -261,7 +261,7 @@ def test_pelt_is_exact() -> None:
 def test_detect_all_gives_each_series_what_detect_gives_it() -> None:
     rng = np.random.default_rng(7)
     series: list[np.ndarray] = []
-    for i in range(300):  # mixed lengths, repeats of each, shifts, gaps, short and flat ones
+    for i in range(150):  # mixed lengths, repeats of each, shifts, gaps, short and flat ones
         n = int(rng.choice([3, 12, 30, 60, 61, 320])) if i % 50 else 2
         x = rng.lognormal(math.log(50), 0.03, n)
         if n > 4:
@@ -274,4 +274,4 @@ def test_detect_all_gives_each_series_what_detect_gives_it() -> None:
                     for x in series]
         assert changepoint.detect_all(series, min_size=min_size,
                                       min_effect=min_effect) == expected
-        assert sum(map(bool, expected)) > 30  # the shifts were found, not only "none"
+        assert sum(map(bool, expected)) > 15  # the shifts were found, not only "none"
