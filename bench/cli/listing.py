@@ -23,10 +23,11 @@ def from_classes() -> tuple[list[TierRow], list[WorkloadRow]]:
     from bench.workloads import WORKLOADS
 
     tiers = [(name, cls.description) for name, cls in TIERS.items()]
-    workloads: list[WorkloadRow] = [(name, str(w.family), w.description,
-                  ", ".join(f"{k} ({f.get_default(call_default_factory=True)})"
-                            for k, f in w.params_model.model_fields.items()) or "-")
-                 for name, w in WORKLOADS.items()]
+    workloads: list[WorkloadRow] = []
+    for name, w in WORKLOADS.items():
+        params = ", ".join(f"{k} ({f.get_default(call_default_factory=True)})"
+                           for k, f in w.params_model.model_fields.items())
+        workloads.append((name, str(w.family), w.description, params or "-"))
     return tiers, workloads
 
 
