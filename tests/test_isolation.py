@@ -31,6 +31,7 @@ from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
 from bench.tiers.registry import get as get_tier
 from bench.workloads.base import RunContext
+from bench.workloads.disk_fio import FioParams, fio_argv
 from bench.workloads.isolation import antagonists, common
 from bench.workloads.isolation.accounting import Accounting
 from bench.workloads.isolation.containment import Containment, ContainmentParams
@@ -189,6 +190,28 @@ def test_host_tier_runs_a_storm_inside_a_pids_cgroup_of_its_own(tiers: dict[str,
         instance.stop()
     hierarchies = cgroups.detect()
     assert not any((root / group.rel).exists() for root in hierarchies.unique_roots)
+
+
+@pytest.mark.integration
+def test_disk_writer_moves_at_most_its_cap_in_all(tiers: dict[str, Tier], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers at most 1 GiB in all, not only in their file: fio's time_based loop rewrites
+    the file until the runtime ends (1.7 GiB in 4 s here, buffered). Checked with the cap
+    scaled down to 32 MiB so the test writes little; the rate cap spreads it over the window."""
+    assert common.MAX_WRITE_MB == 1024
+    argv = fio_argv(FioParams(rw="randwrite", io_limit_mb=1024), "/scratch")
+    assert "--io_size=1024m" in argv and "--time_based" not in argv
+    monkeypatch.setattr(antagonists, "MAX_WRITE_MB", 32)
+    tier = tiers["host"]
+    instance = tier.start(InstanceSpec("antagonist", Limits()))
+    try:
+        ctx = _context(tier, tmp_path, Limits())
+        ctx.instance = instance
+        wrote = antagonists.run("disk_buffered", ctx, 2.0, 1, 256)
+    finally:
+        instance.stop()
+    assert 0 < wrote.metadata["io_MiB"] <= 32, wrote.metadata
+    assert wrote.metadata["runtime_ms"] >= 1000 and wrote.metadata["rate_cap_MiBps"] == 16
 
 
 @pytest.mark.integration
