@@ -7,6 +7,7 @@ host tier's safety cgroup holds a storm to its guard.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from bench.core.image import Image
 from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell, Sample
-from bench.kernel import cgroups
+from bench.kernel import cgroups, linuxns, seccomp
 from bench.tiers.base import InstanceSpec, Tier, TierContext, guarded, tighter
 from bench.tiers.host import GUARD_ROOT, HostInstance
 from bench.tiers.registry import get as get_tier
@@ -90,6 +91,26 @@ def test_audit_of_a_container_and_of_a_vm() -> None:
 def test_visibility_probe_runs_on_this_host() -> None:
     seen = common.on_host("visibility", [], 30)
     assert seen["boot_id"] and seen["pid_max"] > 0 and seen["processes"] > 0
+
+
+def test_docker_profile_rules_follow_the_kept_capabilities() -> None:
+    """As the engine reads its profile: without CAP_SYS_ADMIN clone is allowed only without
+    namespace flags and clone3 fails with ENOSYS (so glibc falls back to clone); keyctl and
+    unshare are never allowed; an arch- or capability-bound rule counts only where it fits."""
+    data = seccomp.profile()
+    docker = seccomp.rules(data, linuxns.DOCKER_DEFAULT_CAPS, "amd64", (6, 1))
+    by_name: dict[str, list[seccomp.Rule]] = {}
+    for rule in docker:
+        by_name.setdefault(rule.name, []).append(rule)
+    (clone,) = by_name["clone"]
+    assert clone.args == ((0, seccomp.OPS["SCMP_CMP_MASKED_EQ"], 0x7E020000, 0),)
+    assert by_name["clone3"][0].action == seccomp.act_errno(errno.ENOSYS)
+    assert "keyctl" not in by_name and "unshare" not in by_name and "mount" not in by_name
+    assert "arch_prctl" in by_name and "chroot" in by_name and "set_tls" not in by_name
+    admin = seccomp.rules(data, linuxns.DOCKER_DEFAULT_CAPS | {"SYS_ADMIN"}, "amd64", (6, 1))
+    assert any(r.name == "mount" for r in admin)
+    assert [r.args for r in admin if r.name == "clone"] == [()]
+    assert len(seccomp.compile_bpf(data, linuxns.DOCKER_DEFAULT_CAPS)) % 8 == 0
 
 
 def test_safety_bounds_are_enforced_by_the_parameters() -> None:
@@ -234,7 +255,33 @@ def test_visibility_audit_tells_tiers_apart(tier_name: str, tiers: dict[str, Tie
     assert items["vis.host_kernel_log_readable"].value == (0 if isolated else 1)
     assert items["vis.capability_bounding_set"].value == (14 if isolated else
                                                           items["vis.capability_bounding_set"].value)
-    assert items["vis.seccomp_filter"].value == (1 if tier_name == "docker" else 0)
+    assert items["vis.seccomp_filter"].value == (0 if tier_name == "host" else 1)
+
+
+KEYCTL = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+          "r = libc.syscall(250, 0, -3, 0); print(r, ctypes.get_errno())")  # x86_64 keyctl
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tier_name", ["host", "ns", "docker"])
+def test_docker_default_seccomp_profile_on_ns_as_on_docker(tier_name: str,
+                                                           tiers: dict[str, Tier]) -> None:
+    """keyctl(KEYCTL_GET_KEYRING_ID): no capability guards it, Docker's default profile
+    refuses it (EPERM); the ns tier applies the same profile, in its init and in each exec."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the keyctl number is x86_64's")
+    tier = tiers[tier_name]
+    instance = tier.start(InstanceSpec("main", Limits()))
+    try:
+        result, err = map(int, instance.exec(["python3", "-c", KEYCTL], timeout=30).stdout.split())
+    finally:
+        instance.stop()
+    if tier_name == "host":
+        assert result > 0, err
+    else:
+        assert (result, err) == (-1, errno.EPERM)
+    if tier_name == "ns":
+        assert "Docker's default profile" in tier.metadata()["seccomp"]
 
 
 def test_a_command_can_keep_the_callers_session() -> None:
