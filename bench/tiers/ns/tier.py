@@ -65,7 +65,7 @@ class NsTier(Tier):
     name = "ns"
     description = ("own containers: clone/unshare, setns, pivot_root, overlayfs, cgroups, "
                    "veth + bridge + NAT (no Docker)")
-    packages = ("iptables", "util-linux", "iproute2")
+    packages = ("iptables", "util-linux", "iproute2", "libseccomp2")
     live_switches = switching.CONTAINER_SWITCHES
     warm_start = True  # start_prepared: the init holds before the command until go()
 
