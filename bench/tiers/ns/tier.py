@@ -101,6 +101,14 @@ class NsTier(Tier):
 
     def prepare(self, ctx: TierContext) -> None:
         super().prepare(ctx)
+        if settings().ns_seccomp == "docker":  # first: nothing to undo if it fails
+            self.seccomp_program = seccomp.compile_bpf(seccomp.profile(), self.capabilities)
+            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            path = ctx.workdir / "seccomp.bpf"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.seccomp_program)
+            self.seccomp_path = str(path)
         self.hierarchies = cgroups.detect()
         self.run_group = cgroups.Cgroup(self.hierarchies, f"{CGROUP_ROOT}/{ctx.run_id}")
         self.run_group.create(Limits())
@@ -115,14 +123,6 @@ class NsTier(Tier):
         self._finishing = False
         self.zygote: Zygote | None = None
         self.nsinit: str | None = None
-        if settings().ns_seccomp == "docker":
-            self.seccomp_program = seccomp.compile_bpf(seccomp.profile(), self.capabilities)
-            ctx.workdir.mkdir(parents=True, exist_ok=True)
-            path = ctx.workdir / "seccomp.bpf"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.seccomp_program)
-            self.seccomp_path = str(path)
         if settings().ns_runtime == "python":
             self.runtime_note = "BENCH_NS_RUNTIME=python: the Python runtime is used"
         else:
