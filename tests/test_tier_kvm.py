@@ -455,6 +455,9 @@ def test_guest_memory_is_its_qemu_process(guest: tuple[KvmTier, KvmInstance]) ->
     tier, main = guest
     pss = main.memory_bytes()
     assert pss is not None and 30 << 20 < pss < (1024 + 512) << 20, pss
+    report = main.memory_report()  # what libvirt says of it: the guest's RAM, QEMU's RSS
+    assert report["libvirt_actual"] == main.config.memory_mb << 20, report
+    assert pss // 2 < report["libvirt_rss"] < 2 * pss + (64 << 20), report
     support = tier.support_memory()
     assert support is not None and (support.pss or 0) > 5 << 20  # libvirtd, virtlogd, dnsmasq
 

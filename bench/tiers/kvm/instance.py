@@ -320,6 +320,17 @@ class KvmInstance(Instance):
         used = host_memory([self.pid])
         return used.pss if used.processes else None
 
+    def memory_report(self) -> dict[str, int]:
+        """The QEMU process's PSS (`usage`) and libvirt's memory stats in bytes
+        (`libvirt_actual`, `libvirt_rss`; the guest's own view, `libvirt_unused` and the
+        rest, only with a balloon that reports them)."""
+        found = super().memory_report()
+        if self.domain is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                found |= {f"libvirt_{key}": value * 1024 for key, value
+                          in self.domain.memoryStats().items() if key != "last_update"}
+        return found
+
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)
         found = {
