@@ -14,7 +14,7 @@ WORKLOADS: list[tuple[str, str, str, str]] = [
     ('cpu.sysbench', 'cpu', 'sysbench cpu: prime search, events/s (threads=1 or 0 for all CPUs)', 'threads (1), seconds (3), max_prime (10000)'),
     ('cpu.pyperf', 'cpu', 'pyperf: a dict/str/float/json Python micro-benchmark, time per call', 'processes (2), values (3), warmups (1), loops (2000)'),
     ('memory', 'memory', 'bench-memprobe: memcpy bandwidth (MB/s) or pointer-chase latency (ns)', 'test (bandwidth), size_mb (128), seconds (1.0)'),
-    ('disk.fio', 'disk', 'fio: sequential MB/s, random IOPS and latency percentiles; direct or buffered', 'rw (randread), direct (True), bs (None), size_mb (256), runtime_s (3.0), iodepth (16), ioengine (libaio), end_fsync (True)'),
+    ('disk.fio', 'disk', 'fio: sequential MB/s, random IOPS and latency percentiles; direct or buffered', 'rw (randread), direct (True), bs (None), size_mb (256), runtime_s (3.0), iodepth (16), ioengine (libaio), end_fsync (True), io_limit_mb (None), rate_mb_s (None)'),
     ('network.iperf3', 'network', 'iperf3 -J: TCP throughput from a client instance to a server instance', 'seconds (3), parallel (1), reverse (False)'),
     ('network.sockperf', 'network', 'sockperf ping-pong over TCP: request/response round-trip time percentiles', 'seconds (2), msg_size (64)'),
     ('startup.noop', 'startup', 'start a no-op instance: time to its first instruction, to exit, to removal', 'cold (False), mode (new)'),
