@@ -78,6 +78,7 @@ from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance
 from bench.tiers.kvm.net import NETWORK_PREFIX
 from bench.tiers.kvm.runlock import hold_run_lock, lock_path, run_is_live
+from bench.tune import firewall, hostnet
 
 if TYPE_CHECKING:
     import libvirt
@@ -127,6 +128,7 @@ class KvmTier(Tier):
         self.accel_mode: accel_mod.Mode = conf.kvm_accel
         self._conn: libvirt.virConnect | None = None
         self._seq = itertools.count(1)
+        self.network: kvm_net.RunNetwork | None = None
         self.network_name: str | None = None
         self.bridge = ""
         self.subnet: IPv4Network | None = None
@@ -241,14 +243,16 @@ class KvmTier(Tier):
 
     def _make_network(self) -> None:
         run_id = self.ctx.run_id
-        self.network_name = f"{NETWORK_PREFIX}{run_id}"
+        self.network = kvm_net.RunNetwork(self.conn, run_id)
+        self.network_name, self.bridge = self.network.name, self.network.bridge
         try:
-            self.network_name, self.bridge, self.subnet = kvm_net.make_network(self.conn, run_id)
+            self.network.create()
         except libvirt.libvirtError as exc:
             self._remove(run_id)
             raise TierUnavailable(f"libvirt could not create network {self.network_name}: "
                                   f"{exc.get_error_message()}",
                                   "run `bench cleanup`; dnsmasq-base must be installed.") from exc
+        self.subnet = self.network.subnet
 
     def make_scratch(self, path: Path) -> None:
         with open(path, "wb") as fh:
@@ -343,7 +347,12 @@ class KvmTier(Tier):
         for lock in sorted(lock_path("*").parent.glob(f"{run_id or '*'}.lock")):
             if lock.stem != own and wanted(lock.stem) and not run_is_live(lock.stem):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
-        return removed
+        # host settings, once the network is gone: this run's own (held until now), then the
+        # dead runs' (a rule that will not go is an error naming it)
+        if self.network is not None and self.network.run_id == run_id:
+            removed += self.network.release()
+            self.network = None
+        return removed + firewall.recover("kvm", run_id) + hostnet.recover()
 
     def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""
