@@ -5,7 +5,10 @@ measured with the same tools; each must come out within 5% of what was injected:
 
 - cpus: a CFS quota must cap the CPU share of a busy thread. Measured as CPU time over wall
   time, paired with an unlimited instance in the same moment: the expected share is
-  min(quota, what the unlimited thread got), so a loaded machine does not fail the check;
+  min(quota, what the unlimited thread got). On a loaded host (the unlimited thread got less
+  than 0.8 CPU but more than the quota) the check is that the quota holds and does not starve
+  the instance, and says so; it is skipped, with the shares measured, only when the unlimited
+  thread got no more than the quota;
 - io_read_bps / io_write_bps: a block I/O throttle must cap fio's O_DIRECT sequential read or
   write (the disk.fio workload's own command line);
 - network: a tbf qdisc of 200 Mbit/s on the host side of the instance's link must cap iperf3.

@@ -1,0 +1,47 @@
+"""How selftest judges a CPU quota from paired shares (a limited and an unlimited busy thread
+at the same moment): on a quiet host, within 5%; on a loaded one, that the quota holds; skipped,
+with the shares measured, only when the quota cannot bind. The shares are given, not measured
+(tests/test_selftest.py measures real ones)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from bench.cli.selftest_checks import MAX_PAIRS, Probe, measure_cpus
+
+QUOTA = 0.25
+
+
+def probe(limited: list[float], free: list[float]) -> Probe:
+    shares = {"limited": itertools.cycle(limited), "free": itertools.cycle(free)}
+    return Probe("ns", lambda argv: f"{next(shares['limited'])}\n",
+                 lambda argv: f"{next(shares['free'])}\n", "/scratch", "cpus=0.25 (overlay)")
+
+
+def test_a_quiet_host_checks_the_quota_within_tolerance() -> None:
+    check = measure_cpus(probe([0.251, 0.248, 0.25], [0.97, 0.95, 0.99]), QUOTA)
+    assert check.passed and not check.skipped and check.measured == pytest.approx(0.25)
+    assert "loaded" not in check.detail
+
+
+def test_a_loaded_host_checks_that_the_quota_holds() -> None:
+    # the unlimited thread gets 0.45-0.6 CPU: more than the quota, so the quota binds
+    held = measure_cpus(probe([0.2, 0.21, 0.19], [0.45, 0.6, 0.5]), QUOTA)
+    assert held.passed and not held.skipped
+    assert held.measured == pytest.approx(0.2) and "on a loaded host" in held.detail
+    assert "0.45-0.60" in held.detail  # the shares measured are stated
+    # a quota that is not enforced: the limited thread gets what the unlimited one gets
+    broken = measure_cpus(probe([0.45, 0.6, 0.5], [0.45, 0.6, 0.5]), QUOTA)
+    assert not broken.passed and not broken.skipped and broken.measured == pytest.approx(0.5)
+    starved = measure_cpus(probe([0.1], [0.5]), QUOTA)
+    assert not starved.passed and not starved.skipped
+
+
+def test_the_check_is_skipped_only_when_the_quota_cannot_bind() -> None:
+    check = measure_cpus(probe([0.2, 0.22], [0.24, 0.26]), QUOTA)
+    assert check.skipped and not check.passed
+    assert "got 0.24-0.26 CPU in 6 pairs, no more than the quota" in check.skipped, check.skipped
+    assert "limited thread got 0.21" in check.skipped
+    assert MAX_PAIRS == 6
