@@ -22,6 +22,7 @@ import yaml
 from rich.console import Console
 
 from bench.analysis.summary import print_summary
+from bench.cli.selftest_checks import vcpu_share
 from bench.core.errors import BenchError, CommandTimeout, ScenarioError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -432,6 +433,10 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
                   / int((domain_dir / v / "cpu.cfs_period_us").read_text())
                   for v in ("vcpu0", "vcpu1"))
     assert allowed == pytest.approx(1.5), (domain_dir, allowed)
+    # ... and holds a busy loop to 0.75 of a CPU, as the host sees the vCPU (the guest's own
+    # CPU time over wall time reads about 1: its clock runs on while the vCPU is held back)
+    share = vcpu_share(main)
+    assert 0.3 < share <= 0.75 * 1.05, share
     # disk: fio inside the guest runs at the iotune rates (QEMU throttles /scratch)
     assert main.domain is not None
     tune = main.domain.blockIoTune("vdb", 0)

@@ -8,7 +8,8 @@ measured with the same tools; each must come out within 5% of what was injected:
   min(quota, what the unlimited thread got). On a loaded host (the unlimited thread got less
   than 0.8 CPU but more than the quota) the check is that the quota holds and does not starve
   the instance, and says so; it is skipped, with the shares measured, only when the unlimited
-  thread got no more than the quota;
+  thread got no more than the quota. In a guest, whose clock runs on while the host holds its
+  vCPU back, the share is the host's CPU time for its vCPUs over wall time;
 - io_read_bps / io_write_bps: a block I/O throttle must cap fio's O_DIRECT sequential read or
   write (the disk.fio workload's own command line);
 - network: a tbf qdisc of 200 Mbit/s on the host side of the instance's link must cap iperf3.
@@ -54,6 +55,7 @@ from bench.cli.selftest_checks import (
     readback_checks,
     tbf,
     until_listening,
+    vcpu_share,
 )
 from bench.core import hostlock, image, procs
 from bench.core.errors import BenchError
@@ -178,8 +180,11 @@ class SelfTest:
                   mode: ScratchMode) -> Probe:
                 instance = tier.start(InstanceSpec(
                     role=f"st-{len(limits)}{mode[0]}", limits=as_limits(values), scratch=mode))
+                guest = instance.vcpu_seconds() is not None
                 return Probe(tier.name, lambda argv: instance.exec(argv, 120).stdout, free_run,
-                             instance.scratch_dir(), case_label(values, mode), instance.stop)
+                             instance.scratch_dir(), case_label(values, mode), instance.stop,
+                             (lambda: vcpu_share(instance)) if guest else None,
+                             (lambda: vcpu_share(free)) if guest else None)
 
             checks = measure_all(probe, tier.name, self.full, self.log)
             return [*checks, *self._new_limits(tier, free), self._isolated_network(tier, free)]

@@ -70,6 +70,8 @@ class Probe:
     scratch: str
     set: str
     stop: Callable[[], None] = lambda: None
+    share: Callable[[], float] | None = None  # a busy thread's CPU share, where `run`'s own
+    free_share: Callable[[], float] | None = None  # clocks cannot tell it (a guest)
 
 
 def _paired(tier: str, set_: str, limit: str, value: float, unit: str, scale: float,
@@ -84,6 +86,20 @@ def _paired(tier: str, set_: str, limit: str, value: float, unit: str, scale: fl
 
 def _share(run: Run) -> float:
     return float(run(["python3", "-c", _BUSY]).strip())
+
+
+def vcpu_share(instance: Instance, seconds: float = 3.0) -> float:
+    """A busy loop's CPU share as the host gives it to the instance's vCPUs: their CPU time
+    over wall time in a window inside the loop (the guest's own clocks cannot see the host
+    holding its vCPU back)."""
+    busy = instance.spawn(["timeout", str(int(seconds) + 10), "sh", "-c", "while :; do :; done"])
+    try:
+        time.sleep(1.0)  # the loop is running
+        cpu, wall = instance.vcpu_seconds() or 0.0, time.monotonic()
+        time.sleep(seconds)
+        return ((instance.vcpu_seconds() or 0.0) - cpu) / (time.monotonic() - wall)
+    finally:
+        busy.stop()
 
 
 FREE_MIN = 0.8  # an unlimited thread that gets this much CPU: a quiet host
@@ -120,7 +136,8 @@ def measure_cpus(probe: Probe, value: float) -> Check:
     def pairs() -> PairedRatio:
         seen: list[tuple[float, float]] = []
         while len(seen) < MAX_PAIRS and sum(f >= FREE_MIN for _, f in seen) < PAIRS:
-            limited, free = _together(lambda: _share(probe.run), lambda: _share(probe.free))
+            limited, free = _together(probe.share or (lambda: _share(probe.run)),
+                                      probe.free_share or (lambda: _share(probe.free)))
             seen.append((limited, free))
         quiet = [limited / value for limited, free in seen if free >= FREE_MIN]
         if not quiet:
@@ -129,10 +146,15 @@ def measure_cpus(probe: Probe, value: float) -> Check:
 
     try:
         return _paired(probe.tier, probe.set, "cpus", value, "CPU", 1, pairs,
-                       f"CPU time / wall time of a busy thread (an unlimited one at the same "
-                       f"time got >= {FREE_MIN} CPU)")
+                       f"{_how(probe)} (an unlimited one at the same time got >= {FREE_MIN} "
+                       "CPU)")
     except _Loaded as loaded:
         return _loaded_cpus(probe, value, loaded.pairs)
+
+
+def _how(probe: Probe) -> str:
+    return ("the host's CPU time for the vCPUs of a guest running a busy loop / wall time"
+            if probe.share else "CPU time / wall time of a busy thread")
 
 
 def _loaded_cpus(probe: Probe, value: float, seen: list[tuple[float, float]]) -> Check:
@@ -148,7 +170,7 @@ def _loaded_cpus(probe: Probe, value: float, seen: list[tuple[float, float]]) ->
             "host"))
     median = statistics.median(binding)
     return Check(probe.tier, "cpus", value, value * median, "CPU", (
-        f"CPU time / wall time of a busy thread, on a loaded host: an unlimited one at the same "
+        f"{_how(probe)}, on a loaded host: an unlimited one at the same "
         f"time got {shares} CPU (< {FREE_MIN}); checked that the quota holds and does not "
         f"starve: {median:.2f} of the quota in {len(binding)} pairs (passes at "
         f"{LOADED_FLOOR}-{1 + TOLERANCE:g})"), set=probe.set, ratios=[median],
