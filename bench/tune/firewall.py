@@ -119,11 +119,11 @@ def _undo(journal: Journal) -> tuple[list[str], list[str]]:
     return removed, left
 
 
-def recover(tier: str, run_id: str | None) -> list[str]:
-    """Remove the rules of dead runs (of `run_id` only, if given) of this tier."""
+def recover(tier: str | None, run_id: str | None) -> list[str]:
+    """Remove the rules of dead runs (of `run_id` only, if given) of this tier (of any)."""
     directory = settings_dir()
     removed, left = [], []
-    for path in sorted(directory.glob(f"journal-fw-{tier}-{run_id or '*'}.jsonl")):
+    for path in sorted(directory.glob(f"journal-fw-{tier or '*'}-{run_id or '*'}.jsonl")):
         try:
             journal = Journal(path.name[len("journal-"):-len(".jsonl")], directory)
         except JournalBusy:
