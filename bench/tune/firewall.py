@@ -6,15 +6,18 @@ flocked) while the run lives. Every rule bench adds is journaled (fsynced) befor
 for rules another program adds on the run's behalf, the words that name them (libvirt's bridge
 and subnet) are journaled before that program is asked to act, and the rules themselves once they
 exist. A journal whose lock is free belongs to a dead run: `recover` deletes each of its rules
-still present (newest first), then every rule naming a watched word, and removes the journal.
+still present (newest first), then every rule naming a watched word, and removes the journal;
+while a watched subnet is on a live link again, the journal waits (the rules would be the same).
 Rules belong to a network namespace: only a process in the journal's namespace removes them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shlex
+import socket
 import time
 
 from bench.core import procs
@@ -94,12 +97,27 @@ def _watched(entries: list[Entry]) -> set[str]:
     return {word for e in entries if e.name == WATCH for word in shlex.split(e.written)}
 
 
+def _taken(words: set[str]) -> bool:
+    """Is a watched subnet on one of the host's links now (another run's network has it)?"""
+    import psutil
+
+    nets = []
+    for word in words:
+        with contextlib.suppress(ValueError):
+            nets.append(ipaddress.IPv4Network(word))
+    return any(ipaddress.IPv4Address(a.address) in net for net in nets
+               for addrs in psutil.net_if_addrs().values() for a in addrs
+               if a.family == socket.AF_INET)
+
+
 def _undo(journal: Journal) -> tuple[list[str], list[str]]:
     """(removed, still there): the journal goes only when none of its rules is left."""
     entries = journal.entries()
     if any(e.target != f"iptables:{netns()}" for e in entries):
         return [], []  # another namespace's rules: only a process there can remove them
     words = _watched(entries)
+    if _taken(words):
+        return [], []  # its subnet is on a live link again: those rules may be its new owner's
 
     def remaining() -> list[tuple[str, list[str]]]:
         found = [(e.name, shlex.split(e.written)) for e in reversed(entries)
