@@ -44,3 +44,25 @@ def test_the_check_is_skipped_only_when_the_quota_cannot_bind() -> None:
     assert check.skipped and not check.passed
     assert "got 0.24-0.26 CPU in 6 pairs, no more than the quota" in check.skipped, check.skipped
     assert "limited thread got 0.21" in check.skipped
+
+
+def test_a_measurement_that_breaks_is_a_failed_check_and_the_others_are_kept() -> None:
+    from bench.cli.selftest_checks import measure_all
+    from bench.core.errors import BenchError
+
+    calls = iter(range(1000))
+
+    def run(argv: list[str]) -> str:
+        if argv[0] == "fio" and next(calls) == 0:  # the first fio run breaks
+            raise BenchError("fio was killed by a timeout after 120 s.", "see raw/")
+        assert argv[0] == "fio", argv  # CPU shares come from share/free_share here
+        return '{"jobs": []}'  # a later one reports nothing: also not a number
+
+    checks = measure_all(lambda limits, values, mode: Probe(
+        "ns", run, lambda argv: "0.95\n", "/scratch", "x",
+        share=lambda: 0.25, free_share=lambda: 0.95), "ns", False, lambda _: None)
+    assert [c.limit for c in checks] == ["cpus", "io_read_bps", "io_write_bps", "io_read_bps"]
+    cpus, *io = checks
+    assert cpus.passed and cpus.measured == pytest.approx(0.25)
+    assert "fio was killed by a timeout" in io[0].detail and not io[0].passed
+    assert all(not c.passed and not c.skipped for c in io)

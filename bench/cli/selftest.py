@@ -46,6 +46,7 @@ from bench.cli.selftest_checks import (
     Run,
     as_limits,
     case_label,
+    failed,
     host_link_of,
     iops_check,
     iperf3_rate,
@@ -139,7 +140,10 @@ class SelfTest:
             for group in groups:
                 group.remove()
             cgroups.remove_tree(hierarchies, rel)
-        return [*checks, self._host_network(chroot(None))]
+        try:
+            return [*checks, self._host_network(chroot(None))]
+        except BenchError as exc:
+            return [*checks, failed("host", "tbf (network)", "", exc)]
 
     def _host_network(self, run: Run) -> Check:
         tag = self.run_id[-6:]
@@ -187,7 +191,16 @@ class SelfTest:
                              (lambda: vcpu_share(free)) if guest else None)
 
             checks = measure_all(probe, tier.name, self.full, self.log)
-            return [*checks, *self._new_limits(tier, free), self._isolated_network(tier, free)]
+            try:
+                checks += self._new_limits(tier, free)
+            except BenchError as exc:
+                checks.append(failed(tier.name, f"io_read_iops {IOPS}, net_mbit {NET_MBIT}",
+                                     "", exc))
+            try:
+                checks.append(self._isolated_network(tier, free))
+            except BenchError as exc:
+                checks.append(failed(tier.name, "tbf (network)", "", exc))
+            return checks
         finally:
             free.stop()
 

@@ -59,6 +59,13 @@ class Check:
         return self.error <= TOLERANCE if self.ok is None else self.ok
 
 
+def failed(tier: str, limit: str, set_: str, exc: BenchError) -> Check:
+    """A measurement that broke (a tool error, a timeout): a failure of its own; the other
+    checks are kept and reported."""
+    return Check(tier, limit, 1, 0, "", f"not measured: {exc.cause} (fix: {exc.fix})",
+                 set=set_, ok=False)
+
+
 @dataclass
 class Probe:
     """Where one set of limits is measured: commands in the limited instance and in an
@@ -259,7 +266,10 @@ def measure_all(probe_for: Callable[[tuple[Limit, ...], dict[str, float], Scratc
             continue
         try:
             for limit in limits:
-                checks.append(limit.measure(probe, values[limit.key]))
+                try:
+                    checks.append(limit.measure(probe, values[limit.key]))
+                except BenchError as exc:
+                    checks.append(failed(tier, limit.key, case_label(values, mode), exc))
         finally:
             probe.stop()
     return checks
