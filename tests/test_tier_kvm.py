@@ -345,6 +345,11 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
         libvirts = rules_naming(dead.bridge, str(dead.subnet))
         assert len(libvirts) >= 5, libvirts  # NAT, forward in and out, DHCP and DNS
         assert libvirts <= {e.written for e in dead.network.rules.journal.entries()}
+        # forwarded traffic: out of the bridge only from its subnet, into it only replies
+        inbound = [r for r in libvirts if r.startswith("LIBVIRT_FWI") and "ACCEPT" in r]
+        outbound = [r for r in libvirts if r.startswith("LIBVIRT_FWO") and "ACCEPT" in r]
+        assert inbound and all("RELATED,ESTABLISHED" in r for r in inbound), inbound
+        assert outbound and all(f"-s {dead.subnet}" in r for r in outbound), outbound
         instance = dead._new_instance(InstanceSpec(role="main", limits=LIMITS))
         instance.launch()  # QEMU runs; then the bench process "dies" (the kernel drops its
         assert dead._lock is not None  # flocks: the run's, its journal's, forwarding's)
