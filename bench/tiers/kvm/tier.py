@@ -242,13 +242,14 @@ class KvmTier(Tier):
             console.unlink(missing_ok=True)
 
     def _make_network(self) -> None:
-        run_id = self.ctx.run_id
-        self.network = kvm_net.RunNetwork(self.conn, run_id)
+        self.network = kvm_net.RunNetwork(self.conn, self.ctx.run_id)
         self.network_name, self.bridge = self.network.name, self.network.bridge
         try:
             self.network.create()
-        except libvirt.libvirtError as exc:
-            self._remove(run_id)
+        except BaseException as exc:
+            self._remove(self.ctx.run_id)
+            if not isinstance(exc, libvirt.libvirtError):
+                raise
             raise TierUnavailable(f"libvirt could not create network {self.network_name}: "
                                   f"{exc.get_error_message()}",
                                   "run `bench cleanup`; dnsmasq-base must be installed.") from exc
@@ -285,16 +286,18 @@ class KvmTier(Tier):
         return KvmInstance(spec, self, f"bench-{self.ctx.run_id}-{spec.role}-{next(self._seq)}")
 
     def finish(self) -> None:
-        if hasattr(self, "ctx"):
-            self._remove(self.ctx.run_id)
-        if self._lock is not None:
-            lock_path(self.ctx.run_id).unlink(missing_ok=True)
-            self._lock.close()  # releases the run's lock
-            self._lock = None
-        if self._conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._conn.close()
-            self._conn = None
+        try:
+            if hasattr(self, "ctx"):
+                self._remove(self.ctx.run_id)
+        finally:
+            if self._lock is not None:
+                lock_path(self.ctx.run_id).unlink(missing_ok=True)
+                self._lock.close()  # releases the run's lock
+                self._lock = None
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
 
     def cleanup(self, run_id: str | None) -> list[str]:
         """Destroy and undefine our domains (recognised by their <metadata>), our networks
@@ -347,8 +350,7 @@ class KvmTier(Tier):
         for lock in sorted(lock_path("*").parent.glob(f"{run_id or '*'}.lock")):
             if lock.stem != own and wanted(lock.stem) and not run_is_live(lock.stem):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
-        # host settings, once the network is gone: this run's own (held until now), then the
-        # dead runs' (a rule that will not go is an error naming it)
+        # host settings once the network is gone: this run's own, then the dead runs'
         if self.network is not None and self.network.run_id == run_id:
             removed += self.network.release()
             self.network = None
