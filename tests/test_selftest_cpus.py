@@ -1,7 +1,8 @@
 """How selftest judges a CPU quota from paired shares (a limited and an unlimited busy thread
 at the same moment): on a quiet host, within 5%; on a loaded one, that the quota holds; skipped,
-with the shares measured, only when the quota cannot bind. The shares are given, not measured
-(tests/test_selftest.py measures real ones)."""
+with the shares measured, only when the quota cannot bind; a measurement that breaks is a
+failed check of its own. The shares are given, not measured (tests/test_selftest.py and
+test_tier_kvm.py measure real ones)."""
 
 from __future__ import annotations
 
