@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import yaml
 from rich.console import Console
 
 from bench.analysis.summary import print_summary
+from bench.cli.selftest_checks import vcpu_share
 from bench.core.errors import BenchError, CommandTimeout, ScenarioError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -313,25 +315,57 @@ def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
     assert not leftovers(run_id)
 
 
+def rules_naming(*words: str) -> set[str]:
+    """Firewall rules (iptables -S form, without -A) that name one of these words."""
+    text = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    return {shlex.join(shlex.split(line)[1:]) for line in text.splitlines()
+            if line.startswith("-A ") and set(words) & set(line.split())}
+
+
 @pytest.mark.integration
 @pytest.mark.part("kvm")
 def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
-        libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
+        libvirt_up: None, bench_image: Image, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and the host settings its network changed: libvirt's rules for it, journaled, and
+    ip_forward (under a fake procfs root: the host's own is on for Docker, and a test never
+    writes it), which stays on while the live run needs it."""
+    ip_forward = tmp_path / "root" / "proc/sys/net/ipv4/ip_forward"
+    ip_forward.parent.mkdir(parents=True)
+    ip_forward.write_text("0\n")
+    monkeypatch.setenv("BENCH_SYSFS_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("BENCH_TUNE_STATE_DIR", str(tmp_path / "state"))
     dead_id, live_id = new_run_id("dead"), new_run_id("live")
     dead = prepared(bench_image, dead_id, tmp_path)
     live = prepared(bench_image, live_id, tmp_path)
     try:
+        assert ip_forward.read_text() == "1"
+        assert dead.network is not None and dead.network.rules is not None
+        libvirts = rules_naming(dead.bridge, str(dead.subnet))
+        assert len(libvirts) >= 5, libvirts  # NAT, forward in and out, DHCP and DNS
+        assert libvirts <= {e.written for e in dead.network.rules.journal.entries()}
+        # forwarded traffic: out of the bridge only from its subnet, into it only replies
+        inbound = [r for r in libvirts if r.startswith("LIBVIRT_FWI") and "ACCEPT" in r]
+        outbound = [r for r in libvirts if r.startswith("LIBVIRT_FWO") and "ACCEPT" in r]
+        assert inbound and all("RELATED,ESTABLISHED" in r for r in inbound), inbound
+        assert outbound and all(f"-s {dead.subnet}" in r for r in outbound), outbound
         instance = dead._new_instance(InstanceSpec(role="main", limits=LIMITS))
-        instance.launch()  # QEMU runs; then the bench process "dies":
-        assert dead._lock is not None
+        instance.launch()  # QEMU runs; then the bench process "dies" (the kernel drops its
+        assert dead._lock is not None  # flocks: the run's, its journal's, forwarding's)
         dead._lock.close()
         dead._lock = None
+        dead.network.rules.journal.close()
+        os.close(dead.network.forwarding._fd or -1)
+        dead.network.forwarding._fd = None
         assert not run_is_live(dead_id) and run_is_live(live_id)
         assert len(leftovers(dead_id)) == 3  # domain, network, disk files
         removed = KvmTier().cleanup(None)
         assert f"domain {instance.name}" in removed
         assert f"network {NETWORK_PREFIX}{dead_id}" in removed
         assert not leftovers(dead_id)
+        assert rules_naming(dead.bridge, str(dead.subnet)) == set()
+        assert ip_forward.read_text() == "1", "the live run still needs forwarding"
         assert leftovers(live_id) == [f"network {NETWORK_PREFIX}{live_id}"], \
             "a run that is still going keeps its network"
         assert not lock_path(dead_id).exists() and lock_path(live_id).exists()
@@ -339,6 +373,9 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
         dead.finish()
         live.finish()
     assert not leftovers(live_id)
+    assert rules_naming(live.bridge, str(live.subnet)) == set()
+    assert ip_forward.read_text() == "0", "restored when its last user is done"
+    assert not list((tmp_path / "state" / "host-settings").glob("journal-*.jsonl"))
 
 
 @pytest.mark.integration
@@ -401,6 +438,10 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
                   / int((domain_dir / v / "cpu.cfs_period_us").read_text())
                   for v in ("vcpu0", "vcpu1"))
     assert allowed == pytest.approx(1.5), (domain_dir, allowed)
+    # ... and holds a busy loop to 0.75 of a CPU, as the host sees the vCPU (the guest's own
+    # CPU time over wall time reads about 1: its clock runs on while the vCPU is held back)
+    share = vcpu_share(main)
+    assert 0.3 < share <= 0.75 * 1.05, share
     # disk: fio inside the guest runs at the iotune rates (QEMU throttles /scratch)
     assert main.domain is not None
     tune = main.domain.blockIoTune("vdb", 0)

@@ -232,6 +232,12 @@ class Instance(ABC):
         """The instance's processes as host PIDs, where the host can see them (their PSS)."""
         return None
 
+    def vcpu_seconds(self) -> float | None:
+        """CPU time the host has given the instance's virtual CPUs, for an instance whose own
+        clock runs on while the host holds it back (a guest's CPU time over its wall time
+        reads about 1 under any quota); None: its own clocks tell its CPU share."""
+        return None
+
     def metadata(self) -> dict[str, Any]:
         """Facts that go into every sample taken in this instance (file system, network path)."""
         return {}

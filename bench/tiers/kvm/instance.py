@@ -313,6 +313,11 @@ class KvmInstance(Instance):
         through it."""
         return self.live.tap or (limits_tap(self.domain) if self.domain else None)
 
+    def vcpu_seconds(self) -> float | None:
+        if self.domain is None:
+            return None
+        return float(sum(info[2] for info in self.domain.vcpus()[0])) / 1e9  # (n, state, ns, cpu)
+
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""
         if not self.pid:
