@@ -62,7 +62,8 @@ class Check:
 @dataclass
 class Probe:
     """Where one set of limits is measured: commands in the limited instance and in an
-    unlimited one of the same tier, the limited instance's scratch directory."""
+    unlimited one of the same tier, the limited instance's scratch directory, and whether a
+    CPU share can be read inside (Tier.cpu_share_inside)."""
 
     tier: str
     run: Run
@@ -70,6 +71,7 @@ class Probe:
     scratch: str
     set: str
     stop: Callable[[], None] = lambda: None
+    cpu_share_inside: bool = True
 
 
 def _paired(tier: str, set_: str, limit: str, value: float, unit: str, scale: float,
@@ -99,12 +101,61 @@ def _together(*measures: Callable[[], float]) -> list[float]:
         return [f.result() for f in [pool.submit(m) for m in measures]]
 
 
+# a fixed amount of work: argv[1] loop turns, at most argv[2] seconds; prints the turns done
+_WORK = ("import sys,time\nn=int(sys.argv[1]);s=float(sys.argv[2]);w=time.monotonic();i=0\n"
+         "while i<n and time.monotonic()-w<s:i+=1\nprint(i)\n")
+CALIBRATE_S = 1.5  # the unlimited instance's work per measurement, at full speed
+
+
+def _work_rate(run: Run, turns: int) -> float:
+    """Loop turns per second of the host's clock, the exec call timed around them."""
+    began = time.monotonic()
+    run(["python3", "-c", _WORK, str(turns), "1e9"])
+    return turns / (time.monotonic() - began)
+
+
+def measure_cpus_by_work(probe: Probe, value: float) -> Check:
+    """Where a CPU share cannot be read inside (a VM: its clock, and so its CPU time, runs on
+    while the vCPU is throttled, so CPU time / wall time reads near 1 under any quota), the
+    quota is measured by what it lets through: the same work in the limited instance and in
+    the unlimited one at the same time, each timed on the host's clock; their rate ratio is
+    the quota (the unlimited thread getting a whole CPU). Pairs in which the unlimited one ran
+    below FREE_MIN of its best rate are left out (the host had no CPU to spare)."""
+    turns = int(probe.free(["python3", "-c", _WORK, str(10**15), str(CALIBRATE_S)]).strip())
+    best: list[float] = []
+
+    def pairs() -> PairedRatio:
+        ratios: list[float] = []
+        for _ in range(5):  # up to 2 checkable pairs in at most 5
+            limited, free = _together(lambda: _work_rate(probe.run, turns),
+                                      lambda: _work_rate(probe.free, turns))
+            best.append(free)
+            if free >= FREE_MIN * max(best):
+                ratios.append(limited / free / value)
+            if len(ratios) == 2:
+                break
+        if not ratios:
+            raise _TooLoaded
+        return PairedRatio(tuple(ratios))
+
+    try:
+        return _paired(probe.tier, probe.set, "cpus", value, "CPU", 1, pairs,
+                       "work rate under the quota / an unlimited instance's at the same time, "
+                       "on the host's clock (a guest's own CPU time runs on while throttled)")
+    except _TooLoaded:
+        return Check(probe.tier, "cpus", value, 0, "CPU", set=probe.set,
+                     skipped="the host is too loaded to check a CPU quota: the unlimited "
+                     "instance's work rate kept falling; run selftest on a quieter host")
+
+
 def measure_cpus(probe: Probe, value: float) -> Check:
     """A busy thread under the quota next to an unlimited one, at the same time. A quota is
     only checkable while the host has a CPU to spare: under contention CFS bandwidth control
     gives a throttled group less than its quota (0.7-0.85 of it was seen at load 15-20 on 2
     CPUs while the unlimited thread got 0.35-0.6), so pairs whose unlimited thread got less
     than FREE_MIN are left out, and a check with none left is skipped and says why."""
+    if not probe.cpu_share_inside:
+        return measure_cpus_by_work(probe, value)
     seen: list[float] = []
 
     def pairs() -> PairedRatio:

@@ -308,6 +308,10 @@ class KvmInstance(Instance):
     def memory_seen_mb(self) -> float | None:
         return self.live.guest_memtotal_mb()
 
+    def host_clock(self, monotonic_s: float) -> float | None:
+        """The guest's own clock, through the offset measured when it became ready."""
+        return self.sync.to_host(monotonic_s) if self.sync is not None else None
+
     def host_link(self) -> str | None:
         """The host side of the guest's NIC (its tap): what the host sends the guest leaves
         through it."""
