@@ -67,6 +67,9 @@ def test_time_to_effect_needs_three_steady_seconds_within_five_percent() -> None
     assert time_to_effect(points, 5.2, 200, 13) == pytest.approx(9 - 5.2)
     assert time_to_effect(points, 5.2, 400, 13) is None  # never reached: not reported as 0
     assert time_to_effect(points, 5.2, 200, 9.5) is None  # the next switch came first
+    # the second ending at 11 straddles a switch at 10.6: it belongs to neither level
+    assert time_to_effect(points, 5.2, 200, 10.6) is None
+    assert level(points, 0, 6.6) == 20  # not the second ending at 7 (110, 200)
     assert level(points, 0, 5.2) == 20
 
 

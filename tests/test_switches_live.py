@@ -22,7 +22,7 @@ import pytest
 from bench.analysis.paired import PairedRatio, check_ratio
 from bench.core.image import Image
 from bench.core.limits import Limits
-from bench.run import switches
+from bench.run import cpushare, switches
 from bench.run.runner import work_root
 from bench.run.scenario import Switch
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
@@ -78,16 +78,17 @@ def series_run(tier: Tier, main: Instance, peer: Instance | None, raw: Path, lim
 
 
 def rate_ratios(run: switches.SwitchRun, limit: str, low: Any, high: Any) -> PairedRatio:
-    """Per level: measured / what the limit allows (CPU: high level / each low level, the
-    quota ratio being what the limit promises)."""
+    """Per level: measured / what the limit allows (CPU inside: high level / each low level,
+    the quota ratio being what the limit promises; CPU counted by the host: the quota)."""
     (metric,) = {e.metric for ev in run.events for e in ev.effects}
     points = run.series.points[metric]
     cuts = [0.0, *(ev.called_s for ev in run.events), max(t for t, _ in points)]
     levels = [switches.level(points, a, b) for a, b in itertools.pairwise(cuts)]
     assert all(v for v in levels), f"a level without points: {levels} ({points})"
-    if limit == "cpus":
+    if limit == "cpus" and metric != cpushare.METRIC:
         return PairedRatio(tuple(levels[1] / lv / (high / low) for lv in (levels[0], levels[2])))
-    wanted = [switches.expected(limit, None, v, None) for v in (low, high, low)]
+    wanted = [v if metric == cpushare.METRIC else switches.expected(limit, None, v, None)
+              for v in (low, high, low)]
     return PairedRatio(tuple(lv / w for lv, w in zip(levels, wanted, strict=True)
                              if lv is not None and w))
 

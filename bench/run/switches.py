@@ -15,7 +15,8 @@ Per switch and limit the series shows (the limit -> metric map is the workload's
 - level after: the median of the last 3 points before the next switch (or the end);
 - expected level: what the limit allows where that is known in the series' unit (disk MB/s or
   IO/s; network goodput = Mbit/s x 1448/1514, tbf counting whole frames; CPU: the level before
-  x new/old quota);
+  x new/old quota, or the quota itself where the CPU is judged by the host's count of it, see
+  bench.run.cpushare);
 - time to effect: from the switch call until the 1-second value stays within 5% of the level
   after for 3 consecutive seconds: the end of the first of those seconds (an upper bound, at
   1 s resolution); "not reached" if that does not happen within 30 s, or before the next
@@ -42,6 +43,7 @@ from typing import Any
 from bench.core.errors import BenchError, CommandError
 from bench.core.limits import Limits
 from bench.core.samples import Measurement
+from bench.run import cpushare
 from bench.run.scenario import Scenario, Switch
 from bench.tiers.base import Instance
 from bench.workloads.base import Params, RunContext, Series, Workload
@@ -95,8 +97,10 @@ def ceiling(initial: Limits, switches: list[Switch]) -> Limits:
 
 
 def level(points: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """Median of the last STEADY_S whole seconds in (start, end]."""
-    inside = [v for t, v in points if start + 1 <= t <= end + 0.5]
+    """Median of the last STEADY_S whole seconds in (start, end]: a point (the rate over the
+    second that ends at t) counts only if its whole second lies inside; one that straddles
+    the next switch is half the next level (it made the ns io_read_iops lift "not reached")."""
+    inside = [v for t, v in points if start + 1 <= t <= end]
     return statistics.median(inside[-STEADY_S:]) if inside else None
 
 
@@ -105,7 +109,7 @@ def time_to_effect(points: list[tuple[float, float]], at: float, target: float,
     """Seconds from `at` to the end of the first of STEADY_S consecutive seconds within BAND
     of `target` (by then the limit had taken effect: an upper bound at 1 s resolution),
     looking no further than GIVE_UP_S and `until`; None if never."""
-    window = [(t, v) for t, v in points if t > at and t <= min(at + GIVE_UP_S, until) + 0.5]
+    window = [(t, v) for t, v in points if t > at and t <= min(at + GIVE_UP_S, until)]
     streak = 0
     for index, (_, value) in enumerate(window):
         streak = streak + 1 if target and abs(value / target - 1) <= BAND else 0
@@ -247,6 +251,11 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
     thread.start()
     started, seen = tool_start(ctx, workload, thread)
     t0 = called0 if started is None else started
+    sampler = None
+    if cpushare.wanted(ctx.main(), any(s.set.cpus is not None for s in switches),
+                       ctx.tier.cpu_share_inside):
+        sampler = cpushare.CpuShare(ctx.main(), t0, thread)
+        sampler.start()
     events: list[SwitchEvent] = []
     skipped: list[str] = []
     current = initial
@@ -283,7 +292,13 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
     else:
         series, shift = aligned(outcome["series"], outcome["done_at"] - t0)
     shift += t0 - called0
-    _effects(events, series, workload, initial)
+    metrics = dict(workload.series_metric or {})
+    if sampler is not None:
+        sampler.join(5)
+        series.points[cpushare.METRIC] = sampler.points
+        series.units[cpushare.METRIC] = cpushare.UNIT
+        metrics["cpus"] = cpushare.METRIC
+    _effects(events, series, metrics, initial)
     return SwitchRun(series, events, skipped, shift, seen)
 
 
@@ -332,9 +347,8 @@ def aligned(series: Series, done_s: float) -> tuple[Series, float]:
     return Series(points, series.units, series.measurements), shift
 
 
-def _effects(events: list[SwitchEvent], series: Series, workload: Workload[Any],
+def _effects(events: list[SwitchEvent], series: Series, limits_metric: dict[str, str],
              initial: Limits) -> None:
-    limits_metric = workload.series_metric or {}
     end = max((t for pts in series.points.values() for t, _ in pts), default=0.0)
     current = initial
     for position, event in enumerate(events):
@@ -362,6 +376,8 @@ def _effects(events: list[SwitchEvent], series: Series, workload: Workload[Any],
             elif after:
                 effect = time_to_effect(points, event.called_s, after, nxt)
                 note = "" if effect is not None else "not reached"
-            event.effects.append(LimitEffect(limit, old, new, metric, before, after,
-                                             expected(limit, old, new, before), effect, note))
+            wanted = float(new) if metric == cpushare.METRIC else \
+                expected(limit, old, new, before)
+            event.effects.append(LimitEffect(limit, old, new, metric, before, after, wanted,
+                                             effect, note))
         current = current.merged(Limits.model_validate(event.set))

@@ -247,6 +247,11 @@ class Instance(ABC):
     def _switch_one(self, limit: str, value: Any) -> SwitchChange:
         return SwitchChange(limit, value, False, "this tier has no limits and takes no switches")
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU time the instance's CPU limit is charged with so far, as the host counts
+        it (None where the tier does not say; see bench.run.cpushare)."""
+        return None
+
     def host_clock(self, monotonic_s: float) -> float | None:
         """A CLOCK_MONOTONIC reading taken inside (bench-stamp), on the host's clock; None
         where it cannot be put there. Containers and the host share the host's clock."""

@@ -308,6 +308,11 @@ class KvmInstance(Instance):
     def memory_seen_mb(self) -> float | None:
         return self.live.guest_memtotal_mb()
 
+    def cpu_seconds(self) -> float | None:
+        """The vCPU threads' CPU time (what the per-vCPU quota caps; QEMU's own threads are
+        not charged), from /proc on the host."""
+        return self.live.vcpu_seconds()
+
     def host_clock(self, monotonic_s: float) -> float | None:
         """The guest's own clock, through the offset measured when it became ready."""
         return self.sync.to_host(monotonic_s) if self.sync is not None else None
