@@ -66,13 +66,14 @@ def context(tier: Tier, main: Instance, peer: Instance | None, raw: Path) -> Run
 
 def series_run(tier: Tier, main: Instance, peer: Instance | None, raw: Path, limit: str,
                low: Any, high: Any, workload: str, params: dict[str, Any],
-               base: Limits = CEILING, segment: float = SEGMENT_S) -> switches.SwitchRun:
+               base: Limits = CEILING, segment: float = SEGMENT_S,
+               lead_s: float = 0.0) -> switches.SwitchRun:
     """One run of `workload` with `limit` switched low -> high -> low (the other limits at
-    `base`, so that only this one binds)."""
+    `base`, so that only this one binds), the first level `lead_s` longer than the others."""
     main.switch(base.merged(Limits.model_validate({limit: low})))
     load = WORKLOADS[workload]
-    plan = [Switch(at_s=segment, set=Limits.model_validate({limit: high})),
-            Switch(at_s=2 * segment, set=Limits.model_validate({limit: low}))]
+    plan = [Switch(at_s=lead_s + segment, set=Limits.model_validate({limit: high})),
+            Switch(at_s=lead_s + 2 * segment, set=Limits.model_validate({limit: low}))]
     return switches.run(context(tier, main, peer, raw), load, load.parse_params(params), plan,
                         {"main": main}, Limits.model_validate({limit: low}))
 
