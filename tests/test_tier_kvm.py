@@ -585,6 +585,16 @@ def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
                                            net_mbit=10_000)))
 
 
+SPARE_CPU_MIN = 0.25
+
+
+def _idle_cpu_s() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
 @pytest.mark.integration
 @pytest.mark.part("kvm")
 @pytest.mark.parametrize(("limit", "low", "high"), [("cpus", 0.1, 0.2),
@@ -617,14 +627,23 @@ def test_kvm_rate_after_each_switch_matches_the_new_limit(
                             str(next(tier.subnet.hosts())))
     try:
         runs = []
+        spare: list[float] = []  # the host's idle CPUs during each attempt
 
         def measure() -> Any:
+            idle, began = _idle_cpu_s(), time.monotonic()
             runs.append(series_run(tier, main, peer, tmp_path, limit, low, high, workload,
                                    params, base, segment=6, lead_s=2))
+            spare.append((_idle_cpu_s() - idle) / (time.monotonic() - began))
             return rate_ratios(runs[-1], limit, low, high)
 
         check = check_ratio(measure, 1.0, TOLERANCE, retries=1)
-        assert check.ok, f"kvm {limit}: {check.describe()}"
+        if not check.ok and limit == "cpus" and max(spare) < SPARE_CPU_MIN:
+            # CFS bandwidth control gives a throttled group less than its quota while the
+            # host has no CPU to spare (the vCPU threads got 0.7-0.9 of it at load 9 on 2
+            # CPUs): no verdict on the quota then, as in `bench selftest`
+            pytest.skip(f"the host had {max(spare):.2f} CPU idle at most (a quota is "
+                        f"checkable from {SPARE_CPU_MIN}): {check.describe()}")
+        assert check.ok, f"kvm {limit}: {check.describe()} (host idle CPUs: {spare})"
         assert all(i["live"] for e in runs[-1].events for i in e.instances)
         if limit == "cpus":  # judged by the vCPU threads' CPU time on the host (the guest's
             # work rate is not proportional to a quota this small under TCG: cpushare), from
