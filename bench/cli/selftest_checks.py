@@ -123,6 +123,7 @@ def measure_cpus_by_work(probe: Probe, value: float) -> Check:
     below FREE_MIN of its best rate are left out (the host had no CPU to spare)."""
     turns = int(probe.free(["python3", "-c", _WORK, str(10**15), str(CALIBRATE_S)]).strip())
     best: list[float] = []
+    kept: list[float] = []
 
     def pairs() -> PairedRatio:
         ratios: list[float] = []
@@ -132,6 +133,7 @@ def measure_cpus_by_work(probe: Probe, value: float) -> Check:
             best.append(free)
             if free >= FREE_MIN * max(best):
                 ratios.append(limited / free / value)
+                kept.append(ratios[-1])
             if len(ratios) == 2:
                 break
         if not ratios:
@@ -145,7 +147,9 @@ def measure_cpus_by_work(probe: Probe, value: float) -> Check:
     except _TooLoaded:
         return Check(probe.tier, "cpus", value, 0, "CPU", set=probe.set,
                      skipped="the host is too loaded to check a CPU quota: the unlimited "
-                     "instance's work rate kept falling; run selftest on a quieter host")
+                     "instance's work rate kept falling (pairs kept before: "
+                     f"{', '.join(f'{r:.3f}' for r in kept) or 'none'}); run selftest on a "
+                     "quieter host")
 
 
 def measure_cpus(probe: Probe, value: float) -> Check:
