@@ -637,11 +637,13 @@ def test_kvm_rate_after_each_switch_matches_the_new_limit(
             return rate_ratios(runs[-1], limit, low, high)
 
         check = check_ratio(measure, 1.0, TOLERANCE, retries=1)
-        if not check.ok and limit == "cpus" and max(spare) < SPARE_CPU_MIN:
-            # CFS bandwidth control gives a throttled group less than its quota while the
-            # host has no CPU to spare (the vCPU threads got 0.7-0.9 of it at load 9 on 2
-            # CPUs): no verdict on the quota then, as in `bench selftest`
-            pytest.skip(f"the host had {max(spare):.2f} CPU idle at most (a quota is "
+        if not check.ok and max(spare) < SPARE_CPU_MIN:
+            # a host with no CPU to spare decides the rate, not the limit: CFS bandwidth
+            # control gives a throttled group less than its quota (the vCPU threads got
+            # 0.7-0.9 of it at load 9 on 2 CPUs), and a TCG guest emulates every packet and
+            # block request on the CPU it gets (20 Mbit/s came out as 18 at load 14): no
+            # verdict then, as in `bench selftest`
+            pytest.skip(f"the host had {max(spare):.2f} CPU idle at most (a limit is "
                         f"checkable from {SPARE_CPU_MIN}): {check.describe()}")
         assert check.ok, f"kvm {limit}: {check.describe()} (host idle CPUs: {spare})"
         assert all(i["live"] for e in runs[-1].events for i in e.instances)
