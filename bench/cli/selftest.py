@@ -6,8 +6,10 @@ measured with the same tools; each must come out within 5% of what was injected:
 - cpus: a CFS quota must cap the CPU share of a busy thread. Measured as CPU time over wall
   time, paired with an unlimited instance in the same moment: the expected share is
   min(quota, what the unlimited thread got), so a loaded machine does not fail the check.
-  Where a CPU share cannot be read inside (Tier.cpu_share_inside False: a VM), as the rate
-  of the same work limited and unlimited, on the host's clock;
+  Where a CPU share cannot be read inside (Tier.cpu_share_inside False: a VM, whose clock
+  runs on while its vCPU is throttled: a 0.25 quota read 0.83-0.97), as the rate of the same
+  work limited and unlimited at the same time, on the host's clock, scaled by the CPUs the
+  host counted for the unlimited one;
 - io_read_bps / io_write_bps: a block I/O throttle must cap fio's O_DIRECT sequential read or
   write (the disk.fio workload's own command line);
 - network: a tbf qdisc of 200 Mbit/s on the host side of the instance's link must cap iperf3.
@@ -179,7 +181,7 @@ class SelfTest:
                     role=f"st-{len(limits)}{mode[0]}", limits=as_limits(values), scratch=mode))
                 return Probe(tier.name, lambda argv: instance.exec(argv, 120).stdout, free_run,
                              instance.scratch_dir(), case_label(values, mode), instance.stop,
-                             tier.cpu_share_inside)
+                             tier.cpu_share_inside, free.cpu_seconds)
 
             checks = measure_all(probe, tier.name, self.full, self.log)
             return [*checks, *self._new_limits(tier, free), self._isolated_network(tier, free)]

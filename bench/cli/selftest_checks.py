@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bench.analysis.paired import PairedRatio, check_ratio, paired_ratio
 from bench.core import procs
@@ -28,6 +29,7 @@ FRAME_EFFICIENCY = 1448 / 1514
 IOPS = 300  # io_read_iops: fio 4k random reads (the bps limit does not bind at 1.2 MB/s)
 NET_MBIT = 100  # net_mbit: the instance's own egress limit, iperf3 from it to another
 Run = Callable[[list[str]], str]
+T = TypeVar("T")
 
 # a busy thread's CPU time over wall time (the share the scheduler gave it)
 _BUSY = ("import time\nw=time.monotonic();c=time.process_time()\n"
@@ -72,6 +74,7 @@ class Probe:
     set: str
     stop: Callable[[], None] = lambda: None
     cpu_share_inside: bool = True
+    free_cpu_s: Callable[[], float | None] = lambda: None  # Instance.cpu_seconds, unlimited
 
 
 def _paired(tier: str, set_: str, limit: str, value: float, unit: str, scale: float,
@@ -95,7 +98,7 @@ class _TooLoaded(Exception):
     pass
 
 
-def _together(*measures: Callable[[], float]) -> list[float]:
+def _together(*measures: Callable[[], T]) -> list[T]:
     """Measurements taken at the same time, so they see the same load."""
     with ThreadPoolExecutor(len(measures)) as pool:
         return [f.result() for f in [pool.submit(m) for m in measures]]
@@ -107,20 +110,33 @@ _WORK = ("import sys,time\nn=int(sys.argv[1]);s=float(sys.argv[2]);w=time.monoto
 CALIBRATE_S = 1.5  # the unlimited instance's work per measurement, at full speed
 
 
-def _work_rate(run: Run, turns: int) -> float:
-    """Loop turns per second of the host's clock, the exec call timed around them."""
-    began = time.monotonic()
-    run(["python3", "-c", _WORK, str(turns), "1e9"])
-    return turns / (time.monotonic() - began)
+def _work_rate(run: Run, turns: int,
+               cpu_s: Callable[[], float | None] = lambda: None) -> tuple[float, float | None]:
+    """Loop turns per second of the host's clock: the exec call timed around them, less the
+    same call doing none (the exec's round trip and Python's start-up: 1.5 s of work came
+    out 1.3x too fast under a 0.25 quota with them in); and the CPUs the instance used
+    meanwhile as the host counts them, where it can."""
+    def timed(n: int) -> float:
+        began = time.monotonic()
+        run(["python3", "-c", _WORK, str(n), "1e9"])
+        return time.monotonic() - began
+
+    empty = timed(0)
+    used, began = cpu_s(), time.monotonic()
+    took = timed(turns)
+    after = cpu_s()
+    share = (after - used) / (time.monotonic() - began) if used is not None and after else None
+    return turns / max(took - empty, 1e-3), share
 
 
 def measure_cpus_by_work(probe: Probe, value: float) -> Check:
     """Where a CPU share cannot be read inside (a VM: its clock, and so its CPU time, runs on
     while the vCPU is throttled, so CPU time / wall time reads near 1 under any quota), the
     quota is measured by what it lets through: the same work in the limited instance and in
-    the unlimited one at the same time, each timed on the host's clock; their rate ratio is
-    the quota (the unlimited thread getting a whole CPU). Pairs in which the unlimited one ran
-    below FREE_MIN of its best rate are left out (the host had no CPU to spare)."""
+    the unlimited one at the same time, each timed on the host's clock; their rate ratio
+    times the CPUs the unlimited one got (as the host counts them, Instance.cpu_seconds;
+    else taken as one) is the quota. Pairs in which the unlimited one ran below FREE_MIN of
+    its best rate are left out (the host had no CPU to spare)."""
     turns = int(probe.free(["python3", "-c", _WORK, str(10**15), str(CALIBRATE_S)]).strip())
     best: list[float] = []
     kept: list[float] = []
@@ -128,11 +144,14 @@ def measure_cpus_by_work(probe: Probe, value: float) -> Check:
     def pairs() -> PairedRatio:
         ratios: list[float] = []
         for _ in range(5):  # up to 2 checkable pairs in at most 5
-            limited, free = _together(lambda: _work_rate(probe.run, turns),
-                                      lambda: _work_rate(probe.free, turns))
+            (limited, _), (free, share) = _together(
+                lambda: _work_rate(probe.run, turns),
+                lambda: _work_rate(probe.free, turns, probe.free_cpu_s))
             best.append(free)
             if free >= FREE_MIN * max(best):
-                ratios.append(limited / free / value)
+                # the unlimited one's CPUs as the host counted them, where it can (a guest
+                # got 0.9 of one while the host had two: QEMU's own threads, other load)
+                ratios.append(limited / free * min(1.0, share or 1.0) / value)
                 kept.append(ratios[-1])
             if len(ratios) == 2:
                 break
