@@ -41,7 +41,7 @@ from bench.tiers.kvm.tier import KvmTier
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from bench.workloads.net_iperf3 import Iperf3
-from tests.parts import need
+from tests.parts import need, required_parts
 
 DATA = Path(__file__).parent / "data"
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -629,27 +629,37 @@ def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
                                            net_mbit=10_000)))
 
 
+SPARE_CPU_MIN = 0.25
+
+
+def _idle_cpu_s() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
 @pytest.mark.integration
 @pytest.mark.part("kvm")
-@pytest.mark.parametrize(("limit", "low", "high"), [
-    pytest.param("cpus", 0.1, 0.2, marks=pytest.mark.xfail(
-        strict=False, reason="quarantined at the end of the session: under TCG the guest's "
-        "sysbench series started late and left the first level without points")),
+@pytest.mark.parametrize(("limit", "low", "high"), [("cpus", 0.1, 0.2),
                                                     ("io_read_bps", 4 * MiB, 12 * MiB),
                                                     ("net_mbit", 20, 60)])
 def test_kvm_rate_after_each_switch_matches_the_new_limit(
         guest: tuple[KvmTier, KvmInstance], bench_image: Image, tmp_path: Path, limit: str,
         low: Any, high: Any) -> None:
     from bench.analysis.paired import check_ratio
+    from bench.run import cpushare
     from tests.test_switches_live import TOLERANCE, rate_ratios, series_run
 
     tier, main = guest
     base = GUEST_LIMITS.merged(Limits(io_read_iops=1000, net_mbit=10_000))
-    # 6 s levels: a guest under TCG starts a tool up to seconds after the exec call
-    cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 18}),
+    # 6 s levels, the first 2 s longer: a loaded TCG guest took 3.5 s from fio's start
+    # stamp to its first I/O and 2.3 s from its last to the exec's return, and a tool that
+    # does not print its points as it goes is put on the switches' clock by its end
+    cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 20}),
              "io_read_bps": ("disk.fio", {"rw": "read", "bs": "256k", "size_mb": 64,
-                                          "runtime_s": 18, "iodepth": 4}),
-             "net_mbit": ("network.iperf3", {"seconds": 18})}
+                                          "runtime_s": 20, "iodepth": 4}),
+             "net_mbit": ("network.iperf3", {"seconds": 20})}
     workload, params = cases[limit]
     host = HostTier()
     peer: Any = None
@@ -661,15 +671,32 @@ def test_kvm_rate_after_each_switch_matches_the_new_limit(
                             str(next(tier.subnet.hosts())))
     try:
         runs = []
+        spare: list[float] = []  # the host's idle CPUs during each attempt
 
         def measure() -> Any:
+            idle, began = _idle_cpu_s(), time.monotonic()
             runs.append(series_run(tier, main, peer, tmp_path, limit, low, high, workload,
-                                   params, base, segment=6))
+                                   params, base, segment=6, lead_s=2))
+            spare.append((_idle_cpu_s() - idle) / (time.monotonic() - began))
             return rate_ratios(runs[-1], limit, low, high)
 
         check = check_ratio(measure, 1.0, TOLERANCE, retries=1)
-        assert check.ok, f"kvm {limit}: {check.describe()}"
+        if not check.ok and max(spare) < SPARE_CPU_MIN and "kvm" not in required_parts():
+            # a host with no CPU to spare decides the rate, not the limit: CFS bandwidth
+            # control gives a throttled group less than its quota (the vCPU threads got
+            # 0.7-0.9 of it at load 9 on 2 CPUs), and a TCG guest emulates every packet and
+            # block request on the CPU it gets (20 Mbit/s came out as 18 at load 14): no
+            # verdict then, as in `bench selftest` (where kvm is required, as in CI, a failure)
+            pytest.skip(f"the host had {max(spare):.2f} CPU idle at most (a limit is "
+                        f"checkable from {SPARE_CPU_MIN}): {check.describe()}")
+        assert check.ok, f"kvm {limit}: {check.describe()} (host idle CPUs: {spare})"
         assert all(i["live"] for e in runs[-1].events for i in e.instances)
+        if limit == "cpus":  # judged by the vCPU threads' CPU time on the host (the guest's
+            # work rate is not proportional to a quota this small under TCG: cpushare), from
+            # the tool's first point (it starts seconds after the exec call at 0.1 CPU)
+            assert runs[-1].clock_from == "first point"
+            assert {e.metric for ev in runs[-1].events for e in ev.effects} == {
+                cpushare.METRIC}
     finally:
         main.switch(base)
         if peer is not None:

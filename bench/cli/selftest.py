@@ -184,7 +184,7 @@ class SelfTest:
                   mode: ScratchMode) -> Probe:
                 instance = tier.start(InstanceSpec(
                     role=f"st-{len(limits)}{mode[0]}", limits=as_limits(values), scratch=mode))
-                guest = instance.vcpu_seconds() is not None
+                guest = not tier.cpu_share_inside  # a guest: its own clocks cannot tell
                 return Probe(tier.name, lambda argv: instance.exec(argv, 120).stdout, free_run,
                              instance.scratch_dir(), case_label(values, mode), instance.stop,
                              (lambda: vcpu_share(instance)) if guest else None,

@@ -102,9 +102,9 @@ def vcpu_share(instance: Instance, seconds: float = 3.0) -> float:
     busy = instance.spawn(["timeout", str(int(seconds) + 10), "sh", "-c", "while :; do :; done"])
     try:
         time.sleep(1.0)  # the loop is running
-        cpu, wall = instance.vcpu_seconds() or 0.0, time.monotonic()
+        cpu, wall = instance.cpu_seconds() or 0.0, time.monotonic()
         time.sleep(seconds)
-        return ((instance.vcpu_seconds() or 0.0) - cpu) / (time.monotonic() - wall)
+        return ((instance.cpu_seconds() or 0.0) - cpu) / (time.monotonic() - wall)
     finally:
         busy.stop()
 

@@ -148,7 +148,7 @@ class Fio(Workload[FioParams]):
         instance = ctx.main()
         scratch = instance.scratch_dir()
         argv = [*fio_argv(params, scratch), *extra]
-        done = instance.exec(argv, timeout=ctx.remaining())
+        done = instance.exec(ctx.tool(argv), timeout=ctx.remaining())
         if not keep:
             return []
         ctx.save_raw("fio.json", done.stdout)

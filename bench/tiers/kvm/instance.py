@@ -308,15 +308,19 @@ class KvmInstance(Instance):
     def memory_seen_mb(self) -> float | None:
         return self.live.guest_memtotal_mb()
 
+    def cpu_seconds(self) -> float | None:
+        """The vCPU threads' CPU time (what the per-vCPU quota caps; QEMU's own threads are
+        not charged), from /proc on the host."""
+        return self.live.vcpu_seconds()
+
+    def host_clock(self, monotonic_s: float) -> float | None:
+        """The guest's own clock, through the offset measured when it became ready."""
+        return self.sync.to_host(monotonic_s) if self.sync is not None else None
+
     def host_link(self) -> str | None:
         """The host side of the guest's NIC (its tap): what the host sends the guest leaves
         through it."""
         return self.live.tap or (limits_tap(self.domain) if self.domain else None)
-
-    def vcpu_seconds(self) -> float | None:
-        if self.domain is None:
-            return None
-        return float(sum(info[2] for info in self.domain.vcpus()[0])) / 1e9  # (n, state, ns, cpu)
 
     def memory_bytes(self) -> int | None:
         """The QEMU process's proportional set size: what the guest costs the host."""

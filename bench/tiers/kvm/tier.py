@@ -106,6 +106,7 @@ class KvmTier(Tier):
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
     live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
+    cpu_share_inside = False  # the guest's clock runs on while its vCPU is throttled
 
     def cache_lab(self, instance: Instance, names: list[str],
                   log: Callable[[str], None]) -> Any:
