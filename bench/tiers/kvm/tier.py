@@ -95,7 +95,6 @@ def work_root() -> Path:
     return settings().work_dir
 
 
-
 class KvmTier(Tier):
     name = "kvm"
     runs_own_kernel = True
