@@ -89,8 +89,9 @@ def _run_locked(scenario: str, resume_id: str | None, all_metrics: bool,
     outcome = runner.execute(img, resume=bool(resume_id))
     if outcome.interrupted:
         console.print(f"[yellow]interrupted after {outcome.done} of {outcome.total} runs; the "
-                      f"samples taken are in {rundir.path}. Resume with: "
-                      f"bench run --resume {rundir.run_id}[/yellow]")
+                      f"samples taken are in {rundir.path}. Resume with:[/yellow]")
+        # on a line of its own, never wrapped: a command to copy
+        console.print(f"bench run --resume {rundir.run_id}", soft_wrap=True, highlight=False)
         console.print(clock.line(), highlight=False)
         sys.exit(EXIT_INTERRUPTED)
     samples = rundir.samples_path
