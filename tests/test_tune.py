@@ -816,3 +816,37 @@ def test_bench_tune_apply_and_restore_from_the_command_line(
     assert done.returncode == 0 and "2 value(s) restored" in done.stdout
     assert read(root, "proc/sys/vm/dirty_background_ratio") == "10"
     assert read(root, "sys/block/vda/queue/read_ahead_kb") == "128"
+
+
+class _BcacheShell(_RecordingShell):
+    """bcache as 6.1 has it: after `detach` the superblock says "no cache" at once, but the
+    kernel refuses `attach` (EINVAL, "already attached") until it has let go of the set."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.state, self.refusals = "clean", refusals
+
+    def read(self, path: str) -> str:
+        return self.state if path.endswith("/state") else ""
+
+    def write(self, path: str, text: str) -> None:
+        super().write(path, text)
+        if path.endswith("/detach"):
+            self.state = "no cache"
+        elif path.endswith("/attach"):
+            if self.refusals:
+                self.refusals -= 1
+                raise OSError(22, "Invalid argument")
+            self.state = "clean"
+
+
+def test_emptying_bcache_attaches_again_once_the_kernel_lets_go(tmp_path: Path) -> None:
+    from bench.tune.cache.emptying import empty_cache
+
+    lab, name = _bcache_lab(tmp_path, "0\n")
+    built = lab.built[name]
+    built.details["cache_set"] = "/sys/fs/bcache/1234-abcd"
+    shell = _BcacheShell(refusals=2)
+    empty_cache(shell, built)
+    attaches = [a for a in shell.argvs if a[0] == "write" and a[1].endswith("/attach")]
+    assert len(attaches) == 3 and attaches[-1][2] == "1234-abcd" and shell.state == "clean"
