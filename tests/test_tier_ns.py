@@ -16,12 +16,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.analysis.paired import check_ratio, paired_ratio
+from bench.analysis.paired import PairedRatio, check_ratio, paired_ratio
 from bench.core.errors import CommandError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -238,8 +239,20 @@ def test_half_a_cpu_halves_sysbench(tier: NsTier, started: list[Instance]) -> No
         eps, share = sysbench_events(free)
         return eps / min(1.0, share)  # its rate on a whole CPU: a busy host may not give one
 
-    # interleaved pairs (ABBA), a ratio per pair; one bounded retry, reported
-    check = check_ratio(lambda: paired_ratio(limited, unlimited, pairs=5), 0.5, 0.10)
+    def measure() -> PairedRatio:
+        if not os.environ.get("BENCH_LANE_GUEST"):
+            return paired_ratio(limited, unlimited, pairs=5)  # interleaved pairs (ABBA)
+        # a TCG guest (the lane's) has no steal time: the host's share of its vCPUs changes
+        # from one second to the next unseen, so each pair runs at the same time instead, on
+        # a vCPU each
+        ratios = []
+        for _ in range(5):
+            with ThreadPoolExecutor(2) as pool:
+                num, den = pool.submit(limited), pool.submit(unlimited)
+                ratios.append(num.result() / den.result())
+        return PairedRatio(tuple(ratios))
+
+    check = check_ratio(measure, 0.5, 0.10)  # a ratio per pair; one bounded retry, reported
     print(check.describe())
     assert check.ok, check.describe()
     assert statistics.median(shares[-5:]) == pytest.approx(0.5, rel=0.10), shares
@@ -444,7 +457,7 @@ def test_cleanup_after_sigkill_of_bench_run(tmp_path: Path, results_dir: Path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = ""
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a hang guard: under TCG (the lane) it takes > 120 s
         while time.monotonic() < deadline:
             runs = [p.name for p in results_dir.iterdir() if p.is_dir()]
             if runs and len(list((work / runs[0] / "ns").glob("*/upper"))) >= 2:
