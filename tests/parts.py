@@ -22,7 +22,8 @@ FLOORS = {"root": 60, "cgroup": 1, "host": 15, "ns": 20, "docker": 20, "kvm": 8,
           "chromium": 2, "postgres": 1, "registry": 8}
 PARTS = tuple(FLOORS)
 _ran: Counter[str] = Counter()
-_skipped: Counter[str] = Counter()
+_skipped: Counter[str] = Counter()  # by the part whose absence skipped the test (need())
+_xfailed: Counter[str] = Counter()  # quarantined tests that failed, by the test's parts
 _parts: dict[str, tuple[str, ...]] = {}  # node id -> its parts
 
 
@@ -71,10 +72,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _parts.update((item.nodeid, tuple(sorted(parts_of(item)))) for item in items)
 
 
+def skip_cause(report: pytest.TestReport) -> str:
+    """The part whose absence skipped the test (need()'s message names it), else "other"."""
+    longrepr = report.longrepr
+    message = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+    part, found, _ = message.removeprefix("Skipped: ").partition(" is not available here")
+    return part if found else "other"
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     parts = _parts.get(report.nodeid, ())
-    if report.skipped:
-        _skipped.update(parts)
+    if hasattr(report, "wasxfail"):
+        if report.skipped:  # an xfail that failed; one that passed counts as ran
+            _xfailed.update(parts)
+        elif report.when == "call":
+            _ran.update(parts)
+    elif report.skipped:
+        _skipped[skip_cause(report)] += 1
     elif report.when == "call":
         _ran.update(parts)
 
@@ -103,14 +117,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
                             config: pytest.Config) -> None:
     required = required_parts()
-    names = sorted(set(_ran) | set(_skipped) | required)
+    names = sorted(set(_ran) | set(_skipped) | set(_xfailed) | required)
     if not names:
         return
     terminalreporter.section("tests per part")
+    terminalreporter.line("(skipped: tests skipped because this part is missing; a required "
+                          "part fails them instead)")
     for name in names:
         flag = " (required)" if name in required else ""
-        terminalreporter.line(f"{name:10} ran {_ran[name]:4} skipped {_skipped[name]:4} "
-                              f"floor {FLOORS.get(name, 1):3}{flag}")
+        xfailed = f" xfailed {_xfailed[name]}" if _xfailed[name] else ""
+        terminalreporter.line(f"{name:14} ran {_ran[name]:4} skipped {_skipped[name]:4} "
+                              f"floor {FLOORS.get(name, 1):3}{xfailed}{flag}")
     for name, (ran, floor) in short_parts(config).items():
         terminalreporter.line(f"FAILED: required part {name} ran {ran} tests, below its floor "
                               f"{floor}", red=True)

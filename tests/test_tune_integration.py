@@ -192,6 +192,9 @@ def test_ssd_cache_compares_slow_and_fast_devices_and_removes_them(
         return values[len(values) // 2]
 
     assert iops("none-fast") > 10 * iops("none-slow")
+    # fio ran for the 0.5 s asked (a fractional runtime once read the whole file: 41 s a run)
+    assert all(300 <= s["metadata"]["runtime_ms"] <= 1000 for s in samples
+               if s["metric"] == "iops"), [s["metadata"]["runtime_ms"] for s in samples]
     slow = next(s for s in samples if s["cell"]["cache"] == "none-slow")
     assert slow["metadata"]["cache"]["counters"]["top.read_ios"] > 0
     # everything the run made is gone

@@ -72,12 +72,15 @@ def fio_argv(params: FioParams, scratch: str) -> list[str]:
     # allows): reading its unwritten extents returns zeros without any disk I/O, so a read
     # limit would seem not to hold (1.5x the limit under io_write_bps, when the write job
     # wrote half the file before the read job read it).
+    # The runtime goes in milliseconds: fio reads a bare "0.5" as neither 0.5 s nor an error
+    # (57 ms in one run, a whole-file pass of 41 s in another).
     kind = "write" if "write" in params.rw else "read"
     argv = [
         "fio", "--name=bench",
         f"--filename={scratch}/bench-fio-{kind}-{params.size_mb}m.dat",
         f"--rw={params.rw}", f"--bs={params.block_size}", f"--direct={int(params.direct)}",
-        f"--size={params.size_mb}m", f"--runtime={params.runtime_s:g}", "--time_based",
+        f"--size={params.size_mb}m", f"--runtime={round(params.runtime_s * 1000)}ms",
+        "--time_based",
         f"--ioengine={params.ioengine}", f"--iodepth={params.iodepth}",
         "--invalidate=1", "--output-format=json",
     ]
