@@ -850,3 +850,41 @@ def test_emptying_bcache_attaches_again_once_the_kernel_lets_go(tmp_path: Path) 
     empty_cache(shell, built)
     attaches = [a for a in shell.argvs if a[0] == "write" and a[1].endswith("/attach")]
     assert len(attaches) == 3 and attaches[-1][2] == "1234-abcd" and shell.state == "clean"
+
+
+class _SmqShell(_RecordingShell):
+    """dm-cache whose smq policy promotes part of what is missed on each warm-up pass."""
+
+    def __init__(self, misses_per_pass: list[int]) -> None:
+        super().__init__()
+        self.misses_per_pass, self.hits, self.misses = misses_per_pass, 0, 0
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> str:
+        super().run(argv, timeout, check)
+        if argv[-1] == "read" and self.misses_per_pass:  # one pass of the warm-up script
+            missed = self.misses_per_pass.pop(0)
+            self.hits, self.misses = self.hits + 32 - missed, self.misses + missed
+        if argv[:2] == ["dmsetup", "status"]:
+            return (f"0 2097152 cache 8 27/4096 128 10/7936 {self.hits} {self.misses} "
+                    "0 0 0 10 0 1 writeback 2 migration_threshold 2048 smq 0 rw -")
+        return ""
+
+
+def test_warming_reads_until_a_pass_is_served_from_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.tune.cache import state as state_mod
+
+    monkeypatch.setattr(state_mod.time, "sleep", lambda _: None)
+    name = "lvmcache-writeback"
+    recipe, variant = cache.setups()[name]
+    lab = cache.CacheLab("test-warm", tmp_path, state_dir=tmp_path)
+    lab.shell = _SmqShell([32, 20, 6, 0, 0])
+    lab.built[name] = cache.Built(setup=name, recipe=recipe, variant=variant, top="/dev/x",
+                                  mount=tmp_path, slow="/dev/s", fast="/dev/f", dm_name="c",
+                                  details={"options": {}, "cache_meta": "/dev/m"})
+    monkeypatch.setattr(lab, "make_cold", lambda _: None)
+    lab.make_warm(name)
+    assert lab.built[name].details["warm"] == {"passes": 4, "last_pass_miss_ratio": 0.0}
+    lab.shell = _SmqShell([32] * 10)  # a cache that never warms: bounded, and says so
+    lab.make_warm(name, passes=3)
+    assert lab.built[name].details["warm"] == {"passes": 3, "last_pass_miss_ratio": 1.0}
