@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -239,18 +238,21 @@ def test_half_a_cpu_halves_sysbench(tier: NsTier, started: list[Instance]) -> No
         eps, share = sysbench_events(free)
         return eps / min(1.0, share)  # its rate on a whole CPU: a busy host may not give one
 
+    def limited_share() -> float:
+        limited()
+        return shares[-1]
+
+    def free_share() -> float:
+        return min(1.0, sysbench_events(free)[1])
+
     def measure() -> PairedRatio:
         if not os.environ.get("BENCH_LANE_GUEST"):
             return paired_ratio(limited, unlimited, pairs=5)  # interleaved pairs (ABBA)
-        # a TCG guest (the lane's) has no steal time: the host's share of its vCPUs changes
-        # from one second to the next unseen, so each pair runs at the same time instead, on
-        # a vCPU each
-        ratios = []
-        for _ in range(5):
-            with ThreadPoolExecutor(2) as pool:
-                num, den = pool.submit(limited), pool.submit(unlimited)
-                ratios.append(num.result() / den.result())
-        return PairedRatio(tuple(ratios))
+        # a TCG guest (the lane's) has no steal time: the host takes its vCPUs away unseen, and
+        # sysbench's events per second move with that (pair ratios of 0.17 to 1.09, run
+        # together or one after the other); the CPU time per wall second the quota grants
+        # does not, so there the effect is measured as that, over an unlimited twin's
+        return paired_ratio(limited_share, free_share, pairs=5)
 
     check = check_ratio(measure, 0.5, 0.10)  # a ratio per pair; one bounded retry, reported
     print(check.describe())
@@ -315,7 +317,9 @@ def test_container_to_container_through_the_bridge(tier: NsTier, started: list[I
                 time.sleep(0.1)
     finally:
         log = iperf.stop()
-    assert json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] > 1e8, log
+    # the lane's TCG guest emulates every instruction: 35-45 Mbit/s through its bridge at load
+    floor = 1e7 if os.environ.get("BENCH_LANE_GUEST") else 1e8
+    assert json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] > floor, log
     assert client.metadata()["network_path"] == "veth+bridge"
 
 
