@@ -1,8 +1,9 @@
 """How fast the CLI answers: `bench --help` and `bench list` against `python -c 'import click'`.
 
-Interleaved rounds (click, --help, list, click, ...) so machine load hits all three alike; the
-medians and the ratios to the click import are printed. Target (issue 16): `bench --help` and
-`bench list` under 0.3 s here and at most 4 times the click import.
+Interleaved rounds (click, click command, --help, list, click, ...) so machine load hits all
+alike; the medians and the ratios to the click import and to a bare click command (one
+command, `--help`) are printed. Target (issue 16): `bench --help` and `bench list` under 0.3 s
+here and at most 4 times the click import.
 
 Usage:  python -m benchmarks.cli_startup [--rounds 15]
 """
@@ -20,6 +21,9 @@ from pathlib import Path
 BENCH = str(Path(sys.executable).with_name("bench"))
 COMMANDS = {
     "import click": [sys.executable, "-c", "import click"],
+    "click command": [sys.executable, "-c", "import click\n"
+                      "@click.command()\ndef main() -> None:\n    'A bare command.'\n"
+                      "main(['--help'])"],
     "bench --help": [BENCH, "--help"],
     "bench list": [BENCH, "list"],
 }
@@ -43,11 +47,13 @@ def main() -> None:
         for name, argv in COMMANDS.items():
             times[name].append(timed(argv))
     base = statistics.median(times["import click"])
+    bare = statistics.median(times["click command"])
     load = os.getloadavg()[0]
-    print(f"{'command':<14} {'median s':>9} {'x click':>8}   (load average {load:.1f})")
+    print(f"{'command':<14} {'median s':>9} {'x click':>8} {'x command':>10}   "
+          f"(load average {load:.1f})")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<14} {median:9.3f} {median / base:8.2f}")
+        print(f"{name:<14} {median:9.3f} {median / base:8.2f} {median / bare:10.2f}")
 
 
 if __name__ == "__main__":

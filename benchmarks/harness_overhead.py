@@ -4,8 +4,12 @@
                     startup.noop reports as total_ms), against `docker run --rm` with the same
                     options (no init, the limits, the run's network) timed from outside
   1-second tool     `sysbench cpu --time=1 run` run by each tier (host, ns, docker: the tier's
-                    exec into its long-lived instance, as `bench run` does) against sysbench's
-                    own "total time": the difference is what the harness adds
+                    exec into its long-lived instance, as `bench run` does): its wall time
+                    minus sysbench's own "total time". sysbench's own start and exit fall
+                    outside its total time, so the same tool started bare (`chroot ROOTFS
+                    sysbench ...` from this script, no tier) is measured in the same rounds:
+                    each tier's figure minus the bare one (the median of per-round
+                    differences) is what the harness adds to the tool's own process time
 
 Usage (root, bench image built, dockerd up):
     python -m benchmarks.harness_overhead [--rounds 15] [--tool-rounds 5]
@@ -20,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from bench.core import image
 from bench.tiers.base import InstanceSpec, Limits, Tier, TierContext
+from bench.tiers.host import ENV
 from bench.tiers.registry import get as get_tier
 from bench.workloads.startup import STAMP
 
@@ -51,6 +57,14 @@ def docker_run(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
+def beyond_total(wall: float, stdout: str) -> float:
+    """Wall seconds beyond sysbench's own "total time"."""
+    found = re.search(r"total time:\s+([\d.]+)s", stdout)
+    if not found:
+        raise RuntimeError(f"sysbench printed no total time: {stdout[-300:]}")
+    return wall - float(found.group(1))
+
+
 def tool_overhead(tier: Tier) -> float:
     inst = tier.start(InstanceSpec("main", LIMITS, command=None))
     try:
@@ -59,10 +73,16 @@ def tool_overhead(tier: Tier) -> float:
         wall = time.monotonic() - started
     finally:
         inst.stop()
-    found = re.search(r"total time:\s+([\d.]+)s", done.stdout)
-    if not found:
-        raise RuntimeError(f"sysbench printed no total time: {done.stdout[-300:]}")
-    return wall - float(found.group(1))
+    return beyond_total(wall, done.stdout)
+
+
+def bare_overhead(rootfs: Path) -> float:
+    """The tool's own process: started from here (the tiers' environment), no tier."""
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    started = time.monotonic()
+    done = subprocess.run([chroot, str(rootfs), *SYSBENCH], check=True, capture_output=True,
+                          text=True, env=ENV)
+    return beyond_total(time.monotonic() - started, done.stdout)
 
 
 def main() -> None:
@@ -98,14 +118,19 @@ def main() -> None:
             result["docker_startup_ms"] = {"tier_total": round(tier_ms, 1),
                                            "docker_run_rm": round(client_ms, 1),
                                            "ratio": round(tier_ms / client_ms, 3)}
-            overhead: dict[str, list[float]] = {name: [] for name in tiers}
+            overhead: dict[str, list[float]] = {name: [] for name in ("bare", *tiers)}
             for _ in range(args.tool_rounds):
-                order = list(tiers)
+                order = ["bare", *tiers]
                 rng.shuffle(order)
                 for name in order:
-                    overhead[name].append(tool_overhead(tiers[name]) * 1e3)
-            result["tool_overhead_ms"] = {name: round(statistics.median(v), 1)
-                                          for name, v in overhead.items()}
+                    overhead[name].append(1e3 * (bare_overhead(img.rootfs) if name == "bare"
+                                                 else tool_overhead(tiers[name])))
+            result["beyond_sysbench_total_ms"] = {name: round(statistics.median(v), 1)
+                                                  for name, v in overhead.items()}
+            result["tool_overhead_ms"] = {  # each tier minus the bare tool, round by round
+                name: round(statistics.median(
+                    [t - b for t, b in zip(overhead[name], overhead["bare"], strict=True)]), 1)
+                for name in tiers}
         finally:
             for tier in tiers.values():
                 tier.finish()

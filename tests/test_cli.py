@@ -26,6 +26,46 @@ def test_help_imports_nothing_heavy() -> None:
     assert done.stdout.strip().splitlines()[-1] == "heavy=", done.stdout
 
 
+def test_list_imports_no_tier_workload_or_model_module() -> None:
+    probe = ("import sys\nfrom bench.cli.main import main\n"
+             "try:\n    main(['list'])\nexcept SystemExit:\n    pass\n"
+             "print('loaded=' + ','.join(m for m in sys.modules if m.split('.')[0] in "
+             f"{HEAVY!r} + ('pydantic', 'pydantic_settings') or m.startswith("
+             "('bench.tiers', 'bench.workloads', 'bench.run'))))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+    assert "quick" in done.stdout and "isolation.forkbomb" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "loaded=", done.stdout
+
+
+def test_list_rows_are_what_the_tier_and_workload_classes_say() -> None:
+    from bench.cli import listing, listing_data
+
+    tiers, workloads = listing.from_classes()
+    assert (tiers, workloads) == (listing_data.TIERS, listing_data.WORKLOADS), (
+        "bench/cli/listing_data.py is stale: run `python -m bench.cli.listing`")
+
+
+def test_list_marks_a_broken_scenario_and_check_validates_fully(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "broken.yaml").write_text("description: [unclosed\n")
+    (tmp_path / "stranger.yaml").write_text("description: a stranger workload\n"
+                                            "workloads: [{workload: no.such}]\n")
+    (tmp_path / "[b]marked.yaml").write_text("description: 'shown as written: [/b] [red]'\n")
+    monkeypatch.setenv("BENCH_SCENARIO_DIR", str(tmp_path))
+    runner = CliRunner()
+    quick = runner.invoke(main, ["list"], env={"COLUMNS": "200"})
+    assert quick.exit_code == 0, quick.output
+    broken = next(line for line in quick.output.splitlines() if "broken" in line)
+    assert "invalid" in broken
+    assert "a stranger workload" in quick.output  # only --check validates the fields
+    assert "[b]marked" in quick.output and "shown as written: [/b] [red]" in quick.output
+    checked = runner.invoke(main, ["list", "--check"], env={"COLUMNS": "200"})
+    stranger = next(line for line in checked.output.splitlines() if "stranger" in line)
+    assert "invalid" in stranger and "invalid" in next(
+        line for line in checked.output.splitlines() if "broken" in line)
+
+
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_each_lazy_command_loads_and_its_help_line_is_its_own(name: str) -> None:
     command = load(name)

@@ -63,6 +63,43 @@ def test_change_point_at_the_night_of_the_shift(stored: tuple[str, list[Path]]) 
         assert str(s.points["run_id"].iloc[SHIFT_AT]).endswith(f"nightly-{SHIFT_AT:02d}")
 
 
+@pytest.mark.parametrize("without", [None, "cpu.sysbench"])
+def test_headline_points_are_the_headline_rows_of_all_points(
+        stored: tuple[str, list[Path]], without: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filtered in the database first, then exactly; a workload without headline metrics
+    (`without`) keeps all of its metrics."""
+    original = dict(history.HEADLINE)
+    headlines = {w: ms for w, ms in original.items() if w != without}
+    monkeypatch.setattr(history, "HEADLINE", headlines)
+    engine = history.connect(stored[0])
+    everything = history.points(engine, all_metrics=True)
+    wanted = everything[[m in headlines.get(w, (m,)) for w, m in
+                         zip(everything["workload"], everything["metric"], strict=True)]]
+    headline = history.points(engine)
+    assert 0 < len(headline) < len(everything) or without
+    assert headline.astype(str).equals(wanted.reset_index(drop=True).astype(str))
+    if without:
+        kept = set(headline.loc[headline["workload"] == without, "metric"])
+        assert len(kept) > len(original[without])
+
+
+def test_trend_json_carries_each_series_points_in_order(stored: tuple[str, list[Path]]) -> None:
+    url, _ = stored
+    done = CliRunner().invoke(main, ["history", "trend", "--db", url, "--format", "json"])
+    assert done.exit_code == 0, done.output
+    found = {(s.tier, s.label, s.metric): s for s in history.series(
+        history.points(history.connect(url)))}
+    listed = json.loads(done.output)
+    assert len(listed) == len(found)
+    for entry in listed:
+        points = found[entry["tier"], entry["cell"], entry["metric"]].points
+        assert [p["run_id"] for p in entry["points"]] == points["run_id"].tolist()
+        assert [p["median"] for p in entry["points"]] == points["median"].tolist()
+        assert [c["run_id"] for c in entry["change_points"]] == [
+            points["run_id"].iloc[SHIFT_AT]]
+
+
 def test_check_alarms_only_while_the_shift_is_recent(stored: tuple[str, list[Path]]) -> None:
     url, _ = stored
     engine = history.connect(url)

@@ -97,3 +97,18 @@ def test_host_facts_that_cannot_be_read_are_unknown(monkeypatch: pytest.MonkeyPa
     facts = hostinfo.collect()
     assert facts["os"] == "unknown"
     assert facts["memory_bytes"] is None and facts["governor"] is None
+
+
+def test_headline_keeps_each_workloads_headline_rows_and_every_row_of_others() -> None:
+    import pandas as pd
+
+    from bench.workloads import HEADLINE
+
+    rows = [("cpu.sysbench", "events_per_s"), ("cpu.sysbench", "latency_p95_ms"),
+            ("startup.noop", "first_instruction_ms"), ("unknown.tool", "a"),
+            ("unknown.tool", "b"), ("cpu.sysbench", "events_per_s")]
+    frame = pd.DataFrame(rows, columns=["workload", "metric"]).astype("category")
+    kept = methodology.headline(frame)
+    expected = [i for i, (w, m) in enumerate(rows) if m in HEADLINE.get(w, (m,))]
+    assert kept.index.tolist() == expected == [0, 2, 3, 4, 5]
+    assert methodology.headline(frame.astype(str)).index.tolist() == expected

@@ -82,6 +82,17 @@ def test_bad_values_fall_back_to_rows_that_name_the_line(tmp_path: Path, change:
         frame.read_frame(path)
 
 
+def test_only_the_samples_own_phases_are_read_not_a_parameter_of_that_name(
+        tmp_path: Path) -> None:
+    path = tmp_path / "samples.jsonl"
+    append_jsonl(path, sample(0, phases_ms={"create": 1.0}))
+    timed = sample(1).model_copy(update={"metadata": {"phases_ms": {"create": 2.0}}})
+    append_jsonl(path, timed)
+    found = bulk(path)
+    same(found, frame._validated(path))
+    assert found["meta.phases_ms"].tolist() == [None, {"create": 2.0}]
+
+
 def test_a_params_key_that_looks_like_the_marker_is_read_right(tmp_path: Path) -> None:
     """A parameter named `direction` cuts the cell's text early: the bulk path must notice."""
     path = tmp_path / "samples.jsonl"

@@ -48,6 +48,7 @@ def write_scenario(tmp_path: Path, data: dict) -> Path:  # type: ignore[type-arg
 def test_quick_scenario_host_part(tmp_path: Path, results_dir: Path, bench_image: Image) -> None:
     quick = yaml.safe_load(scenario.resolve_path("quick").read_text())
     quick["tiers"] = ["host"]
+    quick["repetitions"] = 1  # every workload and parameter of quick; one repetition (time)
     done = bench("run", str(write_scenario(tmp_path, quick)), env=env_for(results_dir))
     assert done.returncode == 0, done.stderr + done.stdout
     run = only_run(results_dir)

@@ -298,6 +298,8 @@ def test_ip_forward_and_forward_rules_are_restored_after_sigkill(
             assert subnet, "the bridge was not made"
             assert _in_ns(ns, forward, env).stdout.strip() == "1"
             rules = _in_ns(ns, ["iptables", "-S", "FORWARD"], env).stdout
+            journal = tmp_path / "state" / "host-settings" / f"journal-fw-ns-{run_id}.jsonl"
+            assert len(journal.read_text().splitlines()) == 3, "each rule journaled first"
         finally:
             child.kill()
             child.wait()
@@ -306,6 +308,7 @@ def test_ip_forward_and_forward_rules_are_restored_after_sigkill(
         assert done.returncode == 0, done.stdout + done.stderr
         assert _in_ns(ns, forward, env).stdout.strip() == "0"
         assert _in_ns(ns, ["iptables-save"], env).stdout.count("-A ") == rules_before
+        assert not journal.exists()
         # while it ran, FORWARD accepted only the run's traffic: from its subnet out of its
         # bridge, and into it only replies (conntrack) to connections its containers opened
         assert f"-s {subnet} -i bn" in rules
@@ -314,6 +317,78 @@ def test_ip_forward_and_forward_rules_are_restored_after_sigkill(
                     if "-o bn" in line and "ESTABLISHED" not in line]
     finally:
         subprocess.run(["ip", "netns", "del", ns], timeout=30)
+
+
+FORWARDING_CHILD = """
+import sys, time
+from bench.tune.hostnet import Forwarding
+Forwarding(sys.argv[1]).enable()
+print("on", flush=True)
+time.sleep(600)
+"""
+
+
+def test_ip_forward_is_journaled_and_restored_once_its_last_user_is_killed(
+        tmp_path: Path, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a fake procfs root: two users (a kvm and an ns run) turn forwarding on and are
+    SIGKILLed one after the other; the original comes back only when neither is alive (at the
+    next run's start here)."""
+    from bench.cli.host import cleanup_dead_runs
+    from bench.tune import hostnet
+    from bench.tune.journal import Entry
+
+    ip_forward = tmp_path / "root" / "proc/sys/net/ipv4/ip_forward"
+    ip_forward.parent.mkdir(parents=True)
+    ip_forward.write_text("0\n")
+    monkeypatch.setenv("BENCH_SYSFS_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("BENCH_TUNE_STATE_DIR", str(tmp_path / "state"))
+    env = {**os.environ}
+    users = []
+    try:
+        for owner in ("kvm-run1", "ns-run2"):
+            users.append(subprocess.Popen([sys.executable, "-c", FORWARDING_CHILD, owner],
+                                          env=env, stdout=subprocess.PIPE, text=True))
+            assert users[-1].stdout and users[-1].stdout.readline().strip() == "on"
+        assert ip_forward.read_text() == "1"
+        journal = tmp_path / "state" / "host-settings" / f"journal-sysctl-{hostnet.netns()}.jsonl"
+        entries = [Entry.model_validate_json(line) for line in journal.read_text().splitlines()]
+        assert [(e.name, e.original, e.written) for e in entries] == [
+            ("net.ipv4.ip_forward", "0", "1")], "journaled once, by the first user"
+        users[0].kill()
+        users[0].wait()
+        assert hostnet.recover() == [] and ip_forward.read_text() == "1", "one user is alive"
+        users[1].kill()
+        users[1].wait()
+        assert cleanup_dead_runs() == ["host setting: net.ipv4.ip_forward restored to 0"]
+        assert ip_forward.read_text() == "0" and not journal.exists()
+    finally:
+        for user in users:
+            user.kill()
+            user.wait()
+
+
+def test_a_host_sysctl_outside_the_allowlist_or_behind_a_symlink_is_refused(
+        tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.tune.catalog import TuneError
+    from bench.tune.hostnet import HostSysctls
+
+    root = tmp_path / "root"
+    (root / "proc/sys/net/ipv4").mkdir(parents=True)
+    (root / "proc/sys/net/ipv4/ip_forward").symlink_to(victim)
+    (root / "proc/sys/kernel").mkdir()
+    (root / "proc/sys/kernel/core_pattern").write_text("core\n")
+    monkeypatch.setenv("BENCH_SYSFS_ROOT", str(root))
+    monkeypatch.setenv("BENCH_TUNE_STATE_DIR", str(tmp_path / "state"))
+    before = fingerprint(victim)
+    user = HostSysctls("run-x")
+    try:
+        for name in ("net.ipv4.ip_forward", "kernel.core_pattern"):
+            with pytest.raises(TuneError, match="outside the subtrees"):
+                user.set(name, "1")
+    finally:
+        user.release()
+    assert fingerprint(victim) == before
+    assert (root / "proc/sys/kernel/core_pattern").read_text() == "core\n"
 
 
 # -- fault points are inert in normal runs -----------------------------------------------

@@ -31,11 +31,11 @@ def test_selftest_measures_each_injected_limit(tmp_path: Path, bench_image: Imag
     done = subprocess.run([sys.executable, "-m", "bench.cli", "selftest", "--json", *args],
                           env=env, capture_output=True, text=True, timeout=900)
     checks = json.loads(done.stdout)  # the JSON alone: progress goes to stderr
-    # a CPU quota is only checkable while the host has a CPU to spare: on a loaded one that
-    # check is skipped and says so (everything else must be measured)
+    # a CPU quota cannot be told from the load when an unlimited thread gets no more than
+    # it: only then is that check skipped, with the shares measured (all else is measured)
     for check in checks:
         assert not check["skipped"] or (check["limit"] == "cpus"
-                                        and "too loaded" in check["skipped"]), check
+                                        and "no more than the quota" in check["skipped"]), check
     available = [c for c in checks if not c["skipped"]]
     assert {c["tier"] for c in available} == set(FAST_TIERS)
     for tier in FAST_TIERS:
@@ -47,9 +47,13 @@ def test_selftest_measures_each_injected_limit(tmp_path: Path, bench_image: Imag
         assert any("io_write_bps" in s and "io_read_bps" in s for limit, s in mine
                    if limit == "io_read_bps"), (tier, mine)
     for check in available:
+        assert check["passed"], check
+        if "on a loaded host" in check["detail"]:  # a CPU quota under contention: it holds
+            assert 0.6 <= check["measured"] / check["expected"] <= 1.05, check
+            continue
         # the promise: within 5% of the injected value (paired ratios, bounded retries that
         # the check reports); a miss is a failure here too
-        assert abs(check["measured"] / check["expected"] - 1) <= 0.05 and check["passed"], check
+        assert abs(check["measured"] / check["expected"] - 1) <= 0.05, check
     assert done.returncode == 0, done.stderr[-2000:]
     # nothing left: no test namespace, no qdisc, no cgroup, no work directory
     netns_after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()

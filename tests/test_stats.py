@@ -256,3 +256,22 @@ def test_pelt_is_exact() -> None:
         penalty = float(rng.choice([0.5, 2.0, 3 * math.log(n)]))
         assert changepoint.pelt(x, penalty, 1.0, min_size) == \
             _optimal_partitioning(x, penalty, min_size)
+
+
+def test_detect_all_gives_each_series_what_detect_gives_it() -> None:
+    rng = np.random.default_rng(7)
+    series: list[np.ndarray] = []
+    for i in range(150):  # mixed lengths, repeats of each, shifts, gaps, short and flat ones
+        n = int(rng.choice([3, 12, 30, 60, 61, 320])) if i % 50 else 2
+        x = rng.lognormal(math.log(50), 0.03, n)
+        if n > 4:
+            x[int(rng.integers(2, n - 2)):] *= float(rng.choice([1.0, 1.05, 1.2, 0.8]))
+        if i % 7 == 0 and n > 3:
+            x[int(rng.integers(0, n))] = np.nan
+        series.append(np.full(n, 5.0) if i % 41 == 0 else x)
+    for min_size, min_effect in ((2, 0.02), (1, 0.0), (3, 0.1)):
+        expected = [changepoint.detect(x, min_size=min_size, min_effect=min_effect)
+                    for x in series]
+        assert changepoint.detect_all(series, min_size=min_size,
+                                      min_effect=min_effect) == expected
+        assert sum(map(bool, expected)) > 15  # the shifts were found, not only "none"

@@ -13,7 +13,7 @@ from bench.core.errors import ParseError, ScenarioError
 from bench.core.limits import Limits
 from bench.kernel import cgroupread, cgroups
 from bench.kernel.cgroups import Cgroup
-from bench.run import scenario, switches
+from bench.run import cpushare, scenario, switches
 from bench.run.switches import SwitchEvent, level, time_to_effect
 from bench.tiers.kvm import domxml
 from bench.tiers.kvm.domxml import DomainConfig
@@ -24,6 +24,8 @@ from bench.workloads.cpu_sysbench import parse_sysbench_intervals
 from bench.workloads.disk_fio import parse_fio_log
 from bench.workloads.net_iperf3 import parse_iperf3_intervals
 from tests.test_cgroups import MiB, v1_tree, v2_tree
+
+FIO_METRICS = WORKLOADS["disk.fio"].series_metric or {}
 
 
 def test_iops_limits_on_v2_are_set_switched_and_read_back(tmp_path: Path) -> None:
@@ -67,7 +69,21 @@ def test_time_to_effect_needs_three_steady_seconds_within_five_percent() -> None
     assert time_to_effect(points, 5.2, 200, 13) == pytest.approx(9 - 5.2)
     assert time_to_effect(points, 5.2, 400, 13) is None  # never reached: not reported as 0
     assert time_to_effect(points, 5.2, 200, 9.5) is None  # the next switch came first
+    # the second ending at 11 straddles a switch at 10.6: it belongs to neither level
+    assert time_to_effect(points, 5.2, 200, 10.6) is None
+    assert level(points, 0, 6.6) == 20  # not the second ending at 7 (110, 200)
     assert level(points, 0, 5.2) == 20
+
+
+def test_a_cpu_switch_counted_by_the_host_expects_the_quota_itself() -> None:
+    share = [0.1] * 6 + [0.195, 0.2, 0.2, 0.2, 0.2, 0.2]
+    series = Series({cpushare.METRIC: [(float(t), v) for t, v in enumerate(share, 1)]},
+                    {cpushare.METRIC: "CPU"})
+    events = [_event(1, 6.0, {"cpus": 0.2})]
+    switches._effects(events, series, {"cpus": cpushare.METRIC}, Limits(cpus=0.1))
+    effect = events[0].effects[0]
+    assert (effect.level_before, effect.level_after, effect.expected_after) == (0.1, 0.2, 0.2)
+    assert effect.matches_limit and effect.time_to_effect_s == 1.0
 
 
 def _event(index: int, at: float, set_: dict[str, object], live: bool = True) -> SwitchEvent:
@@ -83,14 +99,14 @@ def test_effects_use_the_segment_of_the_same_limit_and_never_fake_a_not_live_one
     events = [_event(1, 5.0, {"io_read_bps": 200 * 1000**2}),
               _event(2, 10.0, {"cpus": 1.0}),  # another limit: the disk level goes on
               _event(3, 15.0, {"io_read_bps": 20 * 1000**2})]
-    switches._effects(events, series, WORKLOADS["disk.fio"], Limits(io_read_bps=20 * 1000**2))
+    switches._effects(events, series, FIO_METRICS, Limits(io_read_bps=20 * 1000**2))
     up = events[0].effects[0]
     assert (up.level_before, up.level_after, up.expected_after) == (20.0, 205.0, 200.0)
     assert up.time_to_effect_s == 1.0 and up.matches_limit is True
     assert not events[1].effects  # fio's series does not follow the CPU
     assert events[2].effects[0].level_after == 20.5 and events[2].effects[0].matches_limit
     frozen = [_event(1, 5.0, {"io_read_bps": 200 * 1000**2}, live=False)]
-    switches._effects(frozen, series, WORKLOADS["disk.fio"], Limits(io_read_bps=20 * 1000**2))
+    switches._effects(frozen, series, FIO_METRICS, Limits(io_read_bps=20 * 1000**2))
     assert frozen[0].effects[0].time_to_effect_s is None
     assert "not live" in frozen[0].effects[0].note
 

@@ -22,7 +22,7 @@ import pytest
 from bench.analysis.paired import PairedRatio, check_ratio
 from bench.core.image import Image
 from bench.core.limits import Limits
-from bench.run import switches
+from bench.run import cpushare, switches
 from bench.run.runner import work_root
 from bench.run.scenario import Switch
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
@@ -66,28 +66,30 @@ def context(tier: Tier, main: Instance, peer: Instance | None, raw: Path) -> Run
 
 def series_run(tier: Tier, main: Instance, peer: Instance | None, raw: Path, limit: str,
                low: Any, high: Any, workload: str, params: dict[str, Any],
-               base: Limits = CEILING, segment: float = SEGMENT_S) -> switches.SwitchRun:
+               base: Limits = CEILING, segment: float = SEGMENT_S,
+               lead_s: float = 0.0) -> switches.SwitchRun:
     """One run of `workload` with `limit` switched low -> high -> low (the other limits at
-    `base`, so that only this one binds)."""
+    `base`, so that only this one binds), the first level `lead_s` longer than the others."""
     main.switch(base.merged(Limits.model_validate({limit: low})))
     load = WORKLOADS[workload]
-    plan = [Switch(at_s=segment, set=Limits.model_validate({limit: high})),
-            Switch(at_s=2 * segment, set=Limits.model_validate({limit: low}))]
+    plan = [Switch(at_s=lead_s + segment, set=Limits.model_validate({limit: high})),
+            Switch(at_s=lead_s + 2 * segment, set=Limits.model_validate({limit: low}))]
     return switches.run(context(tier, main, peer, raw), load, load.parse_params(params), plan,
                         {"main": main}, Limits.model_validate({limit: low}))
 
 
 def rate_ratios(run: switches.SwitchRun, limit: str, low: Any, high: Any) -> PairedRatio:
-    """Per level: measured / what the limit allows (CPU: high level / each low level, the
-    quota ratio being what the limit promises)."""
+    """Per level: measured / what the limit allows (CPU inside: high level / each low level,
+    the quota ratio being what the limit promises; CPU counted by the host: the quota)."""
     (metric,) = {e.metric for ev in run.events for e in ev.effects}
     points = run.series.points[metric]
     cuts = [0.0, *(ev.called_s for ev in run.events), max(t for t, _ in points)]
     levels = [switches.level(points, a, b) for a, b in itertools.pairwise(cuts)]
     assert all(v for v in levels), f"a level without points: {levels} ({points})"
-    if limit == "cpus":
+    if limit == "cpus" and metric != cpushare.METRIC:
         return PairedRatio(tuple(levels[1] / lv / (high / low) for lv in (levels[0], levels[2])))
-    wanted = [switches.expected(limit, None, v, None) for v in (low, high, low)]
+    wanted = [v if metric == cpushare.METRIC else switches.expected(limit, None, v, None)
+              for v in (low, high, low)]
     return PairedRatio(tuple(lv / w for lv, w in zip(levels, wanted, strict=True)
                              if lv is not None and w))
 

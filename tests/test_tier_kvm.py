@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import yaml
 from rich.console import Console
 
 from bench.analysis.summary import print_summary
+from bench.cli.selftest_checks import vcpu_share
 from bench.core.errors import BenchError, CommandTimeout, ScenarioError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -39,7 +41,7 @@ from bench.tiers.kvm.tier import KvmTier
 from bench.workloads import WORKLOADS
 from bench.workloads.base import RunContext
 from bench.workloads.net_iperf3 import Iperf3
-from tests.parts import need
+from tests.parts import need, required_parts
 
 DATA = Path(__file__).parent / "data"
 BENCH = [sys.executable, "-m", "bench.cli"]
@@ -262,7 +264,7 @@ def test_a_hung_kvm_boot_is_destroyed_at_the_probe_timeout(
     tier = prepared(bench_image, run_id, tmp_path)
     capable = accel.host_checks()[0] is None
     try:
-        tier.probe_timeout = 8
+        tier.probe_timeout = 5
         booted, detail = tier.probe_kvm()  # the guests' own CPU model (host-passthrough)
         assert booted == capable, detail
         # QEMU's default CPU model gets further on kvm_pvm: QEMU starts and the kernel hangs
@@ -273,8 +275,8 @@ def test_a_hung_kvm_boot_is_destroyed_at_the_probe_timeout(
             assert booted and took < 8, detail  # real KVM boots a kernel in a second or two
         else:
             assert not booted, detail
-            if "had not finished init after 8 s" in detail:  # it hung, and was cut off
-                assert 8 <= took < 8 + 6, f"the hung probe lived {took:.1f} s (timeout 8 s)"
+            if "had not finished init after 5 s" in detail:  # it hung, and was cut off
+                assert 5 <= took < 5 + 6, f"the hung probe lived {took:.1f} s (timeout 5 s)"
             else:
                 assert "would not start" in detail, detail
         assert not [d for d in leftovers(run_id) if d.startswith("domain")]
@@ -313,25 +315,57 @@ def test_a_guest_that_never_gets_ready_is_destroyed_at_its_timeout(
     assert not leftovers(run_id)
 
 
+def rules_naming(*words: str) -> set[str]:
+    """Firewall rules (iptables -S form, without -A) that name one of these words."""
+    text = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    return {shlex.join(shlex.split(line)[1:]) for line in text.splitlines()
+            if line.startswith("-A ") and set(words) & set(line.split())}
+
+
 @pytest.mark.integration
 @pytest.mark.part("kvm")
 def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
-        libvirt_up: None, bench_image: Image, tmp_path: Path) -> None:
+        libvirt_up: None, bench_image: Image, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """...and the host settings its network changed: libvirt's rules for it, journaled, and
+    ip_forward (under a fake procfs root: the host's own is on for Docker, and a test never
+    writes it), which stays on while the live run needs it."""
+    ip_forward = tmp_path / "root" / "proc/sys/net/ipv4/ip_forward"
+    ip_forward.parent.mkdir(parents=True)
+    ip_forward.write_text("0\n")
+    monkeypatch.setenv("BENCH_SYSFS_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("BENCH_TUNE_STATE_DIR", str(tmp_path / "state"))
     dead_id, live_id = new_run_id("dead"), new_run_id("live")
     dead = prepared(bench_image, dead_id, tmp_path)
     live = prepared(bench_image, live_id, tmp_path)
     try:
+        assert ip_forward.read_text() == "1"
+        assert dead.network is not None and dead.network.rules is not None
+        libvirts = rules_naming(dead.bridge, str(dead.subnet))
+        assert len(libvirts) >= 5, libvirts  # NAT, forward in and out, DHCP and DNS
+        assert libvirts <= {e.written for e in dead.network.rules.journal.entries()}
+        # forwarded traffic: out of the bridge only from its subnet, into it only replies
+        inbound = [r for r in libvirts if r.startswith("LIBVIRT_FWI") and "ACCEPT" in r]
+        outbound = [r for r in libvirts if r.startswith("LIBVIRT_FWO") and "ACCEPT" in r]
+        assert inbound and all("RELATED,ESTABLISHED" in r for r in inbound), inbound
+        assert outbound and all(f"-s {dead.subnet}" in r for r in outbound), outbound
         instance = dead._new_instance(InstanceSpec(role="main", limits=LIMITS))
-        instance.launch()  # QEMU runs; then the bench process "dies":
-        assert dead._lock is not None
+        instance.launch()  # QEMU runs; then the bench process "dies" (the kernel drops its
+        assert dead._lock is not None  # flocks: the run's, its journal's, forwarding's)
         dead._lock.close()
         dead._lock = None
+        dead.network.rules.journal.close()
+        os.close(dead.network.forwarding._fd or -1)
+        dead.network.forwarding._fd = None
         assert not run_is_live(dead_id) and run_is_live(live_id)
         assert len(leftovers(dead_id)) == 3  # domain, network, disk files
         removed = KvmTier().cleanup(None)
         assert f"domain {instance.name}" in removed
         assert f"network {NETWORK_PREFIX}{dead_id}" in removed
         assert not leftovers(dead_id)
+        assert rules_naming(dead.bridge, str(dead.subnet)) == set()
+        assert ip_forward.read_text() == "1", "the live run still needs forwarding"
         assert leftovers(live_id) == [f"network {NETWORK_PREFIX}{live_id}"], \
             "a run that is still going keeps its network"
         assert not lock_path(dead_id).exists() and lock_path(live_id).exists()
@@ -339,6 +373,9 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
         dead.finish()
         live.finish()
     assert not leftovers(live_id)
+    assert rules_naming(live.bridge, str(live.subnet)) == set()
+    assert ip_forward.read_text() == "0", "restored when its last user is done"
+    assert not list((tmp_path / "state" / "host-settings").glob("journal-*.jsonl"))
 
 
 @pytest.mark.integration
@@ -401,6 +438,10 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
                   / int((domain_dir / v / "cpu.cfs_period_us").read_text())
                   for v in ("vcpu0", "vcpu1"))
     assert allowed == pytest.approx(1.5), (domain_dir, allowed)
+    # ... and holds a busy loop to 0.75 of a CPU, as the host sees the vCPU (the guest's own
+    # CPU time over wall time reads about 1: its clock runs on while the vCPU is held back)
+    share = vcpu_share(main)
+    assert 0.3 < share <= 0.75 * 1.05, share
     # disk: fio inside the guest runs at the iotune rates (QEMU throttles /scratch)
     assert main.domain is not None
     tune = main.domain.blockIoTune("vdb", 0)
@@ -455,6 +496,9 @@ def test_guest_memory_is_its_qemu_process(guest: tuple[KvmTier, KvmInstance]) ->
     tier, main = guest
     pss = main.memory_bytes()
     assert pss is not None and 30 << 20 < pss < (1024 + 512) << 20, pss
+    report = main.memory_report()  # what libvirt says of it: the guest's RAM, QEMU's RSS
+    assert report["libvirt_actual"] == main.config.memory_mb << 20, report
+    assert pss // 2 < report["libvirt_rss"] < 2 * pss + (64 << 20), report
     support = tier.support_memory()
     assert support is not None and (support.pss or 0) > 5 << 20  # libvirtd, virtlogd, dnsmasq
 
@@ -585,27 +629,37 @@ def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
                                            net_mbit=10_000)))
 
 
+SPARE_CPU_MIN = 0.25
+
+
+def _idle_cpu_s() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return float(times.idle + getattr(times, "iowait", 0.0))
+
+
 @pytest.mark.integration
 @pytest.mark.part("kvm")
-@pytest.mark.parametrize(("limit", "low", "high"), [
-    pytest.param("cpus", 0.1, 0.2, marks=pytest.mark.xfail(
-        strict=False, reason="quarantined at the end of the session: under TCG the guest's "
-        "sysbench series started late and left the first level without points")),
+@pytest.mark.parametrize(("limit", "low", "high"), [("cpus", 0.1, 0.2),
                                                     ("io_read_bps", 4 * MiB, 12 * MiB),
                                                     ("net_mbit", 20, 60)])
 def test_kvm_rate_after_each_switch_matches_the_new_limit(
         guest: tuple[KvmTier, KvmInstance], bench_image: Image, tmp_path: Path, limit: str,
         low: Any, high: Any) -> None:
     from bench.analysis.paired import check_ratio
+    from bench.run import cpushare
     from tests.test_switches_live import TOLERANCE, rate_ratios, series_run
 
     tier, main = guest
     base = GUEST_LIMITS.merged(Limits(io_read_iops=1000, net_mbit=10_000))
-    # 6 s levels: a guest under TCG starts a tool up to seconds after the exec call
-    cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 18}),
+    # 6 s levels, the first 2 s longer: a loaded TCG guest took 3.5 s from fio's start
+    # stamp to its first I/O and 2.3 s from its last to the exec's return, and a tool that
+    # does not print its points as it goes is put on the switches' clock by its end
+    cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 20}),
              "io_read_bps": ("disk.fio", {"rw": "read", "bs": "256k", "size_mb": 64,
-                                          "runtime_s": 18, "iodepth": 4}),
-             "net_mbit": ("network.iperf3", {"seconds": 18})}
+                                          "runtime_s": 20, "iodepth": 4}),
+             "net_mbit": ("network.iperf3", {"seconds": 20})}
     workload, params = cases[limit]
     host = HostTier()
     peer: Any = None
@@ -617,15 +671,32 @@ def test_kvm_rate_after_each_switch_matches_the_new_limit(
                             str(next(tier.subnet.hosts())))
     try:
         runs = []
+        spare: list[float] = []  # the host's idle CPUs during each attempt
 
         def measure() -> Any:
+            idle, began = _idle_cpu_s(), time.monotonic()
             runs.append(series_run(tier, main, peer, tmp_path, limit, low, high, workload,
-                                   params, base, segment=6))
+                                   params, base, segment=6, lead_s=2))
+            spare.append((_idle_cpu_s() - idle) / (time.monotonic() - began))
             return rate_ratios(runs[-1], limit, low, high)
 
         check = check_ratio(measure, 1.0, TOLERANCE, retries=1)
-        assert check.ok, f"kvm {limit}: {check.describe()}"
+        if not check.ok and max(spare) < SPARE_CPU_MIN and "kvm" not in required_parts():
+            # a host with no CPU to spare decides the rate, not the limit: CFS bandwidth
+            # control gives a throttled group less than its quota (the vCPU threads got
+            # 0.7-0.9 of it at load 9 on 2 CPUs), and a TCG guest emulates every packet and
+            # block request on the CPU it gets (20 Mbit/s came out as 18 at load 14): no
+            # verdict then, as in `bench selftest` (where kvm is required, as in CI, a failure)
+            pytest.skip(f"the host had {max(spare):.2f} CPU idle at most (a limit is "
+                        f"checkable from {SPARE_CPU_MIN}): {check.describe()}")
+        assert check.ok, f"kvm {limit}: {check.describe()} (host idle CPUs: {spare})"
         assert all(i["live"] for e in runs[-1].events for i in e.instances)
+        if limit == "cpus":  # judged by the vCPU threads' CPU time on the host (the guest's
+            # work rate is not proportional to a quota this small under TCG: cpushare), from
+            # the tool's first point (it starts seconds after the exec call at 0.1 CPU)
+            assert runs[-1].clock_from == "first point"
+            assert {e.metric for ev in runs[-1].events for e in ev.effects} == {
+                cpushare.METRIC}
     finally:
         main.switch(base)
         if peer is not None:

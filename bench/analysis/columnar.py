@@ -47,7 +47,9 @@ def schema() -> pa.Schema:
         ("v", pa.int64()), ("run_id", pa.string()), ("repetition", pa.int64()),
         ("metric", pa.string()), ("value", pa.float64()), ("unit", pa.string()),
         ("direction", pa.string()), ("timestamp", pa.float64()),
-        ("metadata", pa.struct([(name, pa.string()) for name in STRING_META])),
+        # phases_ms as a struct of no fields: parsed for nothing but where it is present
+        ("metadata", pa.struct([*((name, pa.string()) for name in STRING_META),
+                                ("phases_ms", pa.struct([]))])),
     ])
 
 
@@ -167,7 +169,7 @@ def read(data: bytes) -> pd.DataFrame | None:
     metadata = table["metadata"].combine_chunks()
     meta: dict[str, Any] = {name: metadata.field(name).to_numpy(zero_copy_only=False)
                             for name in STRING_META}
-    meta["phases_ms"] = _phases(lines)
+    meta["phases_ms"] = _phases(lines, metadata.field("phases_ms"))
     return assemble(columns, {name: meta[name] for name in META_COLUMNS}, cells, codes)
 
 
@@ -194,14 +196,13 @@ def _valid(lines: pa.ChunkedArray, table: pa.Table) -> bool:
     return directions <= {"higher", "lower"}
 
 
-def _phases(lines: pa.ChunkedArray) -> np.ndarray:
-    """metadata.phases_ms (start-up rows only): parsed from just the lines that carry it."""
+def _phases(lines: pa.ChunkedArray, present: pa.Array) -> np.ndarray:
+    """metadata.phases_ms (start-up rows only): parsed from just the lines that carry it (the
+    JSON reader says which: `present` is null where a row has none)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     out = np.full(len(lines), None, dtype=object)
-    mask = pc.match_substring(lines, '"phases_ms": {')
-    rows = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+    rows = np.flatnonzero(present.is_valid().to_numpy(zero_copy_only=False))
     if len(rows):
         picked = lines.take(pa.array(rows)).to_pylist()
         for row, line in zip(rows, picked, strict=True):

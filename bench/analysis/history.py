@@ -3,7 +3,7 @@
 SQLAlchemy 2 over SQLite by default (`results/history.db`); any SQLAlchemy URL (e.g.
 `postgresql+psycopg://user@db/bench`) through `--db` or `BENCH_HISTORY_URL` lets a team share
 one history. A *series* is one metric of one cell on one host; its points are the per-run
-medians in start order, and `changepoint.detect` (PELT) says whether and when it shifted.
+medians in start order, and `changepoint.detect_all` (PELT) says whether and when it shifted.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, create_engine, delete, insert, select
+from sqlalchemy import Connection, create_engine, delete, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -257,8 +257,14 @@ class Series:
     metric: str
     unit: str
     direction: str
-    points: pd.DataFrame  # run_id, started, median, n (oldest first)
+    columns: dict[str, np.ndarray]  # run_id, started, median, n (oldest first)
     changes: list[changepoint.ChangePoint]
+
+    @property
+    def points(self) -> pd.DataFrame:
+        """run_id, started, median, n (oldest first), as a frame (built on each call: a trend
+        over 1,000 series that only prints them needs none)."""
+        return pd.DataFrame(self.columns)
 
     @property
     def name(self) -> str:
@@ -286,6 +292,11 @@ def points(engine: Engine, host: str | None = None, tier: str | None = None,
                        PointRow.direction, PointRow.median, PointRow.n)
         if metric:
             query = query.where(PointRow.metric == metric)
+        elif not all_metrics:  # in the database, what the headline filter below surely drops
+            others = select(CellRow.key).where(CellRow.workload.not_in(sorted(HEADLINE)))
+            query = query.where(or_(
+                PointRow.metric.in_(sorted({m for ms in HEADLINE.values() for m in ms})),
+                PointRow.cell.in_(others)))
         found = _read(conn, query)
     if host:
         runs_ = runs_[runs_["host"] == host]
@@ -305,8 +316,8 @@ def points(engine: Engine, host: str | None = None, tier: str | None = None,
 
 
 def _read(conn: Connection, query: Any) -> pd.DataFrame:
-    result = conn.execute(query)
-    return pd.DataFrame.from_records([tuple(row) for row in result], columns=list(result.keys()))
+    result = conn.execute(query)  # the driver's own fetchall: no SQLAlchemy row per row
+    return pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
 
 
 def series(frame: pd.DataFrame, min_effect: float = 0.02, min_size: int = 2) -> list[Series]:
@@ -323,12 +334,14 @@ def series(frame: pd.DataFrame, min_effect: float = 0.02, min_size: int = 2) -> 
     medians = frame["median"].to_numpy(dtype=float)
     columns = {name: frame[name].to_numpy() for name in
                ("host", "tier", "label", "workload", "metric", "unit", "direction")}
-    table = frame[["run_id", "started", "median", "n"]]
-    for start, end in zip(starts, ends, strict=True):
-        changes = changepoint.detect(medians[start:end], min_size=min_size,
-                                     min_effect=min_effect)
+    table = {"run_id": frame["run_id"].astype(str).to_numpy(dtype=object),
+             "started": frame["started"].to_numpy(dtype=float), "median": medians,
+             "n": frame["n"].to_numpy()}
+    detected = changepoint.detect_all([medians[a:b] for a, b in zip(starts, ends, strict=True)],
+                                      min_size=min_size, min_effect=min_effect)
+    for start, end, changes in zip(starts, ends, detected, strict=True):
         text = {name: str(values[start]) for name, values in columns.items()}
-        found.append(Series(**text, points=table.iloc[start:end].reset_index(drop=True),
+        found.append(Series(**text, columns={k: v[start:end] for k, v in table.items()},
                             changes=changes))
     return sorted(found, key=lambda s: (s.host, s.tier, s.label, s.metric))
 
@@ -341,14 +354,14 @@ class Alarm:
 
     @property
     def run_id(self) -> str:
-        return str(self.series.points["run_id"].iloc[self.change.index])
+        return str(self.series.columns["run_id"][self.change.index])
 
 
 def check(all_series: list[Series], window: int = 3, threshold: float = 0.05) -> list[Alarm]:
     """Series whose level got worse by more than `threshold` at one of the last `window` runs."""
     alarms = []
     for s in all_series:
-        n = len(s.points)
+        n = len(s.columns["median"])
         for change in s.changes:
             slowdown = s.bad(change)
             if change.index >= n - window and slowdown > threshold:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from bench.analysis import stats
@@ -45,9 +46,14 @@ def headline(frame: pd.DataFrame) -> pd.DataFrame:
     """Only the rows of each workload's headline metrics (all metrics for unknown workloads)."""
     if frame.empty:
         return frame
-    pairs = pd.MultiIndex.from_arrays([frame["workload"], frame["metric"]])
-    wanted = [(w, m) for w, m in pairs.unique() if m in HEADLINE.get(str(w), (m,))]
-    return frame[pairs.isin(wanted)]
+    workloads, workload_names = pd.factorize(frame["workload"])
+    metrics, metric_names = pd.factorize(frame["metric"])
+    pairs = workloads.astype(np.int64) * len(metric_names) + metrics  # one number per pair
+    wanted = [pair for pair in pd.unique(pairs)
+              if metric_names[pair % len(metric_names)] in HEADLINE.get(
+                  str(workload_names[pair // len(metric_names)]),
+                  (metric_names[pair % len(metric_names)],))]
+    return frame[np.isin(pairs, wanted)]
 
 
 def _host(manifest: dict[str, Any]) -> list[Finding]:
@@ -85,7 +91,8 @@ def _host(manifest: dict[str, Any]) -> list[Finding]:
 
 
 def _cells(frame: pd.DataFrame, mask: pd.Series) -> tuple[str, ...]:
-    picked = frame[mask]
+    # two columns, each pair once (in order of appearance), before any per-row Python
+    picked = frame.loc[mask, ["tier", "label"]].drop_duplicates()
     return tuple(dict.fromkeys(f"{t}: {label}" for t, label in
                                zip(picked["tier"], picked["label"], strict=True)))
 
@@ -131,7 +138,7 @@ def _per_cell(frame: pd.DataFrame, cv_threshold: float,
               min_repetitions: int) -> list[Finding]:
     noisy, few, flagged = [], [], []
     outlier_count = 0
-    main = headline(frame)
+    main = headline(frame[["tier", "label", "workload", "metric", "value"]])
     for (tier, label, metric), group in main.groupby(["tier", "label", "metric"], observed=True,
                                                      sort=True):
         values = group["value"].to_numpy(dtype=float)

@@ -40,18 +40,25 @@ def write(jsonl: Path, frame: pd.DataFrame) -> Path | None:
     source = _source(jsonl)
     cells = frame.drop_duplicates("cell")[list(CELL_FIELDS)].astype(str)
     index = {key: i for i, key in enumerate(cells["cell"])}
-    codes = frame["cell"].map(index).to_numpy(dtype=np.int32)
+    cell = frame["cell"].astype("category")  # per category, not per row, from here on
+    per_category = np.asarray([index[str(key)] for key in cell.cat.categories], dtype=np.int32)
     columns: dict[str, Any] = {name: frame[name] for name in PLAIN}
-    columns["cell_index"] = codes
+    columns["cell_index"] = per_category[cell.cat.codes.to_numpy()]
+    strings: dict[str, np.ndarray] = {}
     for name in META_COLUMNS:
-        values = frame[f"meta.{name}"]
-        if name == "phases_ms":
-            values = values.map(lambda p: json.dumps(p) if isinstance(p, dict) else None)
-        columns[f"meta.{name}"] = values.astype(object).where(values.notna(), None)
+        column = frame[f"meta.{name}"]
+        present = column.notna().to_numpy()
+        picked = column.to_numpy()[present]
+        values = np.full(len(column), None, dtype=object)
+        # phases as JSON text (only the start-up rows carry them)
+        values[present] = [json.dumps(p) for p in picked] if name == "phases_ms" else picked
+        strings[f"meta.{name}"] = values
     target = jsonl.with_name(NAME)
     tmp = target.with_name(f".{NAME}.{os.getpid()}.tmp")
     try:
         table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+        for name, values in strings.items():
+            table = table.append_column(name, pa.array(values, type=pa.string()))
         meta = {"format": FORMAT, "source": source, "cells": cells.to_numpy().tolist()}
         table = table.replace_schema_metadata({"bench": json.dumps(meta)})
         pq.write_table(table, tmp, compression="zstd")

@@ -156,8 +156,8 @@ def _when(stamp: float) -> str:
 
 
 def _series_json(s: history.Series) -> dict[str, Any]:
-    points = s.points
-    run_ids = [str(r) for r in points["run_id"]]
+    points = s.columns
+    run_ids = points["run_id"].tolist()
     return {
         "host": s.host, "tier": s.tier, "cell": s.label, "metric": s.metric, "unit": s.unit,
         "direction": s.direction,
@@ -182,12 +182,12 @@ def history_trend(db: str | None, host: str | None, tier: str | None, workload: 
     for name in ("host", "tier", "cell", "metric", "runs", "first", "last", "change points"):
         table.add_column(name)
     for s in found:
-        pts = s.points
-        text = "; ".join(f"{c.change:+.1%} at {pts['run_id'].iloc[c.index]} "
-                         f"({_when(float(pts['started'].iloc[c.index]))})" for c in s.changes)
-        table.add_row(Text(s.host), Text(s.tier), Text(s.label), Text(s.metric), str(len(pts)),
-                      f"{pts['median'].iloc[0]:.4g}", f"{pts['median'].iloc[-1]:.4g}",
-                      Text(text or "none"))
+        pts = s.columns
+        text = "; ".join(f"{c.change:+.1%} at {pts['run_id'][c.index]} "
+                         f"({_when(float(pts['started'][c.index]))})" for c in s.changes)
+        table.add_row(Text(s.host), Text(s.tier), Text(s.label), Text(s.metric),
+                      str(len(pts["median"])), f"{pts['median'][0]:.4g}",
+                      f"{pts['median'][-1]:.4g}", Text(text or "none"))
     console.print(table)
 
 

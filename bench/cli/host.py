@@ -110,13 +110,18 @@ def cleanup_leftovers(run_id: str | None) -> list[str]:
 
 def cleanup_dead_runs() -> list[str]:
     """Work directories bench made (its marker) whose run no process holds any more belong to
-    dead runs: remove what they left. Directories without the marker are never touched."""
+    dead runs: remove what they left. Directories without the marker are never touched. Then
+    the host settings (sysctls, firewall rules) every dead run left journaled."""
+    from bench.tune import firewall, hostnet
+
     removed = []
     for work in hostlock.dead_run_dirs():
         removed += cleanup_leftovers(work.name)
         if not sysmount.mounts_under(work) and safefs.remove_marked(work):
             removed.append(f"work directory {work}")
-    return removed
+    # host settings whose journal outlived its run's work directory (the next run's start)
+    return removed + [f"host setting: {line}"
+                      for line in firewall.recover(None, None) + hostnet.recover()]
 
 
 @click.command()

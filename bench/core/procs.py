@@ -50,8 +50,13 @@ def run(
     preexec: Callable[[], None] | None = None,
     cwd: str | None = None,
     pass_fds: Sequence[int] = (),
+    new_session: bool = True,
 ) -> Completed:
-    """Run argv to completion. On timeout the process group is killed and CommandTimeout raised."""
+    """Run argv to completion. On timeout the process group is killed and CommandTimeout raised.
+
+    `new_session=False` gives the child a process group of its own but keeps bench's session:
+    with kernel.sched_autogroup_enabled a new session is a new scheduling group, with a fair
+    share of its own against every other session (see `_group`)."""
     argv = [str(a) for a in argv]
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -61,8 +66,9 @@ def run(
         stderr=subprocess.PIPE,
         text=True,
         env=dict(env) if env is not None else None,
-        start_new_session=preexec is None,
-        preexec_fn=_with_setsid(preexec) if preexec else None,
+        start_new_session=preexec is None and new_session,
+        process_group=0 if preexec is None and not new_session else None,
+        preexec_fn=_group(preexec, new_session) if preexec else None,
         cwd=cwd,
         pass_fds=tuple(pass_fds),
     )
@@ -82,10 +88,18 @@ def run(
     return done
 
 
-def _with_setsid(preexec: Callable[[], None]) -> Callable[[], None]:
+def _group(preexec: Callable[[], None] | None, new_session: bool) -> Callable[[], None]:
+    """A preexec that puts the child in a process group of its own (the timeout kills it), in
+    a new session or in bench's. Sessions matter to the scheduler: with autogroup (Debian's
+    default) two programs in two sessions share the CPUs half and half whatever their thread
+    counts, a shield the host tier, bench's no-isolation baseline, must not add."""
     def wrapped() -> None:
-        os.setsid()
-        preexec()
+        if new_session:
+            os.setsid()
+        else:
+            os.setpgid(0, 0)
+        if preexec is not None:
+            preexec()
 
     return wrapped
 
@@ -96,6 +110,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     preexec: Callable[[], None] | None = None,
     stdout_path: str | None = None,
+    new_session: bool = True,
 ) -> subprocess.Popen[str]:
     """Start argv in the background in its own process group (stop it with `terminate`)."""
     out = open(stdout_path, "w") if stdout_path else subprocess.DEVNULL  # noqa: SIM115
@@ -107,7 +122,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             text=True,
             env=dict(env) if env is not None else None,
-            preexec_fn=_with_setsid(preexec) if preexec else os.setsid,
+            preexec_fn=_group(preexec, new_session),
         )
     finally:
         if stdout_path and not isinstance(out, int):

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
                          "default Docker's set)")
     ns_runtime: Literal["", "native", "python"] = Field(
         "", description="python: the ns tier's Python runtime instead of bench-nsinit")
+    ns_seccomp: Literal["docker", "none"] = Field(
+        "docker", description="the ns tier's seccomp filter: Docker's default profile, or none")
     registry_addr: str = Field("127.0.0.1:5310", description="bench's image registry (loopback; "
                                "`bench setup` starts it)")
     registry_dir: Path = Field(Path("/var/lib/bench/registry"),

@@ -22,7 +22,11 @@
  * runs COMMAND in a running container instead (bench's `exec`): join its cgroups (write 0 to
  * each PATH), setns into each namespace FD (inherited, in the order given), fork (only children
  * enter a PID namespace), drop capabilities to CAPMASK, exec; exit with COMMAND's status.
- * Spawned directly, so bench does not fork its own (large) process to get there. */
+ * Spawned directly, so bench does not fork its own (large) process to get there.
+ *
+ * Either form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
+ * bench/kernel/seccomp.py writes it) read at once and loaded after the capabilities are cut
+ * (no_new_privs set), so the command and all it starts run under it; PID 1 too, from `ready`. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -36,6 +40,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -197,6 +203,27 @@ static void cut_capabilities(unsigned long long keep, int last) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail("no_new_privs");
 }
 
+static struct sock_fprog filter;  /* len 0: no seccomp filter */
+
+static void read_filter(const char *path) {
+    static struct sock_filter program[BPF_MAXINSNS];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("opening the seccomp filter %s", path);
+    size_t have = 0;
+    ssize_t n;
+    while ((n = read(fd, (char *)program + have, sizeof program - have)) > 0) have += (size_t)n;
+    close(fd);
+    if (n < 0 || have == 0 || have % sizeof *program != 0 || have == sizeof program)
+        fail("reading the seccomp filter %s (%zu bytes)", path, have);
+    filter.len = (unsigned short)(have / sizeof *program);
+    filter.filter = program;
+}
+
+static void load_filter(void) {
+    if (filter.len && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &filter, 0, 0) != 0)
+        fail("loading the seccomp filter");
+}
+
 static void close_others(const int *keep, int n) {
     DIR *dir = opendir("/proc/self/fd");
     if (!dir) return;
@@ -254,6 +281,7 @@ static int enter(int argc, char **argv) {
     if (pid == 0) {
         if (chdir("/") != 0) fail("chdir /");
         cut_capabilities(keep, last_cap());
+        load_filter();
         execvp(command[0], command);
         dprintf(2, "cannot run %s: %s\n", command[0], strerror(errno));
         _exit(127);
@@ -264,7 +292,18 @@ static int enter(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--enter") == 0) return enter(argc, argv);
+    const char *filter_path = NULL;
+    if (argc > 2 && strcmp(argv[1], "--seccomp") == 0) {
+        filter_path = argv[2];
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
+    if (argc > 1 && strcmp(argv[1], "--enter") == 0) {
+        report_fd = 2;  /* as in enter() */
+        if (filter_path) read_filter(filter_path);
+        return enter(argc, argv);
+    }
     double clone_time = now();
     int spawned_as_init = getpid() == 1;  /* bench spawned us into a new PID namespace */
     if (argc < 16) {
@@ -272,6 +311,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     report_fd = atoi(argv[1]);
+    if (filter_path) read_filter(filter_path);  /* a path on the host: before pivot_root */
     int go_fd = atoi(argv[2]), out_fd = atoi(argv[3]), err_fd = atoi(argv[4]);
     int netns_fd = atoi(argv[5]);
     int flags = (int)strtol(argv[6], NULL, 0);
@@ -351,6 +391,7 @@ int main(int argc, char **argv) {
     make_root(lower, upper, work, merged, scratch);
     report("root_mounted");
     cut_capabilities(keep, last_cap());
+    load_filter();
     report("ready");
     flush();
     char go[16] = {0};

@@ -90,7 +90,7 @@ def _trends(page: Page, all_series: list[history.Series]) -> Markup:
         for s in members:
             name = f"{s.host} · {s.tier} · {s.label}"
             frames.append(s.points.assign(series=name))
-            changes[name] = [(float(s.points["started"].iloc[c.index]), c.change)
+            changes[name] = [(float(s.columns["started"][c.index]), c.change)
                              for c in s.changes]
         fig = figures.trend(pd.concat(frames), f"{workload}: {metric}", unit, changes)
         parts.append(page.figure(fig))

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.core import shipped, yamlio
 from bench.core.errors import ScenarioError
 from bench.core.limits import Limits, NetworkMode, ScratchMode
-from bench.core.settings import settings
 from bench.tiers.registry import TIERS
 from bench.tune.sweep import SweepSpec
 from bench.workloads import WORKLOADS
@@ -25,7 +24,7 @@ DEFAULT_SCENARIO = "quick"
 
 def scenario_dir() -> Path:
     """Shipped scenarios: $BENCH_SCENARIO_DIR, else the package's own."""
-    return settings().scenario_dir or shipped.data_dir("scenarios")
+    return shipped.scenario_dir()
 
 
 class WorkloadEntry(BaseModel):

@@ -1,10 +1,13 @@
 """Switch runs: limits changed on running instances while one long workload runs.
 
 The workload runs in a thread and reports a 1-second time series (Workload.run_series); at each
-switch's `at_s` (seconds after the workload's exec call) every instance of the run is switched
-through its tier's live interface (Instance.switch), and the call's latency is kept. The series
-is put on the same timeline by its end (see `aligned`): the tool's own t=0 is later than the
-exec call by its set-up.
+switch's `at_s` (seconds after the tool's start) every instance of the run is switched through
+its tier's live interface (Instance.switch), and the call's latency is kept. A tool in a
+throttled TCG guest starts seconds after the exec call (which left the first level without
+points), so the switches' clock starts with the tool, seen from inside while it runs (see
+`tool_start`): at its first point less that point's time where the tool prints its points as it
+goes (the series' own timeline is then the switches'), else at its start stamp, else at the
+exec call; the series is then put on that timeline by its end (see `aligned`).
 
 Per switch and limit the series shows (the limit -> metric map is the workload's
 `series_metric`):
@@ -12,7 +15,8 @@ Per switch and limit the series shows (the limit -> metric map is the workload's
 - level after: the median of the last 3 points before the next switch (or the end);
 - expected level: what the limit allows where that is known in the series' unit (disk MB/s or
   IO/s; network goodput = Mbit/s x 1448/1514, tbf counting whole frames; CPU: the level before
-  x new/old quota);
+  x new/old quota, or the quota itself where the CPU is judged by the host's count of it, see
+  bench.run.cpushare);
 - time to effect: from the switch call until the 1-second value stays within 5% of the level
   after for 3 consecutive seconds: the end of the first of those seconds (an upper bound, at
   1 s resolution); "not reached" if that does not happen within 30 s, or before the next
@@ -24,8 +28,11 @@ back); on a VM the guest's MemTotal is read until it has moved by the switched a
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import statistics
 import threading
 import time
@@ -36,6 +43,7 @@ from typing import Any
 from bench.core.errors import BenchError, CommandError
 from bench.core.limits import Limits
 from bench.core.samples import Measurement
+from bench.run import cpushare
 from bench.run.scenario import Scenario, Switch
 from bench.tiers.base import Instance
 from bench.workloads.base import Params, RunContext, Series, Workload
@@ -43,6 +51,7 @@ from bench.workloads.base import Params, RunContext, Series, Workload
 BAND = 0.05
 STEADY_S = 3
 GIVE_UP_S = 30.0
+STAMP_WAIT_S = 60.0
 GOODPUT = 1448 / 1514  # TCP payload per Ethernet frame at MTU 1500 with timestamps
 SERIES_FILE = "switches.jsonl"  # one line per switch run: its series and switch events
 
@@ -88,8 +97,10 @@ def ceiling(initial: Limits, switches: list[Switch]) -> Limits:
 
 
 def level(points: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """Median of the last STEADY_S whole seconds in (start, end]."""
-    inside = [v for t, v in points if start + 1 <= t <= end + 0.5]
+    """Median of the last STEADY_S whole seconds in (start, end]: a point (the rate over the
+    second that ends at t) counts only if its whole second lies inside; one that straddles
+    the next switch is half the next level (it made the ns io_read_iops lift "not reached")."""
+    inside = [v for t, v in points if start + 1 <= t <= end]
     return statistics.median(inside[-STEADY_S:]) if inside else None
 
 
@@ -98,7 +109,7 @@ def time_to_effect(points: list[tuple[float, float]], at: float, target: float,
     """Seconds from `at` to the end of the first of STEADY_S consecutive seconds within BAND
     of `target` (by then the limit had taken effect: an upper bound at 1 s resolution),
     looking no further than GIVE_UP_S and `until`; None if never."""
-    window = [(t, v) for t, v in points if t > at and t <= min(at + GIVE_UP_S, until) + 0.5]
+    window = [(t, v) for t, v in points if t > at and t <= min(at + GIVE_UP_S, until)]
     streak = 0
     for index, (_, value) in enumerate(window):
         streak = streak + 1 if target and abs(value / target - 1) <= BAND else 0
@@ -167,6 +178,7 @@ class SwitchRun:
     events: list[SwitchEvent]
     skipped: list[str]
     shift_s: float = 0.0  # the tool's own t=0, seconds after the exec call
+    clock_from: str = "exec call"  # what the switches' clock started at (see tool_start)
 
     def measurements(self) -> list[Measurement]:
         found = list(self.series.measurements)
@@ -191,7 +203,7 @@ class SwitchRun:
 
     def record(self) -> dict[str, Any]:
         return {"metrics": self.series.units, "points": self.series.points,
-                "tool_start_s": round(self.shift_s, 3),
+                "tool_start_s": round(self.shift_s, 3), "clock_from": self.clock_from,
                 "switches": [asdict(e) | {"effects": [asdict(x) | {"matches_limit":
                                                                    x.matches_limit}
                                                       for x in e.effects]}
@@ -227,14 +239,23 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
     def work() -> None:
         try:
             outcome["series"] = workload.run_series(ctx, params)
-            outcome["done_s"] = time.monotonic() - t0
+            outcome["done_at"] = time.monotonic()
         except BaseException as exc:  # handed to the caller below
             outcome["error"] = exc
 
     workload.before_series(ctx, params)
+    ctx = dataclasses.replace(ctx, start_stamp=f"/tmp/bench-series-{secrets.token_hex(4)}",
+                              live_output=workload.series_live)
     thread = threading.Thread(target=work, name="switch-run-workload", daemon=True)
-    t0 = time.monotonic()
+    called0 = time.monotonic()
     thread.start()
+    started, seen = tool_start(ctx, workload, thread)
+    t0 = called0 if started is None else started
+    sampler = None
+    if cpushare.wanted(ctx.main(), any(s.set.cpus is not None for s in switches),
+                       ctx.tier.cpu_share_inside):
+        sampler = cpushare.CpuShare(ctx.main(), t0, thread)
+        sampler.start()
     events: list[SwitchEvent] = []
     skipped: list[str] = []
     current = initial
@@ -266,9 +287,52 @@ def run(ctx: RunContext, workload: Workload[Any], params: Params, switches: list
                          "give the workload a shorter duration or a longer timeout_s.")
     if "error" in outcome:
         raise outcome["error"]
-    series, shift = aligned(outcome["series"], outcome["done_s"])
-    _effects(events, series, workload, initial)
-    return SwitchRun(series, events, skipped, shift)
+    if seen == "first point":  # the tool's own timeline is the switches'
+        series, shift = outcome["series"], 0.0
+    else:
+        series, shift = aligned(outcome["series"], outcome["done_at"] - t0)
+    shift += t0 - called0
+    metrics = dict(workload.series_metric or {})
+    if sampler is not None:
+        sampler.join(5)
+        series.points[cpushare.METRIC] = sampler.points
+        series.units[cpushare.METRIC] = cpushare.UNIT
+        metrics["cpus"] = cpushare.METRIC
+    _effects(events, series, metrics, initial)
+    return SwitchRun(series, events, skipped, shift, seen)
+
+
+def tool_start(ctx: RunContext, workload: Workload[Any],
+               thread: threading.Thread) -> tuple[float | None, str]:
+    """When the tool's own t=0 was, on the host's clock, read from inside while it runs, and
+    how it was seen:
+    - "first point": a tool that prints its points as it goes (Workload.series_live): the
+      moment its first point was seen less that point's own time (late by at most a poll);
+    - "stamp": else its start stamp (bench-stamp, just before the tool is exec'd; the tool's
+      own start-up comes after it: milliseconds, seconds in a throttled TCG guest);
+    None if neither comes within STAMP_WAIT_S (or the workload ended first), or the
+    instance's clock cannot be put on the host's."""
+    instance, stamp = ctx.main(), str(ctx.start_stamp)
+    give_up = time.monotonic() + STAMP_WAIT_S
+    started: float | None = None
+    while thread.is_alive() and time.monotonic() < give_up:
+        with contextlib.suppress(BenchError, OSError):
+            if started is None:
+                text = instance.read_file(stamp).decode(errors="replace")
+                line = next((x for x in text.splitlines() if '"bench-stamp"' in x), "")
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    started = instance.host_clock(int(json.loads(line)["monotonic_ns"]) / 1e9)
+                if started is None:
+                    time.sleep(0.1)
+                    continue
+                if not workload.series_live:
+                    return started, "stamp"
+            output = instance.read_file(f"{stamp}.out").decode(errors="replace")
+            first = workload.first_point(output)
+            if first is not None:
+                return max(started, time.monotonic() - first), "first point"
+        time.sleep(0.1)
+    return started, "stamp" if started is not None else "exec call"
 
 
 def aligned(series: Series, done_s: float) -> tuple[Series, float]:
@@ -283,9 +347,8 @@ def aligned(series: Series, done_s: float) -> tuple[Series, float]:
     return Series(points, series.units, series.measurements), shift
 
 
-def _effects(events: list[SwitchEvent], series: Series, workload: Workload[Any],
+def _effects(events: list[SwitchEvent], series: Series, limits_metric: dict[str, str],
              initial: Limits) -> None:
-    limits_metric = workload.series_metric or {}
     end = max((t for pts in series.points.values() for t, _ in pts), default=0.0)
     current = initial
     for position, event in enumerate(events):
@@ -313,6 +376,8 @@ def _effects(events: list[SwitchEvent], series: Series, workload: Workload[Any],
             elif after:
                 effect = time_to_effect(points, event.called_s, after, nxt)
                 note = "" if effect is not None else "not reached"
-            event.effects.append(LimitEffect(limit, old, new, metric, before, after,
-                                             expected(limit, old, new, before), effect, note))
+            wanted = float(new) if metric == cpushare.METRIC else \
+                expected(limit, old, new, before)
+            event.effects.append(LimitEffect(limit, old, new, metric, before, after, wanted,
+                                             effect, note))
         current = current.merged(Limits.model_validate(event.set))

@@ -247,6 +247,16 @@ class Instance(ABC):
     def _switch_one(self, limit: str, value: Any) -> SwitchChange:
         return SwitchChange(limit, value, False, "this tier has no limits and takes no switches")
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU time the instance's CPU limit is charged with so far, as the host counts
+        it (None where the tier does not say; see bench.run.cpushare)."""
+        return None
+
+    def host_clock(self, monotonic_s: float) -> float | None:
+        """A CLOCK_MONOTONIC reading taken inside (bench-stamp), on the host's clock; None
+        where it cannot be put there. Containers and the host share the host's clock."""
+        return monotonic_s
+
     def memory_seen_mb(self) -> float | None:
         """The memory the instance itself sees, where that moves with its limit (a VM's
         MemTotal); None where it does not (a container sees the host's /proc/meminfo)."""
@@ -270,6 +280,9 @@ class Tier(ABC):
     is_baseline: ClassVar[bool] = False  # every cost factor is measured against this tier
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
     own_netns: ClassVar[bool] = True  # per-netns tunables are set inside each instance
+    # a busy thread's CPU time over wall time, read inside, is its CPU share (False: a VM,
+    # whose clock runs on while its vCPU is throttled; selftest measures work rates then)
+    cpu_share_inside: ClassVar[bool] = True
     # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
     # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
     # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);

@@ -1,5 +1,8 @@
 """The host tier: bare metal. Workloads run from the bench image's root through chroot only:
-no namespaces, no cgroup limits, the host's network (loopback).
+no namespaces, no cgroup limits, the host's network (loopback). Its commands stay in bench's
+session (a process group each, for the timeout's kill): with the kernel's autogroup a session of
+their own would be a scheduling group of their own, sharing the CPUs half and half with a
+neighbour whatever the thread counts, a shield bare metal processes do not have.
 
 The one exception is safety: an instance started with a `guard` (an antagonist: fork storm,
 memory hog) runs every process in a cgroup of bench's own, `bench-guard/<run-id>/<name>`,
@@ -90,13 +93,16 @@ class HostInstance(Instance):
     def exec(self, argv: list[str], timeout: float) -> Completed:
         if self.guard is None:  # chroot(8) enters the image: no preexec, so Python can vfork
             chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # instead of copying itself
-            return procs.run([chroot, str(self.root), *argv], timeout=timeout, env=ENV)
-        return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter())
+            return procs.run([chroot, str(self.root), *argv], timeout=timeout, env=ENV,
+                             new_session=False)
+        return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter(),
+                         new_session=False)
 
     def spawn(self, argv: list[str]) -> Background:
         self._spawned += 1
         log = self.workdir / f"{self.spec.role}-bg-{self._spawned}.log"
-        proc = procs.spawn(argv, env=ENV, preexec=self._enter(), stdout_path=str(log))
+        proc = procs.spawn(argv, env=ENV, preexec=self._enter(), stdout_path=str(log),
+                           new_session=False)
         return ProcessBackground(proc, log)
 
     def address(self) -> str:
@@ -228,4 +234,5 @@ class HostTier(Tier):
         return removed
 
     def metadata(self) -> dict[str, Any]:
-        return {"isolation": "none (chroot)", "limits": "none"}
+        return {"isolation": "none (chroot)", "limits": "none",
+                "scheduling": "bench's session (one autogroup for every instance)"}

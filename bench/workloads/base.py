@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict
 from bench.core.samples import Measurement
 from bench.tiers.base import Instance, InstanceSpec, Tier
 
+STAMP = "/usr/local/bin/bench-stamp"  # prints CLOCK_MONOTONIC as its first act (bench/native)
+
 Family = Literal["cpu", "memory", "disk", "network", "startup", "density", "image",
                  "isolation"]
 
@@ -56,6 +58,10 @@ class RunContext:
     raw_dir: Path
     run_key: str
     raw_files: list[str] = field(default_factory=list)
+    # a switch run: the file inside the instance that the tool's start stamp goes to, and
+    # whether its output goes to <start_stamp>.out as well while it runs (see tool)
+    start_stamp: str | None = None
+    live_output: bool = False
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -74,6 +80,18 @@ class RunContext:
         else:
             path.write_text(text)
         self.raw_files.append(safe)
+
+    def tool(self, argv: list[str]) -> list[str]:
+        """argv as a series run starts it. In a switch run: after bench-stamp has written the
+        instance's clock to `start_stamp`, and with `live_output` its output (what it prints
+        as well) in <start_stamp>.out while it runs, so that the switches' clock can start
+        with the tool wherever the instance is slow to get it going (bench.run.switches)."""
+        if self.start_stamp is None:
+            return argv
+        script = f'{STAMP} > "$0" || exit 1; exec "$@"'
+        if self.live_output:
+            script = f'{STAMP} > "$0" || exit 1; "$@" > "$0.out"; s=$?; cat "$0.out"; exit $s'
+        return ["sh", "-c", script, self.start_stamp, *argv]
 
     def main(self) -> Instance:
         assert self.instance is not None
@@ -95,6 +113,14 @@ class Workload(ABC, Generic[P]):
     # switch runs: the series metric a limit's switch shows in (limit -> metric); None: the
     # workload reports no time series
     series_metric: ClassVar[dict[str, str] | None] = None
+    series_live: ClassVar[bool] = False  # its tool prints the points as it goes (first_point)
+
+    def first_point(self, output: str) -> float | None:
+        """A series tool that prints its points as it goes: the tool's own time of the first
+        point in what it has printed so far (None: none yet). A switch run starts its clock
+        at the tool's t=0 seen so (bench.run.switches); None here for a tool that prints
+        its points only at the end (series_live False)."""
+        return None
 
     def before_series(self, ctx: RunContext, params: P) -> None:
         """Set-up a switch run does before its clock starts (e.g. laying out a file), so that

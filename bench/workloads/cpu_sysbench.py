@@ -57,6 +57,7 @@ class SysbenchCpu(Workload[SysbenchParams]):
     params_model = SysbenchParams
     tools = ("sysbench", "nproc")
     series_metric: ClassVar[dict[str, str] | None] = {"cpus": "events_per_s"}
+    series_live: ClassVar[bool] = True
 
     def estimate_seconds(self, params: SysbenchParams) -> float:
         return params.seconds + 0.3
@@ -67,8 +68,8 @@ class SysbenchCpu(Workload[SysbenchParams]):
         if threads == 0:
             threads = int(instance.exec(["nproc"], timeout=ctx.remaining()).stdout.strip())
         done = instance.exec(
-            ["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds}",
-             f"--cpu-max-prime={params.max_prime}", *extra, "run"],
+            ctx.tool(["sysbench", "cpu", f"--threads={threads}", f"--time={params.seconds}",
+                      f"--cpu-max-prime={params.max_prime}", *extra, "run"]),
             timeout=ctx.remaining(),
         )
         ctx.save_raw("sysbench.txt", done.stdout)
@@ -76,6 +77,10 @@ class SysbenchCpu(Workload[SysbenchParams]):
 
     def run(self, ctx: RunContext, params: SysbenchParams) -> list[Measurement]:
         return parse_sysbench_cpu(self._run(ctx, params, []))
+
+    def first_point(self, output: str) -> float | None:
+        points = parse_sysbench_intervals(output)  # sysbench flushes each interval line
+        return points[0][0] if points else None
 
     def before_series(self, ctx: RunContext, params: SysbenchParams) -> None:
         ctx.main().exec(["sysbench", "--version"], timeout=ctx.remaining())  # a warm start

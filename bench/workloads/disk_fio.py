@@ -24,6 +24,9 @@ class FioParams(Params):
     iodepth: int = Field(16, ge=1, le=1024)
     ioengine: Literal["libaio", "psync", "io_uring"] = "libaio"
     end_fsync: bool = True
+    io_limit_mb: int | None = Field(None, ge=1, le=1 << 20, description=(
+        "total MiB the job may move: it ends there or at runtime_s, whichever comes first"))
+    rate_mb_s: int | None = Field(None, ge=1, le=1 << 20, description="bandwidth cap, MiB/s")
 
     @property
     def block_size(self) -> str:
@@ -46,7 +49,8 @@ def parse_fio_json(text: str, rw: str) -> list[Measurement]:
     if job.get("error"):
         raise ParseError(f"fio job failed with error {job['error']}.", "see raw/.")
     side: dict[str, Any] = job["write" if "write" in rw else "read"]
-    meta = {"fio_version": data.get("fio version"), "runtime_ms": side.get("runtime")}
+    meta = {"fio_version": data.get("fio version"), "runtime_ms": side.get("runtime"),
+            "io_MiB": side["io_bytes"] / (1 << 20) if "io_bytes" in side else None}
     found = [
         Measurement(metric="bandwidth_MBps", value=side["bw_bytes"] / 1e6, unit="MB/s",
                     direction="higher", metadata=meta),
@@ -80,10 +84,15 @@ def fio_argv(params: FioParams, scratch: str) -> list[str]:
         f"--filename={scratch}/bench-fio-{kind}-{params.size_mb}m.dat",
         f"--rw={params.rw}", f"--bs={params.block_size}", f"--direct={int(params.direct)}",
         f"--size={params.size_mb}m", f"--runtime={round(params.runtime_s * 1000)}ms",
-        "--time_based",
         f"--ioengine={params.ioengine}", f"--iodepth={params.iodepth}",
         "--invalidate=1", "--output-format=json",
     ]
+    # time_based loops over the file until the runtime ends, whatever io_size says; without
+    # it, fio wraps around the file until io_size bytes are moved or the runtime ends.
+    argv.append("--time_based" if params.io_limit_mb is None else
+                f"--io_size={params.io_limit_mb}m")
+    if params.rate_mb_s is not None:
+        argv.append(f"--rate={params.rate_mb_s}m")  # fio's default kb_base: m is MiB
     if "write" in params.rw and params.end_fsync:
         argv.append("--end_fsync=1")
     return argv
@@ -139,7 +148,7 @@ class Fio(Workload[FioParams]):
         instance = ctx.main()
         scratch = instance.scratch_dir()
         argv = [*fio_argv(params, scratch), *extra]
-        done = instance.exec(argv, timeout=ctx.remaining())
+        done = instance.exec(ctx.tool(argv), timeout=ctx.remaining())
         if not keep:
             return []
         ctx.save_raw("fio.json", done.stdout)

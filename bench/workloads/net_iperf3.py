@@ -96,7 +96,7 @@ class Iperf3(Workload[Iperf3Params]):
                 argv.append("-R")
             while True:  # the server may still be binding: retry refused connections
                 try:
-                    done = ctx.main().exec(argv, timeout=ctx.remaining())
+                    done = ctx.main().exec(ctx.tool(argv), timeout=ctx.remaining())
                 except CommandError as exc:
                     if "refused" not in exc.stderr + str(exc) or ctx.remaining() < params.seconds:
                         raise

@@ -15,9 +15,7 @@ from pydantic import Field
 
 from bench.core.errors import BenchError, CommandError, ParseError
 from bench.core.samples import Measurement
-from bench.workloads.base import Params, RunContext, Workload
-
-STAMP = "/usr/local/bin/bench-stamp"
+from bench.workloads.base import STAMP, Params, RunContext, Workload
 
 
 class StartupParams(Params):

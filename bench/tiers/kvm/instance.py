@@ -308,6 +308,15 @@ class KvmInstance(Instance):
     def memory_seen_mb(self) -> float | None:
         return self.live.guest_memtotal_mb()
 
+    def cpu_seconds(self) -> float | None:
+        """The vCPU threads' CPU time (what the per-vCPU quota caps; QEMU's own threads are
+        not charged), from /proc on the host."""
+        return self.live.vcpu_seconds()
+
+    def host_clock(self, monotonic_s: float) -> float | None:
+        """The guest's own clock, through the offset measured when it became ready."""
+        return self.sync.to_host(monotonic_s) if self.sync is not None else None
+
     def host_link(self) -> str | None:
         """The host side of the guest's NIC (its tap): what the host sends the guest leaves
         through it."""
@@ -319,6 +328,17 @@ class KvmInstance(Instance):
             return None
         used = host_memory([self.pid])
         return used.pss if used.processes else None
+
+    def memory_report(self) -> dict[str, int]:
+        """The QEMU process's PSS (`usage`) and libvirt's memory stats in bytes
+        (`libvirt_actual`, `libvirt_rss`; the guest's own view, `libvirt_unused` and the
+        rest, only with a balloon that reports them)."""
+        found = super().memory_report()
+        if self.domain is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                found |= {f"libvirt_{key}": value * 1024 for key, value
+                          in self.domain.memoryStats().items() if key != "last_update"}
+        return found
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)

@@ -143,18 +143,35 @@ class GuestLimits:
         return SwitchChange(limit, value, True,
                             "libvirt setSchedulerParameters vcpu_quota (per vCPU thread)")
 
-    def _vcpu_groups(self) -> list[Path]:
-        """The cgroup v1 cpu groups of the QEMU threads that run vCPUs ("CPU n/TCG|KVM")."""
+    def _vcpu_tasks(self) -> list[Path]:
+        """/proc/<qemu>/task/<tid> of the QEMU threads that run vCPUs ("CPU n/TCG|KVM")."""
         pid = self.instance.pid
+        found = []
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    if (task / "comm").read_text().startswith("CPU "):
+                        found.append(task)
+        return found if pid is not None else []
+
+    def vcpu_seconds(self) -> float | None:
+        """The vCPU threads' time on a CPU (schedstat: nanoseconds, where /stat has ticks)."""
+        tasks = self._vcpu_tasks()
+        used = 0
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                used += int((task / "schedstat").read_text().split()[0])
+        return used / 1e9 if tasks else None
+
+    def _vcpu_groups(self) -> list[Path]:
+        """The cgroup v1 cpu groups of the vCPU threads."""
         root = next((Path(p) for p in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu")
                      if Path(p, "cpu.cfs_quota_us").exists()), None)
-        if pid is None or root is None:
+        if root is None:
             return []
         found = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        for task in self._vcpu_tasks():
             with contextlib.suppress(OSError):
-                if not (task / "comm").read_text().startswith("CPU "):
-                    continue
                 for line in (task / "cgroup").read_text().splitlines():
                     _, controllers, rel = line.split(":", 2)
                     if "cpu" in controllers.split(","):

@@ -14,6 +14,7 @@ import psutil
 from bench.core.errors import TierUnavailable
 from bench.core.lazy import lazy
 from bench.tiers.kvm import domxml
+from bench.tune import firewall, hostnet
 
 if TYPE_CHECKING:
     import libvirt
@@ -25,14 +26,36 @@ NETWORK_PREFIX = "bench-kvm-"
 SUBNETS = [IPv4Network(f"192.168.{n}.0/24") for n in range(160, 250)]
 
 
-def make_network(conn: libvirt.virConnect, run_id: str) -> tuple[str, str, IPv4Network]:
-    """Define and start the run's NAT network; (network name, bridge, subnet)."""
-    name = f"{NETWORK_PREFIX}{run_id}"
-    bridge = "bk" + hashlib.sha256(run_id.encode()).hexdigest()[:10]
-    subnet = free_subnet(conn)
-    network = conn.networkDefineXML(domxml.network_xml(name, bridge, subnet))
-    network.create()
-    return name, bridge, subnet
+class RunNetwork:
+    """The run's NAT network, with the host settings it changes journaled first (bench/tune):
+    net.ipv4.ip_forward, which libvirt turns on for a NAT network and never back, and the
+    firewall rules libvirt adds for the network's bridge and subnet (`bench cleanup` removes
+    both after a kill, once the network is destroyed)."""
+
+    def __init__(self, conn: libvirt.virConnect, run_id: str) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.name = f"{NETWORK_PREFIX}{run_id}"
+        self.bridge = "bk" + hashlib.sha256(run_id.encode()).hexdigest()[:10]
+        self.subnet: IPv4Network | None = None
+        self.forwarding = hostnet.Forwarding(f"kvm-{run_id}")
+        self.rules: firewall.RunRules | None = None
+
+    def create(self) -> None:
+        self.subnet = subnet = free_subnet(self.conn)
+        self.forwarding.enable()  # before libvirt does it, unjournaled
+        self.rules = firewall.RunRules("kvm", self.run_id)
+        self.rules.watch(self.bridge, str(subnet))
+        network = self.conn.networkDefineXML(domxml.network_xml(self.name, self.bridge, subnet))
+        network.create()
+        self.rules.adopt()
+
+    def release(self) -> list[str]:
+        """After the network is destroyed: rules libvirt left, and forwarding, if no other user
+        needs it."""
+        removed = self.rules.remove() if self.rules is not None else []
+        self.rules = None
+        return removed + self.forwarding.release()
 
 
 def free_subnet(conn: libvirt.virConnect) -> IPv4Network:

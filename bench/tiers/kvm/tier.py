@@ -78,6 +78,7 @@ from bench.tiers.kvm.domxml import CacheMode, DomainConfig
 from bench.tiers.kvm.instance import KvmInstance
 from bench.tiers.kvm.net import NETWORK_PREFIX
 from bench.tiers.kvm.runlock import hold_run_lock, lock_path, run_is_live
+from bench.tune import firewall, hostnet
 
 if TYPE_CHECKING:
     import libvirt
@@ -94,7 +95,6 @@ def work_root() -> Path:
     return settings().work_dir
 
 
-
 class KvmTier(Tier):
     name = "kvm"
     runs_own_kernel = True
@@ -105,6 +105,7 @@ class KvmTier(Tier):
     start_estimate_s = 60.0  # boot to a ready agent, then a clean shutdown, under TCG
     live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
+    cpu_share_inside = False  # the guest's clock runs on while its vCPU is throttled
 
     def cache_lab(self, instance: Instance, names: list[str],
                   log: Callable[[str], None]) -> Any:
@@ -127,6 +128,7 @@ class KvmTier(Tier):
         self.accel_mode: accel_mod.Mode = conf.kvm_accel
         self._conn: libvirt.virConnect | None = None
         self._seq = itertools.count(1)
+        self.network: kvm_net.RunNetwork | None = None
         self.network_name: str | None = None
         self.bridge = ""
         self.subnet: IPv4Network | None = None
@@ -240,15 +242,18 @@ class KvmTier(Tier):
             console.unlink(missing_ok=True)
 
     def _make_network(self) -> None:
-        run_id = self.ctx.run_id
-        self.network_name = f"{NETWORK_PREFIX}{run_id}"
+        self.network = kvm_net.RunNetwork(self.conn, self.ctx.run_id)
+        self.network_name, self.bridge = self.network.name, self.network.bridge
         try:
-            self.network_name, self.bridge, self.subnet = kvm_net.make_network(self.conn, run_id)
-        except libvirt.libvirtError as exc:
-            self._remove(run_id)
+            self.network.create()
+        except BaseException as exc:
+            self._remove(self.ctx.run_id)
+            if not isinstance(exc, libvirt.libvirtError):
+                raise
             raise TierUnavailable(f"libvirt could not create network {self.network_name}: "
                                   f"{exc.get_error_message()}",
                                   "run `bench cleanup`; dnsmasq-base must be installed.") from exc
+        self.subnet = self.network.subnet
 
     def make_scratch(self, path: Path) -> None:
         with open(path, "wb") as fh:
@@ -281,16 +286,18 @@ class KvmTier(Tier):
         return KvmInstance(spec, self, f"bench-{self.ctx.run_id}-{spec.role}-{next(self._seq)}")
 
     def finish(self) -> None:
-        if hasattr(self, "ctx"):
-            self._remove(self.ctx.run_id)
-        if self._lock is not None:
-            lock_path(self.ctx.run_id).unlink(missing_ok=True)
-            self._lock.close()  # releases the run's lock
-            self._lock = None
-        if self._conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._conn.close()
-            self._conn = None
+        try:
+            if hasattr(self, "ctx"):
+                self._remove(self.ctx.run_id)
+        finally:
+            if self._lock is not None:
+                lock_path(self.ctx.run_id).unlink(missing_ok=True)
+                self._lock.close()  # releases the run's lock
+                self._lock = None
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
 
     def cleanup(self, run_id: str | None) -> list[str]:
         """Destroy and undefine our domains (recognised by their <metadata>), our networks
@@ -343,7 +350,11 @@ class KvmTier(Tier):
         for lock in sorted(lock_path("*").parent.glob(f"{run_id or '*'}.lock")):
             if lock.stem != own and wanted(lock.stem) and not run_is_live(lock.stem):
                 lock.unlink(missing_ok=True)  # a dead run's lock file
-        return removed
+        # host settings once the network is gone: this run's own, then the dead runs'
+        if self.network is not None and self.network.run_id == run_id:
+            removed += self.network.release()
+            self.network = None
+        return removed + firewall.recover("kvm", run_id) + hostnet.recover()
 
     def support_memory(self) -> HostMemory | None:
         """PSS of libvirtd and virtlogd, and of this run's dnsmasq."""

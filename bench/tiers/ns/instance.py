@@ -109,7 +109,7 @@ class NsInstance(Instance):
             root=RootPlan(self.lower, str(upper), str(work), str(merged),
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
-            keep_caps=sorted(self.tier.keep_caps))
+            keep_caps=sorted(self.tier.keep_caps), seccomp=self.tier.seccomp_path)
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
@@ -223,7 +223,8 @@ class NsInstance(Instance):
             raise NsStartError(f"Container {self.name} is not a running long-lived instance, "
                                "so nothing can be run in it.",
                                "start it without a command (InstanceSpec.command=None).")
-        return enter(self.ns_fds, [str(f) for f in self.cgroup.join_files], self.tier.keep_caps)
+        return enter(self.ns_fds, [str(f) for f in self.cgroup.join_files], self.tier.keep_caps,
+                     self.tier.seccomp_program)
 
     def exec(self, argv: list[str], timeout: float) -> Completed:
         nsinit = self.tier.nsinit
@@ -233,8 +234,9 @@ class NsInstance(Instance):
         join = [str(f) for f in self.cgroup.join_files]
         spec = ",".join(f"{name}={fd}" for name, fd in self.ns_fds.items())
         keep = hex(sum(1 << c for c in self.tier.keep_caps))
-        return procs.run([nsinit, "--enter", keep, spec, str(len(join)), *join, "--", *argv],
-                         timeout=timeout, env=ENV, pass_fds=list(self.ns_fds.values()))
+        filtered = ["--seccomp", self.tier.seccomp_path] if self.tier.seccomp_path else []
+        return procs.run([nsinit, *filtered, "--enter", keep, spec, str(len(join)), *join, "--",
+                          *argv], timeout=timeout, env=ENV, pass_fds=list(self.ns_fds.values()))
 
     def spawn(self, argv: list[str]) -> Background:
         self._spawned += 1

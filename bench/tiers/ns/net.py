@@ -1,9 +1,10 @@
 """Networking of the `ns` tier, like Docker's default bridge: one bridge per run with a /24 and
 NAT to the outside, and one veth pair per container (host end on the bridge, `eth0` inside).
 
-Links are made over netlink (pyroute2); NAT and forwarding rules with iptables argv. Every link
-carries the alias `bench:<run-id>` and every rule the comment `bench:<run-id>`, so `cleanup`
-finds what a killed run left.
+Links are made over netlink (pyroute2); NAT and forwarding rules with iptables argv, each
+journaled before it is added (bench/tune/firewall.py). Every link carries the alias
+`bench:<run-id>` and every rule the comment `bench:<run-id>`, so `cleanup` finds what a killed
+run left.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import shlex
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from bench.core import hostlock, procs
+from bench.core import hostlock
 from bench.core.errors import BenchError, CommandError
 from bench.core.lazy import lazy
 from bench.kernel import linuxns
 from bench.tiers.ns.runtime.netlink import LOOPBACK_INDEX, PEER_INDEX, Netlink
-from bench.tune import hostnet
+from bench.tune import firewall, hostnet
 
 if TYPE_CHECKING:
     import pyroute2
@@ -57,27 +58,16 @@ def in_netns(ns_fd: int) -> Iterator[None]:
             linuxns.setns(home.fileno(), linuxns.CLONE_NEWNET)
 
 
-def _iptables(*args: str) -> None:
-    procs.run(["iptables", "-w", "5", *args], timeout=30)
-
-
 def _rules(run_id: str | None) -> list[tuple[str, list[str]]]:
-    """(table, iptables -D arguments) of every rule whose comment names the run (or any run)."""
+    """(table, rule) of every rule whose comment names the run (or any dead run)."""
     found = []
     for table in ("nat", "filter"):
-        try:
-            listing = procs.run(["iptables", "-w", "5", "-t", table, "-S"], timeout=30).stdout
-        except (CommandError, OSError):
-            continue
-        for line in listing.splitlines():
-            if not line.startswith("-A "):
-                continue
-            words = shlex.split(line)
+        for words in firewall.listing(table):
             comment = words[words.index("--comment") + 1] if "--comment" in words else ""
             if comment == label(run_id) if run_id else (
                     comment.startswith("bench:")
                     and not hostlock.run_is_live(comment.removeprefix("bench:"))):
-                found.append((table, ["-D", *words[1:]]))
+                found.append((table, words))
     return found
 
 
@@ -95,6 +85,7 @@ class Bridge:
         self.free = [str(h) for h in reversed(hosts[1:])]
         self.counter = 0
         self.forwarding = hostnet.Forwarding(f"ns-{run_id}")
+        self.rules: firewall.RunRules | None = None
         self.index = 0
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
@@ -123,15 +114,18 @@ class Bridge:
                           prefixlen=self.subnet.prefixlen)
             self.ipr.link("set", index=index, state="up")
             self.forwarding.enable()  # journaled; restored when no bench user is left
+            self.rules = firewall.RunRules("ns", self.run_id)  # each rule journaled first
             comment = ["-m", "comment", "--comment", label(self.run_id)]
             subnet = str(self.subnet)
-            _iptables("-t", "nat", "-A", "POSTROUTING", "-s", subnet, "!", "-o",
-                      self.name, "-j", "MASQUERADE", *comment)
+            self.rules.add("nat", ["POSTROUTING", "-s", subnet, "!", "-o", self.name,
+                                   "-j", "MASQUERADE", *comment])
             # only the run's own traffic: out of its bridge from its subnet, and back in only
             # as replies to connections its containers opened
-            _iptables("-I", "FORWARD", "-i", self.name, "-s", subnet, "-j", "ACCEPT", *comment)
-            _iptables("-I", "FORWARD", "-o", self.name, "-d", subnet, "-m", "conntrack",
-                      "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT", *comment)
+            self.rules.add("filter", ["FORWARD", "-i", self.name, "-s", subnet, "-j", "ACCEPT",
+                                      *comment], insert=True)
+            self.rules.add("filter", ["FORWARD", "-o", self.name, "-d", subnet, "-m",
+                                      "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j",
+                                      "ACCEPT", *comment], insert=True)
         except Exception as exc:
             self.remove()
             raise NetworkError(f"Making the bridge {self.name} failed: {exc}",
@@ -170,9 +164,9 @@ class Bridge:
             self.free.append(address)
 
     def remove(self) -> None:
-        for table, args in _rules(self.run_id):
-            with contextlib.suppress(CommandError, OSError):
-                _iptables("-t", table, *args)
+        if self.rules is not None:
+            self.rules.remove()
+            self.rules = None
         for index in self.ipr.link_lookup(ifname=self.name):
             with contextlib.suppress(Exception):
                 self.ipr.link("del", index=index)
@@ -199,12 +193,13 @@ def _bench_links(run_id: str | None, spare_live: bool = False) -> list[tuple[int
 
 
 def cleanup(run_id: str | None) -> list[str]:
-    """Remove the veths, bridges and NAT rules a run (or every run) left behind."""
-    removed = []
-    for table, args in _rules(run_id):
+    """Remove the veths, bridges and NAT rules a run (or every run) left behind: the rules its
+    journal lists, and any rule carrying its comment (runs from before the journal)."""
+    removed = firewall.recover("ns", run_id)
+    for table, rule in _rules(run_id):
         with contextlib.suppress(CommandError, OSError):
-            _iptables("-t", table, *args)
-            removed.append(f"iptables -t {table} {' '.join(args[1:])}")
+            firewall.iptables("-t", table, "-D", *rule)
+            removed.append(f"iptables -t {table} -D {shlex.join(rule)}")
     links = _bench_links(run_id, spare_live=True)
     with pyroute2.IPRoute() as ipr:
         for index, name in sorted(links, key=lambda link: link[1].endswith("br")):

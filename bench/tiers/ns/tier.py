@@ -14,7 +14,9 @@ running instance with setns (bench.tiers.ns.runtime.init.enter).
 
 Settings (environment): `BENCH_NS_CAPS` = comma-separated capability names to keep
 (`all` keeps every one; default Docker's set); `BENCH_NS_RUNTIME=python` = use the Python
-runtime even where gcc is installed.
+runtime even where gcc is installed; `BENCH_NS_SECCOMP` = `docker` (default: Docker's default
+seccomp profile, compiled for the kept capabilities and loaded by the init at `ready` and by
+each exec, so ns and docker run under the same filter) or `none`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bench.core import hostlock
 from bench.core.errors import BenchError
 from bench.core.limits import Limits
 from bench.core.settings import settings
-from bench.kernel import cgroups, linuxns, sysmount
+from bench.kernel import cgroups, linuxns, seccomp, sysmount
 from bench.tiers import switching
 from bench.tiers.base import (
     Availability,
@@ -63,7 +65,7 @@ class NsTier(Tier):
     name = "ns"
     description = ("own containers: clone/unshare, setns, pivot_root, overlayfs, cgroups, "
                    "veth + bridge + NAT (no Docker)")
-    packages = ("iptables", "util-linux", "iproute2")
+    packages = ("iptables", "util-linux", "iproute2", "libseccomp2")
     live_switches = switching.CONTAINER_SWITCHES
     warm_start = True  # start_prepared: the init holds before the command until go()
 
@@ -73,6 +75,8 @@ class NsTier(Tier):
         self.instances: list[NsInstance] = []
         self.counter = 0
         self._filesystems: dict[int, dict[str, Any]] = {}  # st_dev -> sysmount.filesystem_of
+        self.seccomp_program: bytes | None = None  # set at prepare (BENCH_NS_SECCOMP)
+        self.seccomp_path: str | None = None
 
     def available(self) -> Availability:
         if os.geteuid() != 0:
@@ -97,6 +101,14 @@ class NsTier(Tier):
 
     def prepare(self, ctx: TierContext) -> None:
         super().prepare(ctx)
+        if settings().ns_seccomp == "docker":  # first: nothing to undo if it fails
+            self.seccomp_program = seccomp.compile_bpf(seccomp.profile(), self.capabilities)
+            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            path = ctx.workdir / "seccomp.bpf"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.seccomp_program)
+            self.seccomp_path = str(path)
         self.hierarchies = cgroups.detect()
         self.run_group = cgroups.Cgroup(self.hierarchies, f"{CGROUP_ROOT}/{ctx.run_id}")
         self.run_group.create(Limits())
@@ -253,8 +265,11 @@ class NsTier(Tier):
         return {"isolation": "namespaces: mnt pid uts ipc net cgroup (no user ns)",
                 "cgroup_version": h.version if h else None,
                 "capabilities": sorted(self.capabilities), "no_new_privs": True,
-                "seccomp": "none (Docker applies its default profile: ns and docker differ "
-                           "in the system calls they allow)",
+                "seccomp": ("Docker's default profile (docker.io 20.10.24, from Debian's "
+                            "golang-github-docker-docker-dev) for the kept capabilities"
+                            if self.seccomp_path else
+                            "none (Docker applies its default profile: ns and docker differ "
+                            "in the system calls they allow)"),
                 "root": "overlayfs over the bench image",
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),

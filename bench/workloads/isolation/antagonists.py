@@ -82,9 +82,7 @@ def run(kind: Kind, ctx: RunContext, seconds: float, threads: int,
         # two 64 MiB buffers: far past the last-level cache, well inside a small memory limit
         found = _cell("memory", {"test": "bandwidth", "size_mb": 64, "seconds": seconds})(ctx)
     elif kind in ("disk_direct", "disk_buffered"):
-        found = _cell("disk.fio", {"rw": "randwrite", "direct": kind == "disk_direct",
-                                   "size_mb": min(write_mb, MAX_WRITE_MB),
-                                   "runtime_s": seconds, "end_fsync": False})(ctx)
+        return _writer(ctx, kind == "disk_direct", seconds, write_mb)
     elif kind == "net":
         found = _cell("network.iperf3", {"seconds": min(whole, int(MAX_FLOOD_S)),
                                          "parallel": threads})(ctx)
@@ -117,3 +115,17 @@ def _memhog(ctx: RunContext, seconds: float) -> Measurement:
                        unit="MB", direction="higher",
                        metadata={"target_mb": target, "oom_killed": False,
                                  "mb_per_s": out["mb_per_s"]})
+
+
+def _writer(ctx: RunContext, direct: bool, seconds: float, write_mb: int) -> Measurement:
+    """fio randwrite, at most MAX_WRITE_MB in all (not only its file: buffered, it wrote
+    1.7 GiB in 4 s here), spread over the window by a rate cap so it lasts as long as the
+    victim runs (buffered writes reach the page cache at GB/s)."""
+    rate = max(1, int(MAX_WRITE_MB / seconds))
+    head = _cell("disk.fio", {"rw": "randwrite", "direct": direct,
+                              "size_mb": min(write_mb, MAX_WRITE_MB), "runtime_s": seconds,
+                              "end_fsync": False, "io_limit_mb": MAX_WRITE_MB,
+                              "rate_mb_s": rate})(ctx)[0]
+    return head.model_copy(update={
+        "metric": f"antagonist_{head.metric}",
+        "metadata": head.metadata | {"io_cap_MiB": MAX_WRITE_MB, "rate_cap_MiBps": rate}})

@@ -10,6 +10,7 @@ The text each item `shows` (metadata) is what goes into the matrix of the summar
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,12 @@ def audit(seen: dict[str, Any], host: dict[str, Any], limits: Limits | None) -> 
                       f"{seen['cap_bnd_count']} caps (CapBnd {seen['cap_bnd']})"))
     mode = {0: "disabled", 1: "strict", 2: "filter"}.get(seen["seccomp"], str(seen["seccomp"]))
     items.append(Item("vis.seccomp_filter", _flag(seen["seccomp"] == 2), f"seccomp {mode}"))
+    refused = seen.get("keyctl_errno")
+    if refused is not None:  # None: an architecture the probe has no number for
+        items.append(Item("vis.keyctl_allowed", _flag(shared and refused != errno.EPERM),
+                          "keyctl (outside Docker's seccomp profile) " + (
+                              "refused (EPERM)" if refused == errno.EPERM else "allowed")
+                          + ("" if shared else f" ({kernel})")))
     items.append(Item("vis.no_new_privs", _flag(seen["no_new_privs"] == 1),
                       f"no_new_privs {seen['no_new_privs']}"))
     items.append(Item("vis.lsm_confined", _flag(seen["lsm"] not in ("none", "unconfined")),

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, NoReturn
 
-from bench.kernel import linuxns
+from bench.kernel import linuxns, seccomp
 from bench.tiers.ns.runtime.rootfs import RootPlan, make_root
 
 EXIT_SETUP_FAILED = 125
@@ -48,6 +48,7 @@ class InitPlan:
     command: list[str] | None
     env: dict[str, str]
     keep_caps: list[int]
+    seccomp: str | None = None  # a BPF program's file (bench.kernel.seccomp), loaded at ready
     fds: dict[str, int] = field(default_factory=dict)  # FD_NAMES -> descriptor, set on arrival
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,7 +62,7 @@ class InitPlan:
                    cgroup_setup=[(p, v) for p, v in data["cgroup_setup"]],
                    root=RootPlan(**data["root"]), hostname=data["hostname"],
                    command=data["command"], env=data["env"], keep_caps=data["keep_caps"],
-                   fds=fds)
+                   seccomp=data.get("seccomp"), fds=fds)
 
 
 def _report(fd: int, name: str, detail: str = "") -> None:
@@ -139,6 +140,7 @@ def run_init(plan: InitPlan) -> NoReturn:
     report = plan.fds["report"]
     try:
         _report(report, "clone")
+        program = _read(plan.seccomp) if plan.seccomp else None  # a host path: before the root
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
@@ -165,6 +167,8 @@ def run_init(plan: InitPlan) -> NoReturn:
         # (the zygote cut the bounding set once, for every container it forks)
         linuxns.set_capabilities(set(plan.keep_caps))
         linuxns.no_new_privs()
+        if program:
+            seccomp.load(program)
         _report(report, "ready")
         if os.read(plan.fds["go"], 16) != b"go":
             os._exit(EXIT_SETUP_FAILED)
@@ -180,8 +184,13 @@ def run_init(plan: InitPlan) -> NoReturn:
         os._exit(EXIT_SETUP_FAILED)
 
 
-def enter(ns_fds: dict[str, int], cgroup_join: list[str],
-          keep_caps: set[int]) -> Callable[[], None]:
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def enter(ns_fds: dict[str, int], cgroup_join: list[str], keep_caps: set[int],
+          seccomp_program: bytes | None = None) -> Callable[[], None]:
     """A subprocess preexec that runs the command inside a running container.
 
     In the forked child: join the container's cgroup, setns into each of its namespaces, then
@@ -208,5 +217,7 @@ def enter(ns_fds: dict[str, int], cgroup_join: list[str],
         os.chdir("/")
         linuxns.drop_capabilities(keep_caps)
         linuxns.no_new_privs()
+        if seccomp_program:
+            seccomp.load(seccomp_program)
 
     return preexec

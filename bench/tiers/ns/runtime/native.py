@@ -76,7 +76,8 @@ def spawn_init(path: str, argv: list[str], env: dict[str, str]) -> int:
 def plan_argv(plan: InitPlan, fds: dict[str, int]) -> list[str]:
     """bench-nsinit's command line for `plan` (see the head of nsinit.c)."""
     root = plan.root
-    argv = [NAME, *(str(fds.get(n, -1)) for n in ("report", "go", "stdout", "stderr", "netns")),
+    argv = [NAME, *(["--seccomp", plan.seccomp] if plan.seccomp else []),
+            *(str(fds.get(n, -1)) for n in ("report", "go", "stdout", "stderr", "netns")),
             hex(plan.flags), plan.hostname, hex(sum(1 << c for c in plan.keep_caps)),
             root.lower, root.upper, root.work, root.merged, root.scratch_bind or "",
             str(len(plan.cgroup_setup))]
