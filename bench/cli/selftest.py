@@ -13,7 +13,7 @@ measured with the same tools; each must come out within 5% of what was injected:
 - io_read_bps / io_write_bps: a block I/O throttle must cap fio's O_DIRECT sequential read or
   write (the disk.fio workload's own command line);
 - network: a tbf qdisc of 200 Mbit/s on the host side of the instance's link must cap iperf3
-  (half of what the link carries unshaped, where that is less than 400 Mbit/s). tbf counts
+  (a quarter of what the link carries unshaped, where that is under 800 Mbit/s). tbf counts
   whole Ethernet frames, iperf3 counts TCP payload, so the expected goodput is the rate x MSS /
   frame size (1448 / 1514 at MTU 1500 with TCP timestamps).
 

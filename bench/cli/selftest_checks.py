@@ -282,10 +282,11 @@ def iperf3_rate(client: Run, address: str, port: int) -> float:
 
 
 def tbf_rate(rate: Callable[[], float]) -> int:
-    """The tbf rate to check, in Mbit/s: TBF_MBIT, or half of what the path carries unshaped
-    where that is less than twice TBF_MBIT (a TCG guest or a loaded host carried 74 Mbit/s),
-    so that the shaper, not the path, is what caps the rate measured."""
-    return max(10, min(TBF_MBIT, int(rate() / 2e6)))
+    """The tbf rate to check, in Mbit/s: TBF_MBIT, or a quarter of what the path carries
+    unshaped where that is less than 4x TBF_MBIT (a TCG guest carried 74 Mbit/s shaped at 200;
+    one that carried 400 unshaped reached 169 of 191 shaped at 200), so that the shaper, not
+    the path, is what caps the rate measured."""
+    return max(10, min(TBF_MBIT, int(rate() / 4e6)))
 
 
 def net_check(tier: str, rate: Callable[[], float], where: str, mbit: int = TBF_MBIT) -> Check:
