@@ -63,3 +63,11 @@ def test_selftest_measures_each_injected_limit(tmp_path: Path, bench_image: Imag
     for root in cgroups.detect().unique_roots:
         assert not list((root / cgroups.ROOT_NAME).glob("selftest-*"))
     assert not any((tmp_path / "work").glob("selftest-*"))
+
+
+def test_the_shaper_is_checked_at_a_rate_the_path_can_carry() -> None:
+    from bench.cli.selftest_checks import TBF_MBIT, tbf_rate
+
+    assert tbf_rate(lambda: 9.4e9) == TBF_MBIT  # a fast path: the default rate
+    assert tbf_rate(lambda: 420e6) == 105  # a TCG guest's path: a quarter of what it carries
+    assert tbf_rate(lambda: 3e6) == 10

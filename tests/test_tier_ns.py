@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.analysis.paired import check_ratio, paired_ratio
+from bench.analysis.paired import PairedRatio, check_ratio, paired_ratio
 from bench.core.errors import CommandError
 from bench.core.image import Image
 from bench.core.limits import Limits
@@ -238,8 +238,23 @@ def test_half_a_cpu_halves_sysbench(tier: NsTier, started: list[Instance]) -> No
         eps, share = sysbench_events(free)
         return eps / min(1.0, share)  # its rate on a whole CPU: a busy host may not give one
 
-    # interleaved pairs (ABBA), a ratio per pair; one bounded retry, reported
-    check = check_ratio(lambda: paired_ratio(limited, unlimited, pairs=5), 0.5, 0.10)
+    def limited_share() -> float:
+        limited()
+        return shares[-1]
+
+    def free_share() -> float:
+        return min(1.0, sysbench_events(free)[1])
+
+    def measure() -> PairedRatio:
+        if not os.environ.get("BENCH_LANE_GUEST"):
+            return paired_ratio(limited, unlimited, pairs=5)  # interleaved pairs (ABBA)
+        # a TCG guest (the lane's) has no steal time: the host takes its vCPUs away unseen, and
+        # sysbench's events per second move with that (pair ratios of 0.17 to 1.09, run
+        # together or one after the other); the CPU time per wall second the quota grants
+        # does not, so there the effect is measured as that, over an unlimited twin's
+        return paired_ratio(limited_share, free_share, pairs=5)
+
+    check = check_ratio(measure, 0.5, 0.10)  # a ratio per pair; one bounded retry, reported
     print(check.describe())
     assert check.ok, check.describe()
     assert statistics.median(shares[-5:]) == pytest.approx(0.5, rel=0.10), shares
@@ -302,7 +317,9 @@ def test_container_to_container_through_the_bridge(tier: NsTier, started: list[I
                 time.sleep(0.1)
     finally:
         log = iperf.stop()
-    assert json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] > 1e8, log
+    # the lane's TCG guest emulates every instruction: 35-45 Mbit/s through its bridge at load
+    floor = 1e7 if os.environ.get("BENCH_LANE_GUEST") else 1e8
+    assert json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"] > floor, log
     assert client.metadata()["network_path"] == "veth+bridge"
 
 
@@ -444,7 +461,7 @@ def test_cleanup_after_sigkill_of_bench_run(tmp_path: Path, results_dir: Path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_id = ""
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a hang guard: under TCG (the lane) it takes > 120 s
         while time.monotonic() < deadline:
             runs = [p.name for p in results_dir.iterdir() if p.is_dir()]
             if runs and len(list((work / runs[0] / "ns").glob("*/upper"))) >= 2:

@@ -816,3 +816,75 @@ def test_bench_tune_apply_and_restore_from_the_command_line(
     assert done.returncode == 0 and "2 value(s) restored" in done.stdout
     assert read(root, "proc/sys/vm/dirty_background_ratio") == "10"
     assert read(root, "sys/block/vda/queue/read_ahead_kb") == "128"
+
+
+class _BcacheShell(_RecordingShell):
+    """bcache as 6.1 has it: after `detach` the superblock says "no cache" at once, but the
+    kernel refuses `attach` (EINVAL, "already attached") until it has let go of the set."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.state, self.refusals = "clean", refusals
+
+    def read(self, path: str) -> str:
+        return self.state if path.endswith("/state") else ""
+
+    def write(self, path: str, text: str) -> None:
+        super().write(path, text)
+        if path.endswith("/detach"):
+            self.state = "no cache"
+        elif path.endswith("/attach"):
+            if self.refusals:
+                self.refusals -= 1
+                raise OSError(22, "Invalid argument")
+            self.state = "clean"
+
+
+def test_emptying_bcache_attaches_again_once_the_kernel_lets_go(tmp_path: Path) -> None:
+    from bench.tune.cache.emptying import empty_cache
+
+    lab, name = _bcache_lab(tmp_path, "0\n")
+    built = lab.built[name]
+    built.details["cache_set"] = "/sys/fs/bcache/1234-abcd"
+    shell = _BcacheShell(refusals=2)
+    empty_cache(shell, built)
+    attaches = [a for a in shell.argvs if a[0] == "write" and a[1].endswith("/attach")]
+    assert len(attaches) == 3 and attaches[-1][2] == "1234-abcd" and shell.state == "clean"
+
+
+class _SmqShell(_RecordingShell):
+    """dm-cache whose smq policy promotes part of what is missed on each warm-up pass."""
+
+    def __init__(self, misses_per_pass: list[int]) -> None:
+        super().__init__()
+        self.misses_per_pass, self.hits, self.misses = misses_per_pass, 0, 0
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> str:
+        super().run(argv, timeout, check)
+        if argv[-1] == "read" and self.misses_per_pass:  # one pass of the warm-up script
+            missed = self.misses_per_pass.pop(0)
+            self.hits, self.misses = self.hits + 32 - missed, self.misses + missed
+        if argv[:2] == ["dmsetup", "status"]:
+            return (f"0 2097152 cache 8 27/4096 128 10/7936 {self.hits} {self.misses} "
+                    "0 0 0 10 0 1 writeback 2 migration_threshold 2048 smq 0 rw -")
+        return ""
+
+
+def test_warming_reads_until_a_pass_is_served_from_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.tune.cache import state as state_mod
+
+    monkeypatch.setattr(state_mod.time, "sleep", lambda _: None)
+    name = "lvmcache-writeback"
+    recipe, variant = cache.setups()[name]
+    lab = cache.CacheLab("test-warm", tmp_path, state_dir=tmp_path)
+    lab.shell = _SmqShell([32, 20, 6, 0, 0])
+    lab.built[name] = cache.Built(setup=name, recipe=recipe, variant=variant, top="/dev/x",
+                                  mount=tmp_path, slow="/dev/s", fast="/dev/f", dm_name="c",
+                                  details={"options": {}, "cache_meta": "/dev/m"})
+    monkeypatch.setattr(lab, "make_cold", lambda _: None)
+    lab.make_warm(name)
+    assert lab.built[name].details["warm"] == {"passes": 4, "last_pass_miss_ratio": 0.0}
+    lab.shell = _SmqShell([32] * 10)  # a cache that never warms: bounded, and says so
+    lab.make_warm(name, passes=3)
+    assert lab.built[name].details["warm"] == {"passes": 3, "last_pass_miss_ratio": 1.0}

@@ -206,6 +206,7 @@ def test_ssd_cache_setups_build_cache_and_leave_nothing(tmp_path: Path) -> None:
             row.setdefault(f"iops_{state}", []).append(sample["value"])
             meta = sample["metadata"].get("cache", {})
             row[f"counters_{state}"] = meta.get("counters", {})
+            row[f"hits_{state}"] = row.get(f"hits_{state}", 0) + _hits(meta.get("counters", {}))
             row[f"dirty_after_drain_{state}"] = meta.get("dirty_left_after_drain")
         assert not _leftovers(), _leftovers()
     summary = {name: {"iops_cold": statistics.median(row["iops_cold"]),
@@ -219,10 +220,14 @@ def test_ssd_cache_setups_build_cache_and_leave_nothing(tmp_path: Path) -> None:
     for name in CACHES[2:]:  # the caches: warm from the cache, cold from the slow device
         row = summary[name]
         assert row["iops_warm"] >= 3 * row["iops_cold"], (name, summary)
-        assert _hits(row["counters_warm"]) > 0, (name, summary)
+        assert row["hits_warm"] > 0, (name, summary)
         assert row["dirty_after_drain_cold"] == 0 and row["dirty_after_drain_warm"] == 0
 
 
 def _hits(counters: dict[str, int]) -> int:
-    """Read hits of a run, whatever the cache calls them."""
-    return counters.get("cache.cache_hits", counters.get("cache.read_hits", 0))
+    """Read hits of a run. dm-cache and dm-writecache count them as they happen; bcache folds
+    its counters into stats_total only every 300/22 s (13.6 s, longer than a run), so for it the
+    reads its cache (fast) device served during the run count."""
+    if "cache.cache_hits" in counters:
+        return counters.get("fast.read_ios", 0)
+    return counters.get("cache.read_hits", 0)

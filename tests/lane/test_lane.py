@@ -126,6 +126,7 @@ def guest(lane_out: Path) -> Iterator[tuple[KvmTier, KvmInstance, Path]]:
         import libvirt
 
         for disk, target, readonly in ((images, "vdc", True), (lane, "vdd", False)):
+            instance.qemu.give(disk)  # QEMU may run as a user of its own (libvirt-qemu)
             instance.domain.attachDeviceFlags(disk_xml(disk, target, readonly),
                                               libvirt.VIR_DOMAIN_AFFECT_LIVE)
         script = ("for d in vdc vdd; do for i in $(seq 600); do [ -b /dev/$d ] && break; "

@@ -43,12 +43,25 @@ def _reload(sh: Shell, name: str, table: str) -> None:
 
 
 def _reattach_bcache(sh: Shell, built: Built, timeout: float) -> None:
+    """Detach (dirty data is written back first), then attach again.
+
+    The superblock says "no cache" a moment before the kernel lets go of the cache set, and an
+    `attach` in between fails with EINVAL ("already attached"): it is tried again for 30 s."""
     assert built.bcache_dir is not None
     state = str(built.bcache_dir / "state")
     cset = Path(built.details["cache_set"]).name
-    sh.write(str(built.bcache_dir / "detach"), "1")  # writes dirty data back first
+    sh.write(str(built.bcache_dir / "detach"), "1")
     _wait(sh, state, lambda s: s == "no cache", timeout)
-    sh.write(str(built.bcache_dir / "attach"), cset)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sh.write(str(built.bcache_dir / "attach"), cset)
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TuneError(f"bcache {built.top} cannot attach its cache set {cset} again "
+                                f"({exc}).", "look at the kernel log (dmesg).") from exc
+            time.sleep(0.5)
     _wait(sh, state, lambda s: s != "no cache", timeout)
 
 

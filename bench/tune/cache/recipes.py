@@ -31,29 +31,31 @@ class Recipe(BaseModel):
 
 
 class SlowSpec(BaseModel):
+    """The slow device; its values live in tuning/cache/devices.yaml only (no defaults here)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size_mb: int = Field(1024, ge=64)
-    read_bps: int = Field(52428800, ge=1 << 20)
-    write_bps: int = Field(52428800, ge=1 << 20)
-    read_iops: int = Field(100, ge=10)
-    write_iops: int = Field(100, ge=10)
-    delay_ms: int = Field(10, ge=0, le=1000)
-    slow_down: tuple[Literal["blkio-throttle", "dm-delay"], ...] = ("blkio-throttle", "dm-delay")
+    size_mb: int = Field(ge=64)
+    read_bps: int = Field(ge=1 << 20)
+    write_bps: int = Field(ge=1 << 20)
+    read_iops: int = Field(ge=10)
+    write_iops: int = Field(ge=10)
+    delay_ms: int = Field(ge=0, le=1000)
+    slow_down: tuple[Literal["blkio-throttle", "dm-delay"], ...] = Field(min_length=1)
 
 
 class FastSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size_mb: int = Field(512, ge=64)
-    kinds: tuple[Literal["zram", "brd", "tmpfs-loop"], ...] = ("zram", "brd", "tmpfs-loop")
+    size_mb: int = Field(ge=64)
+    kinds: tuple[Literal["zram", "brd", "tmpfs-loop"], ...] = Field(min_length=1)
 
 
 class DeviceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    slow: SlowSpec = Field(default_factory=SlowSpec)
-    fast: FastSpec = Field(default_factory=FastSpec)
+    slow: SlowSpec
+    fast: FastSpec
 
 
 def _yaml(path: Path) -> Any:
@@ -84,6 +86,12 @@ def setups(directory: Path | None = None) -> dict[str, tuple[Recipe, str]]:
 
 
 def device_spec(directory: Path | None = None) -> DeviceSpec:
+    """The slow and fast devices of every cache setup: tuning/cache/devices.yaml, the one
+    source of their sizes and speeds."""
     path = (directory or tuning_dir() / "cache") / "devices.yaml"
-    return DeviceSpec.model_validate(_yaml(path) if path.exists() else {})
+    try:
+        return DeviceSpec.model_validate(_yaml(path))
+    except ValueError as exc:
+        raise TuneError(f"{path} is not a valid device spec: {exc}",
+                        "restore tuning/cache/devices.yaml from bench's checkout.") from None
 
