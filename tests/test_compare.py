@@ -217,8 +217,10 @@ def test_real_runs_same_and_injected_cpu_quota_slower(tmp_path: Path, results_di
           f"{host['base_median']:.0f} -> {host['new_median']:.0f} ({host['change']:+.1%}), "
           f"{host['verdict']}")
     assert host["verdict"] == "slower" and host["regression"]
-    # half a CPU halves a one-thread sysbench: new/base about 0.5, i.e. about 100% slower
-    assert 0.40 <= host["new_median"] / host["base_median"] <= 0.60, host
+    # half a CPU halves a one-thread sysbench: new/base about 0.5, i.e. about 100% slower (up
+    # to 0.65: the unlimited base moves between runs on this host, 2,480-3,160 events/s within
+    # one run, where the quota run held 1,664-1,705)
+    assert 0.40 <= host["new_median"] / host["base_median"] <= 0.65, host
     assert 0.65 <= host["slowdown"] <= 1.5, host
     assert data["only_in_base"] == [f"{t}: cpu.sysbench [seconds=1, threads=1] events_per_s"
                                     for t in sorted(tiers) if t != "host"]
