@@ -281,7 +281,8 @@ class Tier(ABC):
     runs_own_kernel: ClassVar[bool] = False  # guest-local tunables are set inside instances
     own_netns: ClassVar[bool] = True  # per-netns tunables are set inside each instance
     # a busy thread's CPU time over wall time, read inside, is its CPU share (False: a VM,
-    # whose clock runs on while its vCPU is throttled; selftest measures work rates then)
+    # whose clock runs on while its vCPU is throttled: selftest and CPU switches then read the
+    # host's count, Instance.cpu_seconds)
     cpu_share_inside: ClassVar[bool] = True
     # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
     # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
