@@ -37,7 +37,8 @@ def show_self() -> list[str]:
     ns = [os.readlink(f"/proc/self/ns/{n}") for n in [*SHARED, "mnt"]]
     cgroups = " ".join(sorted(line for line in Path("/proc/self/cgroup").read_text().splitlines()
                               if ":pids:" not in line))
-    return [*ns, f"sid {os.getsid(0)}", Path("/proc/self/autogroup").read_text().split()[0], cgroups]
+    autogroup = Path("/proc/self/autogroup").read_text().split()[0]
+    return [*ns, f"sid {os.getsid(0)}", autogroup, cgroups]
 
 
 @pytest.fixture(scope="module")

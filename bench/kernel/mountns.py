@@ -125,16 +125,7 @@ class MountHolder:
 
     def enter(self) -> None:
         """For a forked child (a preexec): what `argv` does, in this process."""
-        root = os.open(self.root_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        ns = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            linuxns.setns(ns, linuxns.CLONE_NEWNS)
-            os.fchdir(root)
-            os.chroot(".")
-            os.chdir("/")
-        finally:
-            os.close(ns)
-            os.close(root)
+        enter(self.pid)
 
     def stop(self) -> None:
         """The namespace and every mount in it go with the holder."""
@@ -146,6 +137,20 @@ class MountHolder:
         self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def enter(holder: int) -> None:
+    """Join the holder's mount namespace and take its root (a single-threaded process only)."""
+    root = os.open(f"/proc/{holder}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    ns = os.open(f"/proc/{holder}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linuxns.setns(ns, linuxns.CLONE_NEWNS)
+        os.fchdir(root)
+        os.chroot(".")
+        os.chdir("/")
+    finally:
+        os.close(ns)
+        os.close(root)
 
 
 def holders(under: Path | str) -> list[int]:
