@@ -629,6 +629,31 @@ def test_kvm_switches_in_the_table_are_live_and_the_rest_say_why_not(
                                            net_mbit=10_000)))
 
 
+@pytest.mark.integration
+@pytest.mark.part("kvm")
+def test_kvm_cpu_switch_goes_through_libvirt_while_a_host_tier_is_up(
+        guest: tuple[KvmTier, KvmInstance], bench_image: Image, tmp_path: Path) -> None:
+    """libvirt finds the vCPU cgroups through its mount table; the host tier's chroot mounts
+    (a read-only /sys/fs/cgroup among them) live in a mount namespace of bench's own, so the
+    switch stays libvirt's own (with them in the machine's table, libvirt failed and bench
+    wrote the cgroup files itself)."""
+    _, main = guest
+    host = HostTier()
+    work = Path(os.environ["BENCH_WORK_DIR"]) / "host-up"
+    host.prepare(TierContext(new_run_id("host"), bench_image, work, tmp_path))
+    try:
+        up = host.start(InstanceSpec(role="main", limits=Limits(), command=["sleep", "120"]))
+        assert "/sys/fs/cgroup/cpu" in up.exec(["cat", "/proc/self/mounts"], 30).stdout
+        (change,) = main.switch(Limits(cpus=1.0)).changes
+        assert change.live and change.how.startswith("libvirt setSchedulerParameters"), change
+        assert main.read_limits()["cpus"] == pytest.approx(1.0)
+        up.stop()
+    finally:
+        host.finish()
+        main.switch(Limits(cpus=GUEST_LIMITS.cpus))
+    assert main.read_limits()["cpus"] == pytest.approx(GUEST_LIMITS.cpus)
+
+
 SPARE_CPU_MIN = 0.25
 
 
