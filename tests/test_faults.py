@@ -519,19 +519,13 @@ def test_preflight_refuses_an_image_without_the_tool(lab: Lab, bench_image: Imag
 
 def test_a_tool_vanishing_mid_run_is_a_recorded_failure(lab: Lab, bench_image: Image) -> None:
     scenario = write_scenario(lab, tiny("host"))
+    blank = lab.root / "blank"
+    blank.write_text("")
     with paused_at(lab, scenario, "workload.running", wait=2) as proc:
         (holder,) = mountns.holders(lab.work / the_run(lab).run_id)
         # sysbench is gone: an empty, non-executable file bound over it in the tier's mount
         # namespace (the holder's: gone with it)
-        Path(f"/proc/{holder}/root/tmp/blank").write_text("")
-        child = os.fork()
-        if child == 0:
-            try:
-                mountns.enter(holder)
-                sysmount.bind("/tmp/blank", "/usr/bin/sysbench")
-            finally:
-                os._exit(0 if sysmount.mounts_under("/usr/bin/sysbench") else 1)
-        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+        mountns.bind_into(holder, blank, "/usr/bin/sysbench")
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     run = the_run(lab)

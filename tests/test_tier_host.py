@@ -101,6 +101,25 @@ def test_started_spawned_and_guarded_commands_run_in_it_too(host: HostTier) -> N
         guarded.stop()
 
 
+def test_a_host_directory_bound_as_scratch_shows_inside_only(host: HostTier,
+                                                             tmp_path: Path) -> None:
+    """An SSD-cache setup is built on the host and bound over the instances' /scratch."""
+    (tmp_path / "cache-marker").write_text("cache\n")
+    instance = host.start(InstanceSpec("main", Limits()))
+    try:
+        host.bind_scratch(tmp_path)
+        try:
+            assert instance.exec(["cat", "/scratch/cache-marker"], timeout=30).stdout == "cache\n"
+            assert not [line for line in host_mounts() if str(tmp_path) in line]
+        finally:
+            host.unbind_scratch()
+        after = instance.exec(["ls", "/scratch"], timeout=30).stdout  # the tier's own again
+        assert "cache-marker" not in after and sorted(after.split()) == sorted(
+            p.name for p in host.scratch.iterdir())
+    finally:
+        instance.stop()
+
+
 def test_cleanup_kills_a_holder_left_over(bench_image: Image) -> None:
     """`bench cleanup` finds a holder by its command line (the root it holds) and kills it."""
     run_id = new_run_id("hostleft")

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,50 @@ def enter(holder: int) -> None:
     finally:
         os.close(ns)
         os.close(root)
+
+
+def _inside(holder: int, call: Callable[[], None]) -> None:
+    """Run `call` in a forked child that entered the holder's namespace (setns needs a
+    single-threaded process); its error comes back through a pipe."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            os.close(read)
+            enter(holder)
+            call()
+        except BaseException as exc:  # everything goes back to bench
+            os.write(write, str(exc).encode()[:4000])
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        said = pipe.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) != 0:
+        raise OSError(said or f"the child that entered holder {holder}'s namespace failed")
+
+
+def bind_into(holder: int, source: Path | str, target: str) -> None:
+    """Bind `source` (a path of the host's mount table) on `target` inside the namespace:
+    a detached copy of its mounts, moved in (a bind cannot cross namespaces)."""
+    tree = sysmount.clone_tree(source)
+    try:
+        _inside(holder, lambda: sysmount.attach(tree, target))
+    finally:
+        os.close(tree)
+
+
+def unmount_in(holder: int, target: str) -> None:
+    """Unmount the top mount on `target` inside the namespace (what `bind_into` put there)."""
+    def unmount() -> None:
+        try:
+            sysmount.umount(target, lazy=False)
+        except OSError:
+            sysmount.umount(target)
+
+    _inside(holder, unmount)
 
 
 def holders(under: Path | str) -> list[int]:

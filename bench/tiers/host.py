@@ -26,8 +26,8 @@ from typing import Any
 from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.procs import Completed
-from bench.kernel import cgroups, sysmount
-from bench.kernel.mountns import MountHolder, kill_holders
+from bench.kernel import cgroups, mountns, sysmount
+from bench.kernel.mountns import MountHolder
 from bench.tiers.base import (
     Availability,
     Background,
@@ -206,6 +206,13 @@ class HostTier(Tier):
         instance.phases.mark("create")
         return instance
 
+    def bind_scratch(self, source: Path) -> None:
+        mountns.bind_into(self.holder.pid, source, "/scratch")
+
+    def unbind_scratch(self) -> None:
+        if self.holder.proc.poll() is None:  # else the mount went with the namespace
+            mountns.unmount_in(self.holder.pid, "/scratch")
+
     def finish(self) -> None:
         if hasattr(self, "ctx"):
             self._remove_guards(self.ctx.run_id)
@@ -223,7 +230,7 @@ class HostTier(Tier):
     def cleanup(self, run_id: str | None) -> list[str]:
         removed = self._remove_guards(run_id)
         for work in hostlock.run_dirs(run_id):
-            removed += kill_holders(work / "host")
+            removed += mountns.kill_holders(work / "host")
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
         return removed
 
