@@ -62,6 +62,11 @@ def test_the_hosts_mount_table_shows_none_of_the_tiers_mounts(host: HostTier) ->
         lines = [line.strip() for line in instance.exec(SHOW, timeout=30).stdout.splitlines()]
         instance.exec(["sh", "-c", "echo hello > /tmp/f && echo data > /scratch/f"], timeout=30)
         assert instance.read_file("/tmp/f") == b"hello\n"  # read through the holder's root
+        secret = host.scratch.parent / "host-secret"  # a file of the host, not in the image
+        secret.write_text("host only\n")
+        instance.exec(["ln", "-s", str(secret), "/tmp/planted"], timeout=30)
+        with pytest.raises(FileNotFoundError):  # symlinks resolve inside the root
+            instance.read_file("/tmp/planted")
     finally:
         instance.stop()
     assert (host.scratch / "f").read_text() == "data\n"  # /scratch is the host's directory
