@@ -5,13 +5,15 @@ keep every other namespace, bench's session, autogroup and cgroup."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.core import hostlock, safefs
+from bench.core import cprogram, hostlock, safefs
+from bench.core.errors import CommandError
 from bench.core.image import Image
 from bench.core.limits import Limits
 from bench.core.rundir import new_run_id
@@ -123,6 +125,27 @@ def test_a_host_directory_bound_as_scratch_shows_inside_only(host: HostTier,
             p.name for p in host.scratch.iterdir())
     finally:
         instance.stop()
+
+
+def test_commands_enter_through_the_static_helper_or_nsenter(
+        host: HostTier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench-mntexec (gcc is here) starts them, failing as chroot(8) did; without gcc, nsenter."""
+    assert host.holder.entry == "bench-mntexec", host.holder.entry
+    instance = host.start(InstanceSpec("main", Limits()))
+    with pytest.raises(CommandError) as missing:
+        instance.exec(["no-such-tool"], timeout=30)
+    assert missing.value.returncode == 127 and "no-such-tool" in missing.value.stderr
+    monkeypatch.setattr(cprogram, "build", lambda name, file: (None, "gcc not found"))
+    (tmp_path / "root").mkdir()
+    holder = mountns.MountHolder(tmp_path / "root", [
+        {"bind": True, "source": str(host.ctx.image.rootfs), "target": "/", "readonly": True}])
+    try:
+        argv = holder.argv(["cat", "/etc/debian_version"])
+        assert Path(argv[0]).name == "nsenter" and holder.entry.startswith("nsenter")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    finally:
+        holder.stop()
 
 
 def test_cleanup_kills_a_holder_left_over(bench_image: Image) -> None:

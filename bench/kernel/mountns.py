@@ -3,16 +3,18 @@
 The host tier's chroot needs /proc, /sys, /dev, a tmpfs and the scratch directory mounted
 under the bench image's root. Made in the machine's mount namespace, those mounts show in
 everyone's /proc/mounts, and a second /sys/fs/cgroup confuses programs that walk the mount
-table (libvirt's `virDomainSetSchedulerParameters` finds its cgroup controllers that way).
+table (libvirt finds a domain's cgroups that way as it starts it, and its live CPU switch,
+`virDomainSetSchedulerParameters`, then writes under the chroot's read-only /sys).
+
 So a holder (`python -S`, a few MB) unshares its mount namespace (CLONE_NEWNS only: the pid,
 net, uts, ipc and cgroup namespaces stay the host's), turns mount propagation to slave
 (nothing it mounts reaches the host), makes the mounts, pivots into the new root and drops
 the old one (its namespace holds only the root's mounts: it pins no other file system), says
-"ready" and waits. Commands enter it with setns(2) (`nsenter`, or `enter` in a forked
-child) and stay bench's children, in bench's session and cgroup: only the mount table
-differs. The namespace and its mounts vanish when the holder dies: when bench closes its
-stdin, when bench dies (PDEATHSIG, or stdin at EOF), or when `kill_holders` finds it left
-over (its command line names the root it holds).
+"ready" and waits. Commands enter it with setns(2) (bench-mntexec, bench/native/mntexec.c,
+static; `nsenter` without gcc; `enter` in a forked child) and stay bench's children, in
+bench's session and cgroup: only the mount table differs. The namespace and its mounts
+vanish when the holder dies: when bench closes its stdin, when bench dies (PDEATHSIG, or
+stdin at EOF), or when `kill_holders` finds it left over (its command line names the root).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.core import cprogram
 from bench.kernel import linuxns, sysmount
 
 MARKER = "bench-mount-holder"
@@ -112,7 +115,8 @@ class MountHolder:
                           f"{line or f'no answer in {START_TIMEOUT:g} s'} {rest[-2000:]}".strip())
         self.how = line.split()[1]
         self.pid = self.proc.pid
-        self.nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+        self.helper, built = cprogram.build("bench-mntexec", "mntexec.c")
+        self.entry = "bench-mntexec" if self.helper is not None else f"nsenter ({built})"
 
     @property
     def root_path(self) -> Path:
@@ -120,9 +124,12 @@ class MountHolder:
         return Path(f"/proc/{self.pid}/root")
 
     def argv(self, argv: list[str]) -> list[str]:
-        """argv run inside: nsenter joins the mount namespace, takes the holder's root and
-        working directory, and execs argv (one exec more, as chroot(8) was)."""
-        return [self.nsenter, f"--target={self.pid}", "--mount", "--root", "--wd", "--", *argv]
+        """argv run inside: the helper joins the mount namespace, takes the holder's root and
+        "/" as working directory, and execs argv (one exec more, as chroot(8) was)."""
+        if self.helper is not None:
+            return [str(self.helper), str(self.pid), *argv]
+        nsenter = shutil.which("nsenter") or "/usr/bin/nsenter"
+        return [nsenter, f"--target={self.pid}", "--mount", "--root", "--wd", "--", *argv]
 
     def enter(self) -> None:
         """For a forked child (a preexec): what `argv` does, in this process."""

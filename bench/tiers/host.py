@@ -83,7 +83,7 @@ class HostInstance(Instance):
     def launch(self) -> None:
         assert self.spec.command is not None
         self.phases.mark("go" if "create" in self.phases.stamps else "create")
-        # The start-up baseline: a plain spawn of nsenter(1), which enters the image (the
+        # The start-up baseline: a plain spawn of bench-mntexec, which enters the image (the
         # holder's mount namespace and root) and execs the command. No preexec hook, so Python
         # can vfork instead of copying its own memory.
         self.proc = subprocess.Popen(
@@ -97,7 +97,7 @@ class HostInstance(Instance):
         self.launch()
 
     def exec(self, argv: list[str], timeout: float) -> Completed:
-        if self.guard is None:  # nsenter(1) enters the image: no preexec, so Python can vfork
+        if self.guard is None:  # bench-mntexec enters the image: no preexec, Python can vfork
             return procs.run(self.holder.argv(argv), timeout=timeout, env=ENV,  # (no copy)
                              new_session=False)
         return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter(),
@@ -251,5 +251,6 @@ class HostTier(Tier):
         return {"isolation": "none (chroot)", "limits": "none",
                 "scheduling": "bench's session (one autogroup for every instance)",
                 "namespaces": "the host's (pid, net, uts, ipc, cgroup, user)",
-                "mounts": "the chroot's in a mount namespace of bench's own, entered with "
-                          f"setns ({self.holder.how if hasattr(self, 'holder') else 'unused'})"}
+                "mounts": "the chroot's in a mount namespace of bench's own (" + (
+                    f"{self.holder.how}, entered by {self.holder.entry})"
+                    if hasattr(self, "holder") else "not made)")}
