@@ -148,6 +148,12 @@ def test_commands_enter_through_the_static_helper_or_nsenter(
         holder.stop()
 
 
+def test_a_mount_that_fails_is_one_error_and_leaves_no_holder(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=r"mount /no/such/image on .*No such file"):
+        mountns.MountHolder(tmp_path, [{"bind": True, "source": "/no/such/image", "target": "/"}])
+    assert mountns.holders(tmp_path) == []
+
+
 def test_cleanup_kills_a_holder_left_over(bench_image: Image) -> None:
     """`bench cleanup` finds a holder by its command line (the root it holds) and kills it."""
     run_id = new_run_id("hostleft")

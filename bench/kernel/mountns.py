@@ -109,8 +109,9 @@ class MountHolder:
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
         line = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
         if not line.startswith("ready "):
-            self.stop()
+            self.proc.kill()
             rest = self.proc.stdout.read().decode(errors="replace").strip()
+            self.stop()
             raise OSError(f"the mount namespace holder for {root} failed: "
                           f"{line or f'no answer in {START_TIMEOUT:g} s'} {rest[-2000:]}".strip())
         self.how = line.split()[1]

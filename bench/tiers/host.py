@@ -2,11 +2,11 @@
 no cgroup limits, the host's network (loopback), the host's pid, net, uts, ipc and cgroup
 namespaces. Only the mounts the chroot needs (/proc, /sys, /dev, /tmp, /scratch) live in a
 mount namespace of bench's own (kernel/mountns.py), so the machine's mount table never shows
-them (a second /sys/fs/cgroup there confuses libvirt's cgroup look-up, the kvm tier's live CPU
-switch). Its commands stay in bench's
-session (a process group each, for the timeout's kill): with the kernel's autogroup a session of
-their own would be a scheduling group of their own, sharing the CPUs half and half with a
-neighbour whatever the thread counts, a shield bare metal processes do not have.
+them (a second /sys/fs/cgroup there misleads libvirt's cgroup look-up, which the kvm tier's
+live CPU switch needs). Its commands stay in bench's session (a process group each, for the
+timeout's kill): with the kernel's autogroup a session of their own would be a scheduling
+group of their own, sharing the CPUs half and half with a neighbour whatever the thread
+counts, a shield bare metal processes do not have.
 
 The one exception is safety: an instance started with a `guard` (an antagonist: fork storm,
 memory hog) runs every process in a cgroup of bench's own, `bench-guard/<run-id>/<name>`,
@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -218,11 +217,7 @@ class HostTier(Tier):
             self._remove_guards(self.ctx.run_id)
         if hasattr(self, "holder"):
             self.holder.stop()  # its namespace, and every mount in it, go with it
-        if hasattr(self, "root"):
-            sysmount.unmount_all(self.root)  # what an older bench mounted in the host's table
-            deadline = time.monotonic() + 5
-            while sysmount.mounts_under(self.root) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if hasattr(self, "root"):  # (an empty directory in the machine's mount namespace)
             shutil.rmtree(self.scratch, ignore_errors=True)
             if not sysmount.mounts_under(self.root):
                 shutil.rmtree(self.root, ignore_errors=True)
