@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.core import cprogram
 from bench.kernel import linuxns, sysmount
 
 MARKER = "bench-mount-holder"
@@ -93,7 +92,9 @@ def hold(args: list[str]) -> None:
 
 
 class MountHolder:
-    """bench's handle on a holder: `argv` and `enter` run commands inside its namespace."""
+    """bench's handle on a holder: `argv` and `enter` run commands inside its namespace.
+    Make it from a thread that lives as long as it (PDEATHSIG fires when the creating thread
+    ends): bench's main thread."""
 
     def __init__(self, root: Path, mounts: list[dict[str, Any]]) -> None:
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -116,6 +117,8 @@ class MountHolder:
                           f"{line or f'no answer in {START_TIMEOUT:g} s'} {rest[-2000:]}".strip())
         self.how = line.split()[1]
         self.pid = self.proc.pid
+        from bench.core import cprogram  # (not in the holder: it would slow its start)
+
         self.helper, built = cprogram.build("bench-mntexec", "mntexec.c")
         self.entry = "bench-mntexec" if self.helper is not None else f"nsenter ({built})"
 
