@@ -21,7 +21,9 @@ Every ratio is taken in interleaved pairs (bench.analysis.paired) with a bounded
 reported retries. The default set (CI) is each limit once plus one combined case (read and
 write throttled together, a write run before the read run); `--full` injects every limit alone
 and in pairs, on both scratch modes, with values other than the defaults (minutes per tier).
-`LIMITS` is the list to extend with a new limit.
+`LIMITS` is the list to extend with a new limit. Where instances start without a guest's boot,
+checks that do not disturb each other overlap (selftest_checks.measure_all): the CPU quota next
+to the throttled I/O cases, the network checks next to the I/O once the quota is measured.
 
 On the host tier the limits are injected around the host's own processes: a cgroup for CPU and
 disk, and a veth pair between two network namespaces made for the test for the network (the
@@ -31,8 +33,10 @@ host's loopback is never shaped). Everything made here is removed on the way out
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +116,7 @@ class SelfTest:
         hierarchies = cgroups.detect()
         rel = f"{cgroups.ROOT_NAME}/{self.run_id}"
         groups: list[cgroups.Cgroup] = []
+        serial = itertools.count(1)
 
         def chroot(group: cgroups.Cgroup | None) -> Run:
             def enter() -> None:
@@ -129,7 +134,7 @@ class SelfTest:
 
         def probe(limits: tuple[Limit, ...], values: dict[str, float],
                   mode: ScratchMode) -> Probe:
-            group = cgroups.Cgroup(hierarchies, f"{rel}/{len(groups)}")
+            group = cgroups.Cgroup(hierarchies, f"{rel}/{next(serial)}")  # (two lanes)
             groups.append(group)
             group.create(as_limits(values), device)
             return Probe("host", chroot(group), chroot(free), "/scratch",
@@ -144,7 +149,7 @@ class SelfTest:
         try:
             free.create(Limits())
             return measure_all(probe, "host", self.full, self.log, scratch_modes=False,
-                               alongside=network)
+                               beside=network)
         finally:
             for group in groups:
                 group.remove()
@@ -185,13 +190,22 @@ class SelfTest:
             def free_run(argv: list[str]) -> str:
                 return free.exec(argv, 120).stdout
 
+            starting = threading.Lock()  # a tier starts and stops one instance at a time
+
             def probe(limits: tuple[Limit, ...], values: dict[str, float],
                   mode: ScratchMode) -> Probe:
-                instance = tier.start(InstanceSpec(
-                    role=f"st-{len(limits)}{mode[0]}", limits=as_limits(values), scratch=mode))
+                with starting:
+                    instance = tier.start(InstanceSpec(
+                        role=f"st-{len(limits)}{mode[0]}", limits=as_limits(values),
+                        scratch=mode))
+
+                def stop() -> None:
+                    with starting:
+                        instance.stop()
+
                 guest = not tier.cpu_share_inside  # a guest: its own clocks cannot tell
                 return Probe(tier.name, lambda argv: instance.exec(argv, 120).stdout, free_run,
-                             instance.scratch_dir(), case_label(values, mode), instance.stop,
+                             instance.scratch_dir(), case_label(values, mode), stop,
                              (lambda: vcpu_share(instance)) if guest else None,
                              (lambda: vcpu_share(free)) if guest else None)
 
@@ -201,11 +215,11 @@ class SelfTest:
                 except BenchError as exc:
                     return [failed(tier.name, "tbf (network)", "", exc)]
 
-            # the network check runs next to the disk checks where instances start without a
-            # guest's boot (start_estimate_s), which would load the CPUs the shaped path needs
+            # checks overlap where instances start without a guest's boot (start_estimate_s),
+            # which would load the CPUs a quota and a shaped path are measured on
             beside = tier.start_estimate_s < 10
             checks = measure_all(probe, tier.name, self.full, self.log,
-                                 alongside=network if beside else list)
+                                 beside=network if beside else None)
             try:
                 checks += self._new_limits(tier, free, beside)
             except BenchError as exc:
