@@ -147,7 +147,7 @@ def measure_cpus(probe: Probe, value: float) -> Check:
         seen: list[tuple[float, float]] = []
         while len(seen) < MAX_PAIRS and sum(f >= FREE_MIN for _, f in seen) < PAIRS:
             limited, free = together(probe.share or (lambda: _share(probe.run)),
-                                      probe.free_share or (lambda: _share(probe.free)))
+                                     probe.free_share or (lambda: _share(probe.free)))
             seen.append((limited, free))
         quiet = [limited / value for limited, free in seen if free >= FREE_MIN]
         if not quiet:
