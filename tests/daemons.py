@@ -136,8 +136,10 @@ def _mount_ns(pid: int) -> str:
 
 
 @contextlib.contextmanager
-def libvirtd(root: Path) -> Iterator[Private]:
-    """A privileged libvirtd of our own, hidden in a mount namespace (see the module's text)."""
+def libvirtd(root: Path, netns: str | None = None) -> Iterator[Private]:
+    """A privileged libvirtd of our own, hidden in a mount namespace (see the module's text),
+    and in the network namespace `netns` if given (its networks' links and firewall rules go
+    there, not on the host)."""
     sock_dir, pidfile, log = root / "sock", root / "libvirtd.pid", root / "libvirtd.log"
     sock_dir.mkdir(parents=True, exist_ok=True)
     binds: list[str] = []
@@ -161,8 +163,9 @@ def libvirtd(root: Path) -> Iterator[Private]:
     daemon = Private("libvirtd", url, pidfile, lambda: None)
 
     def start() -> None:
-        subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                        _ENTER, "sh", *binds, str(config), str(pidfile)],
+        enter = ["ip", "netns", "exec", netns] if netns else []
+        subprocess.run([*enter, "unshare", "--mount", "--propagation", "private", "--", "sh",
+                        "-c", _ENTER, "sh", *binds, str(config), str(pidfile)],
                        stdin=subprocess.DEVNULL, capture_output=True, check=True, timeout=60)
 
         def answers() -> bool:

@@ -367,6 +367,35 @@ def test_ip_forward_is_journaled_and_restored_once_its_last_user_is_killed(
             user.wait()
 
 
+def test_ip_forward_changed_by_another_user_during_a_run_is_left_as_they_set_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        ) -> None:
+    """Under a fake procfs root: bench turns forwarding on, someone else (not bench) writes the
+    file during the run; at teardown bench does not write over theirs, and says so."""
+    from bench.tune import hostnet
+
+    ip_forward = tmp_path / "root" / "proc/sys/net/ipv4/ip_forward"
+    ip_forward.parent.mkdir(parents=True)
+    ip_forward.write_text("0\n")
+    monkeypatch.setenv("BENCH_SYSFS_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("BENCH_TUNE_STATE_DIR", str(tmp_path / "state"))
+    user = hostnet.Forwarding("kvm-run1")
+    user.enable()
+    assert ip_forward.read_text() == "1"
+    ip_forward.write_text("0\n")  # another program's own write, during the run
+    theirs = fingerprint(ip_forward)
+    released = user.release()
+    assert fingerprint(ip_forward) == theirs, "bench wrote over another user's value"
+    assert released == []
+    said = capsys.readouterr().err
+    assert "net.ipv4.ip_forward left at 0" in said and "another user changed it" in said
+    assert not list((tmp_path / "state" / "host-settings").glob("journal-*.jsonl"))
+    # unchanged since bench set it: restored as before
+    user.enable()
+    assert user.release() == ["net.ipv4.ip_forward restored to 0"]
+    assert ip_forward.read_text() == "0"
+
+
 def test_a_host_sysctl_outside_the_allowlist_or_behind_a_symlink_is_refused(
         tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.tune.catalog import TuneError

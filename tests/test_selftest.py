@@ -71,3 +71,22 @@ def test_the_shaper_is_checked_at_a_rate_the_path_can_carry() -> None:
     assert tbf_rate(lambda: 9.4e9) == TBF_MBIT  # a fast path: the default rate
     assert tbf_rate(lambda: 420e6) == 105  # a TCG guest's path: a quarter of what it carries
     assert tbf_rate(lambda: 3e6) == 10
+
+
+def test_iperf3_is_tried_again_while_its_server_finishes_the_test_before() -> None:
+    """A busy iperf3 server may close before reading the client's cookie: the client then says
+    "Connection reset by peer" (seen in a TCG guest right after a test), not "busy"."""
+    from bench.cli.selftest_checks import until_listening
+
+    said = ['{"error": "unable to receive control message: Connection reset by peer"}',
+            '{"error": "unable to connect to server: Connection refused"}', '{"end": {}}']
+    calls: list[list[str]] = []
+
+    def run(argv: list[str]) -> str:
+        calls.append(argv)
+        return said[len(calls) - 1]
+
+    assert until_listening(run)(["iperf3", "-c", "x"]) == '{"end": {}}' and len(calls) == 3
+    calls.clear()
+    said[:] = [said[0]] * 100
+    assert "reset by peer" in until_listening(run, patience_s=0.3)(["iperf3"])  # bounded

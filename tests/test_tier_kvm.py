@@ -392,7 +392,11 @@ def test_cleanup_removes_a_dead_runs_guests_and_spares_a_live_one(
     assert not leftovers(live_id)
     assert rules_naming(live.bridge, str(live.subnet)) == set()
     assert ip_forward.read_text() == "0", "restored when its last user is done"
-    assert not list((tmp_path / "state" / "host-settings").glob("journal-*.jsonl"))
+    # what may stay: libvirt's own chains, if these networks made them (libvirtd lives on and
+    # expects them: tests/test_safety_libvirt.py)
+    left = [line for path in (tmp_path / "state" / "host-settings").glob("journal-*.jsonl")
+            for line in path.read_text().splitlines()]
+    assert all('"name":"chain"' in line for line in left), left
 
 
 @pytest.mark.integration

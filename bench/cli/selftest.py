@@ -11,7 +11,8 @@ measured with the same tools; each must come out within 5% of what was injected:
   thread got no more than the quota. In a guest, whose clock runs on while the host holds its
   vCPU back, the share is the host's CPU time for its vCPUs over wall time;
 - io_read_bps / io_write_bps: a block I/O throttle must cap fio's O_DIRECT sequential read or
-  write (the disk.fio workload's own command line);
+  write (the disk.fio workload's own command line), plus the burst the tier's throttle lets
+  through at once (Tier.io_burst_s: QEMU's in a guest; none for cgroups);
 - network: a tbf qdisc of 200 Mbit/s on the host side of the instance's link must cap iperf3
   (a quarter of what the link carries unshaped, where that is under 800 Mbit/s). tbf counts
   whole Ethernet frames, iperf3 counts TCP payload, so the expected goodput is the rate x MSS /
@@ -207,7 +208,7 @@ class SelfTest:
                 return Probe(tier.name, lambda argv: instance.exec(argv, 120).stdout, free_run,
                              instance.scratch_dir(), case_label(values, mode), stop,
                              (lambda: vcpu_share(instance)) if guest else None,
-                             (lambda: vcpu_share(free)) if guest else None)
+                             (lambda: vcpu_share(free)) if guest else None, tier.io_burst_s)
 
             def network() -> list[Check]:
                 try:

@@ -81,6 +81,7 @@ class Probe:
     stop: Callable[[], None] = lambda: None
     share: Callable[[], float] | None = None  # a busy thread's CPU share, where `run`'s own
     free_share: Callable[[], float] | None = None  # clocks cannot tell it (a guest)
+    io_burst_s: float = 0.0  # the tier's (Tier.io_burst_s)
 
 
 def _paired(tier: str, set_: str, limit: str, value: float, unit: str, scale: float,
@@ -199,11 +200,16 @@ def _io(rw: str) -> Callable[[Probe, float], Check]:
                     if m.metric == "bandwidth_MBps") * 1e6
 
     def measure(probe: Probe, value: float) -> Check:
-        def pairs() -> PairedRatio:
-            return paired_ratio(lambda: rate(probe.run, probe.scratch), lambda: value, pairs=2)
+        expected = value * (1 + probe.io_burst_s / params.runtime_s)
 
-        return _paired(probe.tier, probe.set, f"io_{rw}_bps", value, "MiB/s", MiB, pairs,
-                       f"fio (disk.fio's command) O_DIRECT sequential {rw}, 1 MiB blocks")
+        def pairs() -> PairedRatio:
+            return paired_ratio(lambda: rate(probe.run, probe.scratch), lambda: expected,
+                                pairs=2)
+
+        burst = (f"; expected {value / MiB:g} MiB/s x (1 + the tier's {probe.io_burst_s:g} s "
+                 f"burst / {params.runtime_s:g} s)" if probe.io_burst_s else "")
+        return _paired(probe.tier, probe.set, f"io_{rw}_bps", expected, "MiB/s", MiB, pairs,
+                       f"fio (disk.fio's command) O_DIRECT sequential {rw}, 1 MiB blocks{burst}")
 
     return measure
 
@@ -352,17 +358,20 @@ def tbf(link: str, netns: list[str] | None = None, mbit: int = TBF_MBIT) -> Iter
         procs.run([*prefix, "tc", "qdisc", "del", "dev", link, "root"], timeout=10, check=False)
 
 
-def until_listening(run: Run) -> Run:
+def until_listening(run: Run, patience_s: float = 30.0) -> Run:
     """iperf3 exits 0 with "Connection refused" in its JSON while its server is still binding,
-    and with "the server is busy" while it is still finishing the test before."""
+    and with "the server is busy" while it is still finishing the test before, or, when the
+    busy server closes the connection before reading the client's cookie, "unable to receive
+    control message: Connection reset by peer" (seen at once after a 3 s test at 2.6 Gbit/s
+    into a TCG guest)."""
     def retrying(argv: list[str]) -> str:
-        out = ""
-        for _ in range(50):
+        deadline = time.monotonic() + patience_s
+        while True:
             out = run(argv)
-            if "refused" not in out and "server is busy" not in out:
-                break
-            time.sleep(0.1)
-        return out
+            if not any(word in out for word in ("refused", "server is busy", "reset by peer")) \
+                    or time.monotonic() > deadline:
+                return out
+            time.sleep(0.2)
 
     return retrying
 
@@ -403,14 +412,22 @@ def iops_check(tier: str, run: Run, scratch: str) -> Check:
 
 
 def net_limit_check(tier: str, limited: Instance, server_side: Instance) -> Check:
-    """net_mbit: the limited instance's own egress, iperf3 from it to another instance."""
+    """net_mbit: the limited instance's own egress, iperf3 from it to another instance, in
+    pairs with bounded retries like the other checks. A first run is not counted: in TCG guests
+    just booted at load 5-8, first runs carried 0.69-0.87 of the limit and later ones 0.95-1.0
+    (the unshaped guest-to-guest path went from 215 to 1,100 Mbit/s over the same minutes)."""
     server = server_side.spawn(["iperf3", "-s", "-B", server_side.address(), "-p", "5203"])
     try:
         run = until_listening(lambda argv: limited.exec(argv, 60).stdout)
-        measured = statistics.median([iperf3_rate(run, server_side.address(), 5203) / 1e6
-                                      for _ in range(2)])  # iperf3_rate gives bit/s
+
+        def rate() -> float:
+            return iperf3_rate(run, server_side.address(), 5203)
+
+        rate()  # warm-up, not counted
+        expected = NET_MBIT * 1e6 * FRAME_EFFICIENCY
+        return _paired(tier, "", f"net_mbit {NET_MBIT}", expected, "Mbit/s", 1e6,
+                       lambda: paired_ratio(rate, lambda: expected, pairs=2),
+                       f"iperf3 TCP goodput out of an instance with net_mbit {NET_MBIT} "
+                       f"(expected {NET_MBIT} x 1448/1514; a first run not counted)")
     finally:
         server.stop()
-    return Check(tier, f"net_mbit {NET_MBIT}", NET_MBIT * FRAME_EFFICIENCY, measured, "Mbit/s",
-                 f"iperf3 TCP goodput out of an instance with net_mbit {NET_MBIT} "
-                 f"(expected {NET_MBIT} x 1448/1514)")

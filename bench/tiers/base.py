@@ -290,6 +290,9 @@ class Tier(ABC):
     # whose clock runs on while its vCPU is throttled: selftest and CPU switches then read the
     # host's count, Instance.cpu_seconds)
     cpu_share_inside: ClassVar[bool] = True
+    # seconds' worth of an io_*_bps limit let through at once before it binds (a token bucket's
+    # size): a read or write of T seconds moves rate x (T + burst), and selftest expects that
+    io_burst_s: ClassVar[float] = 0.0
     # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
     # "host": built on the host and bound over the instances' /scratch (`bind_scratch`);
     # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);

@@ -9,6 +9,14 @@ exist. A journal whose lock is free belongs to a dead run: `recover` deletes eac
 still present (newest first), then every rule naming a watched word, and removes the journal;
 while a watched subnet is on a live link again, the journal waits (the rules would be the same).
 Rules belong to a network namespace: only a process in the journal's namespace removes them.
+
+Top-level chains a daemon creates for the run (libvirt's LIBVIRT_INP, ...: made on the first
+network start of a libvirtd's life, with the jumps to them) are journaled, when absent, before the
+daemon is asked to act. They are the daemon's as much as the kernel's: libvirtd creates them once
+per process life and adds every later network's rules to them, so deleting them while it runs
+makes its next network start fail ("No chain/target/match by that name", seen here). A journaled
+chain goes only once it is empty and no process of its keepers runs in this namespace (the next
+daemon creates it again); until then the journal stays, and later cleanups look again.
 """
 
 from __future__ import annotations
@@ -28,19 +36,66 @@ from bench.tune.journal import Entry, Journal, JournalBusy
 
 TABLES = ("filter", "nat", "mangle")
 WATCH = "watch"
+CHAIN = "chain"
+BINARIES = ("iptables", "ip6tables")
 
 
-def iptables(*args: str) -> None:
-    procs.run(["iptables", "-w", "5", *args], timeout=30)
+def iptables(*args: str, binary: str = "iptables") -> None:
+    procs.run([binary, "-w", "5", *args], timeout=30)
+
+
+def _lines(table: str, binary: str = "iptables") -> list[list[str]]:
+    try:
+        text = procs.run([binary, "-w", "5", "-t", table, "-S"], timeout=30).stdout
+    except (CommandError, OSError):
+        return []
+    return [shlex.split(line) for line in text.splitlines()]
 
 
 def listing(table: str) -> list[list[str]]:
     """The table's rules as `iptables -S` words, without the leading -A."""
-    try:
-        text = procs.run(["iptables", "-w", "5", "-t", table, "-S"], timeout=30).stdout
-    except (CommandError, OSError):
-        return []
-    return [shlex.split(line)[1:] for line in text.splitlines() if line.startswith("-A ")]
+    return [words[1:] for words in _lines(table) if words[:1] == ["-A"]]
+
+
+class Chain:
+    """A top-level chain and the jump to it from a built-in chain (`iptables -S` words)."""
+
+    def __init__(self, binary: str, table: str, parent: str, name: str) -> None:
+        self.binary, self.table, self.parent, self.name = binary, table, parent, name
+
+    @classmethod
+    def parse(cls, written: str) -> Chain:
+        binary, table, parent, name = shlex.split(written)
+        if binary not in BINARIES or table not in TABLES:
+            raise TuneError(f"Not a journaled chain: {written!r}.", "remove it by hand.")
+        return cls(binary, table, parent, name)
+
+    def __str__(self) -> str:
+        return shlex.join([self.binary, self.table, self.parent, self.name])
+
+    def state(self) -> tuple[bool, bool]:
+        """(exists, has rules of its own)."""
+        lines = _lines(self.table, self.binary)
+        return (["-N", self.name] in lines,
+                any(words[:2] == ["-A", self.name] for words in lines))
+
+    def remove(self) -> None:
+        with contextlib.suppress(CommandError):  # the jump may be gone already
+            iptables("-t", self.table, "-D", self.parent, "-j", self.name, binary=self.binary)
+        iptables("-t", self.table, "-X", self.name, binary=self.binary)
+
+
+def _keeper_running(names: set[str]) -> int | None:
+    """The pid of a process of these names in this network namespace, if one runs."""
+    import psutil
+
+    ours = netns()
+    for proc in psutil.process_iter(["name"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.info["name"] in names and \
+                    str(os.stat(f"/proc/{proc.pid}/ns/net").st_ino) == ours:
+                return int(proc.pid)
+    return None
 
 
 def _present(table: str, rule: list[str]) -> bool:
@@ -57,11 +112,11 @@ class RunRules:
     def __init__(self, tier: str, run_id: str) -> None:
         self.journal = Journal(f"fw-{tier}-{run_id}", settings_dir())
 
-    def _record(self, name: str, written: str) -> None:
+    def _record(self, name: str, written: str, device: str | None = None) -> None:
         self.journal.record(Entry(session=self.journal.session, seq=self.journal.next_seq(),
                                   target=f"iptables:{netns()}", root="", name=name,
-                                  original="absent", written=written, pid=os.getpid(),
-                                  ts=time.time()))
+                                  device=device, original="absent", written=written,
+                                  pid=os.getpid(), ts=time.time()))
 
     def add(self, table: str, rule: list[str], insert: bool = False) -> None:
         """`rule` as `iptables -S` prints it: chain first, then the match and target."""
@@ -71,6 +126,12 @@ class RunRules:
     def watch(self, *words: str) -> None:
         """Another program is about to add rules naming these words (a bridge, a subnet)."""
         self._record(WATCH, shlex.join(words))
+
+    def watch_chains(self, chains: list[Chain], keepers: tuple[str, ...]) -> None:
+        """A daemon (one of `keepers`) may create these chains now: journal those absent."""
+        for chain in chains:
+            if not chain.state()[0]:
+                self._record(CHAIN, str(chain), " ".join(keepers))
 
     def adopt(self) -> int:
         """Journal the rules that now name a watched word; how many."""
@@ -110,8 +171,28 @@ def _taken(words: set[str]) -> bool:
                if a.family == socket.AF_INET)
 
 
+def _drop_chains(entries: list[Entry]) -> tuple[list[str], bool]:
+    """(removed, kept): journaled chains that are empty and whose keepers are all gone."""
+    removed, kept = [], False
+    for entry in reversed([e for e in entries if e.name == CHAIN]):
+        chain = Chain.parse(entry.written or "")
+        exists, used = chain.state()
+        if not exists:
+            continue
+        if used or _keeper_running(set((entry.device or "").split())) is not None:
+            kept = True  # another network's rules are in it, or its daemon still expects it
+            continue
+        with contextlib.suppress(CommandError, OSError):
+            chain.remove()
+            removed.append(f"{chain.binary} -t {chain.table} -X {chain.name} (and its jump "
+                           f"from {chain.parent})")
+        kept = kept or chain.state()[0]
+    return removed, kept
+
+
 def _undo(journal: Journal) -> tuple[list[str], list[str]]:
-    """(removed, still there): the journal goes only when none of its rules is left."""
+    """(removed, still there): the journal goes only when none of its rules is left (and
+    none of its chains, which may wait for their daemon without being an error)."""
     entries = journal.entries()
     if any(e.target != f"iptables:{netns()}" for e in entries):
         return [], []  # another namespace's rules: only a process there can remove them
@@ -120,8 +201,8 @@ def _undo(journal: Journal) -> tuple[list[str], list[str]]:
         return [], []  # its subnet is on a live link again: those rules may be its new owner's
 
     def remaining() -> list[tuple[str, list[str]]]:
-        found = [(e.name, shlex.split(e.written)) for e in reversed(entries)
-                 if e.name != WATCH and _present(e.name, shlex.split(e.written))]
+        found = [(e.name, shlex.split(e.written or "")) for e in reversed(entries)
+                 if e.name in TABLES and _present(e.name, shlex.split(e.written or ""))]
         return found + [(table, rule) for table in (TABLES if words else ())
                         for rule in listing(table) if words & set(rule)
                         and (table, rule) not in found]
@@ -132,9 +213,12 @@ def _undo(journal: Journal) -> tuple[list[str], list[str]]:
             iptables("-t", table, "-D", *rule)
             removed.append(f"iptables -t {table} -D {shlex.join(rule)}")
     left = [f"iptables -t {table} {shlex.join(rule)}" for table, rule in remaining()]
-    if not left:
+    if left:
+        return removed, left
+    chains, kept = _drop_chains(entries)
+    if not kept:
         journal.discard()
-    return removed, left
+    return removed + chains, left
 
 
 def recover(tier: str | None, run_id: str | None) -> list[str]:

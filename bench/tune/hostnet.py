@@ -5,15 +5,18 @@ a setting records the value it found in the tuning journal format (bench/tune/jo
 before the write); each user holds an flock on a file of its own while it needs the settings
 (the kernel drops it when the process dies, even by SIGKILL). Whoever finds no live user left
 (the last user on its way out, the next run's start, `bench cleanup`) writes the originals back
-and removes the journal. These settings belong to a network namespace: the journal and the users
-are kept per namespace, and only a process in that namespace restores them (tests run in a
-throwaway namespace, or under a fake procfs root, BENCH_SYSFS_ROOT).
+and removes the journal, unless the value is no longer the one bench wrote: another user changed
+it since, and it is left as they set it (and said so). These settings belong to a network
+namespace: the journal and the users are kept per namespace, and only a process in that namespace
+restores them (tests run in a throwaway namespace, or under a fake procfs root,
+BENCH_SYSFS_ROOT).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +138,16 @@ def _restore_if_unused(directory: Path) -> list[str]:
     try:
         done = []
         for entry in reversed(journal.entries()):
-            _write(sysctl_path(entry.name, Path(entry.root)), entry.original)
+            path = sysctl_path(entry.name, Path(entry.root))
+            now = path.read_text().strip()
+            if entry.written is not None and now != entry.written:
+                # someone else changed it after bench: theirs to keep, not ours to restore (said
+                # on stderr: a run's teardown has no other voice)
+                print(f"bench: {entry.name} left at {now}, not restored to {entry.original}: "
+                      f"another user changed it after bench set it to {entry.written}.",
+                      file=sys.stderr)
+                continue
+            _write(path, entry.original)
             done.append(f"{entry.name} restored to {entry.original}")
         journal.discard()
     finally:

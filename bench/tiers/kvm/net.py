@@ -24,13 +24,25 @@ else:
 
 NETWORK_PREFIX = "bench-kvm-"
 SUBNETS = [IPv4Network(f"192.168.{n}.0/24") for n in range(160, 250)]
+# libvirt's own chains (iptables backend), made on the first network start of a daemon's life
+LIBVIRT_CHAINS = [("filter", "INPUT", "LIBVIRT_INP"), ("filter", "OUTPUT", "LIBVIRT_OUT"),
+                  ("filter", "FORWARD", "LIBVIRT_FWO"), ("filter", "FORWARD", "LIBVIRT_FWI"),
+                  ("filter", "FORWARD", "LIBVIRT_FWX"), ("nat", "POSTROUTING", "LIBVIRT_PRT"),
+                  ("mangle", "POSTROUTING", "LIBVIRT_PRT")]
+LIBVIRT_DAEMONS = ("libvirtd", "virtnetworkd")
+
+
+def libvirt_chains() -> list[firewall.Chain]:
+    return [firewall.Chain(binary, *chain) for binary in firewall.BINARIES
+            for chain in LIBVIRT_CHAINS]
 
 
 class RunNetwork:
     """The run's NAT network, with the host settings it changes journaled first (bench/tune):
-    net.ipv4.ip_forward, which libvirt turns on for a NAT network and never back, and the
+    net.ipv4.ip_forward, which libvirt turns on for a NAT network and never back, the
     firewall rules libvirt adds for the network's bridge and subnet (`bench cleanup` removes
-    both after a kill, once the network is destroyed)."""
+    both after a kill, once the network is destroyed), and libvirt's own chains if this
+    network's start creates them (removed once libvirtd is gone: bench/tune/firewall.py)."""
 
     def __init__(self, conn: libvirt.virConnect, run_id: str) -> None:
         self.conn = conn
@@ -46,6 +58,7 @@ class RunNetwork:
         self.forwarding.enable()  # before libvirt does it, unjournaled
         self.rules = firewall.RunRules("kvm", self.run_id)
         self.rules.watch(self.bridge, str(subnet))
+        self.rules.watch_chains(libvirt_chains(), LIBVIRT_DAEMONS)
         network = self.conn.networkDefineXML(domxml.network_xml(self.name, self.bridge, subnet))
         network.create()
         self.rules.adopt()

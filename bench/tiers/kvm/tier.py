@@ -106,9 +106,9 @@ class KvmTier(Tier):
     live_switches = kvm_limits.LIVE_SWITCHES
     cache_devices = "guest"
     cpu_share_inside = False  # the guest's clock runs on while its vCPU is throttled
+    io_burst_s = 0.1  # QEMU's least throttle bucket, rate/10 (bps_max cannot be below bps)
 
-    def cache_lab(self, instance: Instance, names: list[str],
-                  log: Callable[[str], None]) -> Any:
+    def cache_lab(self, instance: Instance, names: list[str], log: Callable[[str], None]) -> Any:
         from bench.tiers.kvm.cachedisks import attach_cache_disks
 
         assert isinstance(instance, KvmInstance)
