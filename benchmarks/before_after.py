@@ -44,14 +44,16 @@ def argv_of(case: str, args: argparse.Namespace, out: Path) -> list[str]:
             "list": [py, "-m", "bench.cli", "list"],
             "trend": [py, "-m", "bench.cli", "history", "trend", "--db", str(args.db),
                       "--format", "json"],
-            "report": [py, "-c", REPORT, str(args.run), str(out)],
-            "ingest": [py, "-c", INGEST, str(args.run), str(out)]}[case]
+            "report": [py, "-c", REPORT, str(args.run.resolve()), str(out)],
+            "ingest": [py, "-c", INGEST, str(args.run.resolve()), str(out)]}[case]
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """`cwd` outside both trees: `python -c`/`-m` put the working directory first on sys.path,
+    before PYTHONPATH, so from a checkout's root both versions would be that checkout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = perf_counter()
-    done = subprocess.run(argv, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(argv, env=env, check=True, stdout=subprocess.PIPE, text=True, cwd=cwd)
     wall = perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if argv[2] == INGEST:  # the child's own timing of the step
@@ -78,12 +80,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.html"
         for key in keys:  # warm the page cache and both trees' .pyc files
-            timed(argv_of(key[0], args, out), envs[key[1]])
+            timed(argv_of(key[0], args, out), envs[key[1]], Path(tmp))
         for _ in range(args.rounds):
             loads.append(os.getloadavg()[0])
             random.shuffle(keys)
             for case, version in keys:
-                wall, cpu = timed(argv_of(case, args, out), envs[version])
+                wall, cpu = timed(argv_of(case, args, out), envs[version], Path(tmp))
                 walls[case, version].append(wall)
                 cpus[case, version].append(cpu)
     click = statistics.median(walls["click", "after"]) if "click" in cases else None

@@ -40,7 +40,8 @@ from bench.tiers.base import InstanceSpec, Limits, NetworkMode, TierContext
 from bench.tiers.ns.tier import NsTier
 from bench.workloads.startup import STAMP, parse_stamp
 
-UNSHARE = ["unshare", "--fork", "--pid", "--mount-proc", "--uts", "--ipc", "--net", "--mount"]
+UNSHARE = ["unshare", "--fork", "--pid", "--mount-proc", "--uts", "--ipc", "--net", "--mount",
+           "--cgroup"]
 
 
 def stamp_of(text: str) -> float:

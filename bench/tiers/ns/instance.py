@@ -113,6 +113,10 @@ class NsInstance(Instance):
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
+        if not hold and (self.net is None or self._net_pooled):
+            # nothing to wire in: go is said before the init exists, so it never waits for
+            # bench to be scheduled again (under load, that wait was the start's largest part)
+            os.write(go_w, b"go")
         if self.spec.command is not None:
             out_r, child_fds["stdout"] = os.pipe()
             err_r, child_fds["stderr"] = os.pipe()
@@ -165,12 +169,9 @@ class NsInstance(Instance):
 
     def _follow(self, go_w: int, hold: bool = False) -> None:
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
-        bridge mode bench wires the veth in as soon as the namespace exists, while the init
-        goes on, and says go then; with no network to wire, go is said at once. With `hold`,
-        go is left to `go()`."""
-        if (self.net is None or self._net_pooled) and not hold:
-            with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
-                os.write(go_w, b"go")
+        bridge mode without a pooled namespace bench wires the veth in as soon as the
+        namespace exists, while the init goes on, and says go then; with no network to wire,
+        go was said at launch. With `hold`, go is left to `go()`."""
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
             if name == "error":
                 raise NsStartError(f"Container {self.name} failed to start: {detail}",
