@@ -15,7 +15,8 @@
  * the Python runtime it mirrors; `clone` carries the init's host PID too; a pooled network
  * namespace adds `network_ready` as it is joined), builds the container around itself, waits
  * for bench's `go` on GO, starts COMMAND and reaps. Lines are stamped as each phase ends and
- * sent when bench needs them: at `net` (bench wires a new namespace), `ready`, an error.
+ * sent when bench needs them: at `net` (bench wires a new namespace), `ready` (or, when go was
+ * said before, once COMMAND is started), an error.
  *
  *   bench-nsinit --enter CAPMASK NAME=FD,... NJOIN PATH... -- COMMAND...
  *
@@ -32,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -393,7 +395,12 @@ int main(int argc, char **argv) {
     cut_capabilities(keep, last_cap());
     load_filter();
     report("ready");
-    flush();
+    /* go said already (nothing was wired in, no warm start): bench is not waiting for `ready`,
+     * so the lines go after the command is started, not while it starts (bench woken then
+     * would take a core from it, on a busy host) */
+    struct pollfd said = {go_fd, POLLIN, 0};
+    int early = poll(&said, 1, 0) == 1;
+    if (!early) flush();
     char go[16] = {0};
     if (read(go_fd, go, sizeof go) != 2 || memcmp(go, "go", 2) != 0) _exit(EXIT_SETUP_FAILED);
     close(go_fd);
@@ -412,11 +419,13 @@ int main(int argc, char **argv) {
         extern char **environ;
         int rc = posix_spawnp(&pid, command[0], &actions, &attr, command, environ);
         if (rc != 0) {
+            flush();
             dprintf(err_fd >= 0 ? err_fd : 2, "cannot run %s: %s\n", command[0], strerror(rc));
             dprintf(report_fd, "exit %.9f 127\n", now());
             _exit(127);
         }
     }
+    flush();  /* `ready` and the rest, if held back above */
     if (out_fd >= 0) close(out_fd);
     if (err_fd >= 0) close(err_fd);
     reap_forever(pid);
