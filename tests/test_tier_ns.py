@@ -46,11 +46,16 @@ def tier(bench_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     work = tmp_path_factory.mktemp("ns-work")
     ns = NsTier()
     ns.prepare(TierContext(run_id, bench_image, work / "ns", work))
+    waiting = [init.pid for init in ns.pools.inits]
     try:
         yield ns
     finally:
+        waiting += [init.pid for init in ns.pools.inits]
         ns.finish()
     assert not leftovers(run_id), "finish() leaves nothing of the run"
+    for pid in waiting:  # pooled PID 1s: reaped (a child of ours that lived would still be)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture
@@ -388,11 +393,13 @@ def test_pools_serve_the_next_start_with_its_limits(tier: NsTier) -> None:
     first = tier.start(InstanceSpec("pooled", limits, command=argv))
     assert first.wait(30) == 0
     first.stop()  # tops the pools up with a group made for these limits
+    waiting = tier.pools.inits[0].pid
     second = tier.start(InstanceSpec("pooled", limits, command=argv))
     try:
         assert isinstance(second, NsInstance)
         meta = second.metadata()
         assert meta["netns_source"] == "pool" and meta["cgroup_source"] == "pool", meta
+        assert meta["init_source"] == "pool" and second.pid == waiting, meta
         memory = second.cgroup.dir("memory")
         limit = "memory.max" if second.cgroup.h.version == 2 else "memory.limit_in_bytes"
         assert int((memory / limit).read_text()) == 192 * MiB

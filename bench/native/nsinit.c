@@ -25,7 +25,13 @@
  * enter a PID namespace), drop capabilities to CAPMASK, exec; exit with COMMAND's status.
  * Spawned directly, so bench does not fork its own (large) process to get there.
  *
- * Either form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
+ *   bench-nsinit --pooled PLANFD
+ *
+ * is spawned ahead (the tier's pool: a PID namespace with its PID 1 waiting) and reads the
+ * first form's arguments from PLANFD, each ended by a NUL, when a start takes it; its
+ * descriptors were given at the spawn. End of file without a plan: it exits.
+ *
+ * Any form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
  * bench/kernel/seccomp.py writes it) read at once and loaded after the capabilities are cut
  * (no_new_privs set), so the command and all it starts run under it; PID 1 too, from `ready`. */
 #define _GNU_SOURCE
@@ -306,14 +312,36 @@ int main(int argc, char **argv) {
         if (filter_path) read_filter(filter_path);
         return enter(argc, argv);
     }
-    double clone_time = now();
+    if (argc > 2 && strcmp(argv[1], "--pooled") == 0) {
+        /* spawned ahead into its PID namespace, before any start asks for it: wait for the
+         * plan (the usual arguments, each NUL-ended, then end of file) on PLANFD */
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (filter_path) read_filter(filter_path);
+        static char plan[65536];
+        static char *planned[4096];
+        int plan_fd = atoi(argv[2]);
+        size_t have = 0;
+        ssize_t n;
+        while ((n = read(plan_fd, plan + have, sizeof plan - 1 - have)) > 0 ||
+               (n < 0 && errno == EINTR))
+            if (n > 0) have += (size_t)n;
+        close(plan_fd);
+        if (have == 0 || plan[have - 1] != 0) _exit(EXIT_SETUP_FAILED);  /* not wanted */
+        argc = 0;
+        planned[argc++] = argv[0];
+        for (size_t at = 0; at < have && argc < 4095; at += strlen(plan + at) + 1)
+            planned[argc++] = plan + at;
+        planned[argc] = NULL;
+        argv = planned;
+    }
+    double clone_time = now();  /* pooled: when the plan came */
     int spawned_as_init = getpid() == 1;  /* bench spawned us into a new PID namespace */
     if (argc < 16) {
         fprintf(stderr, "bench-nsinit: a plan from bench/tiers/ns/runtime/native.py expected\n");
         return 2;
     }
     report_fd = atoi(argv[1]);
-    if (filter_path) read_filter(filter_path);  /* a path on the host: before pivot_root */
+    if (filter_path && !filter.len) read_filter(filter_path);  /* a host path: before pivot */
     int go_fd = atoi(argv[2]), out_fd = atoi(argv[3]), err_fd = atoi(argv[4]);
     int netns_fd = atoi(argv[5]);
     int flags = (int)strtol(argv[6], NULL, 0);

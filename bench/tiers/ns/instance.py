@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -29,6 +30,7 @@ from bench.tiers.ns.runtime.init import InitPlan, enter
 from bench.tiers.ns.runtime.rootfs import RootPlan
 
 if TYPE_CHECKING:
+    from bench.tiers.ns.pool import PooledInit
     from bench.tiers.ns.tier import NsTier
 
 CGROUP_ROOT = "bench-ns"
@@ -93,9 +95,13 @@ class NsInstance(Instance):
         if pooled_group is not None:
             self.cgroup = pooled_group
         self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
+        init = pools.take_init() if pools is not None and self.spec.network == "bridge" \
+            and self.spec.command is not None and not hold else None
+        self.sources["init"] = "pool" if init is not None else "spawned at start"
         if self.spec.network == "bridge":
             flags |= linuxns.CLONE_NEWNET
-            pooled_net = pools.take_net() if pools is not None else None
+            pooled_net = init.net if init is not None else \
+                pools.take_net() if pools is not None else None
             if pooled_net is not None:
                 self.net, child_fds["netns"] = pooled_net.net, pooled_net.fd
                 self._net_pooled = True
@@ -110,6 +116,9 @@ class NsInstance(Instance):
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps), seccomp=self.tier.seccomp_path)
+        if init is not None:
+            self._hand_plan(init, plan)
+            return
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
@@ -143,6 +152,26 @@ class NsInstance(Instance):
                 os.close(go_w)
         if limits.net_mbit is not None and self.spec.network == "bridge":
             tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
+
+    def _hand_plan(self, init: PooledInit, plan: InitPlan) -> None:
+        """Start with a pooled PID 1: go, then the plan (its seccomp file it was given when
+        spawned), on its pipes; the rest as a spawned one."""
+        self.child, self._report, self._out = init.pid, init.report, init.out
+        self._adopt(init.pid)
+        argv = native.plan_argv(dataclasses.replace(plan, seccomp=None), init.fds)[1:]
+        data = memoryview(b"".join(arg.encode() + b"\0" for arg in argv))
+        try:
+            with contextlib.suppress(BrokenPipeError):  # gone: _follow says so
+                os.write(init.go, b"go")
+                while data:
+                    data = data[os.write(init.plan, data):]
+        finally:
+            os.close(init.plan)
+        try:
+            self.metadata()
+            self._follow(init.go)
+        finally:
+            os.close(init.go)
 
     def _adopt(self, pid: int) -> None:
         self.pid = pid

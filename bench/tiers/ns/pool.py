@@ -2,7 +2,13 @@
 
 - network namespaces, each already wired to the run's bridge (veth, address, route, lo up):
   a start's PID 1 joins one with setns instead of making one with unshare (1-2 ms);
-- control groups, made and limited for a given set of limits: a start's PID 1 only joins.
+- control groups, made and limited for a given set of limits: a start's PID 1 only joins;
+- PID 1s (bench-nsinit --pooled), each spawned into its own new PID namespace with one of the
+  network namespaces above and its pipes, waiting for a plan: a start with a command on the
+  bridge writes its plan instead of spawning a process (the start's one fork fewer: on a busy
+  host a new process waits for a core longer than a woken one). It has made nothing else yet:
+  the start still joins the network namespace and the cgroup, makes the other namespaces and
+  the root, drops capabilities, loads seccomp, and starts the command.
 
 Both are filled when the tier is prepared (network namespaces) and topped up when an instance
 stops (teardown, off the next start's path). A start that finds its pool empty makes its own,
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +32,24 @@ from bench.tiers.ns.net import Bridge
 
 NETNS_POOL = 2  # namespaces kept ready
 CGROUP_POOL = 1  # groups kept ready per set of limits
+INIT_POOL = 1  # PID 1s kept waiting
 
 
 @dataclass
 class PooledNet:
     fd: int  # holds the namespace alive
     net: dict[str, Any]  # Bridge.reserve()'s plan, already wired
+
+
+@dataclass
+class PooledInit:
+    pid: int
+    plan: int  # write end: the plan, then end of file
+    report: int  # read end of its phase lines
+    go: int  # write end of its go pipe
+    out: tuple[int, int]  # read ends of the command's stdout, stderr
+    fds: dict[str, int]  # report, go, stdout, stderr, netns as numbered in the init
+    net: PooledNet
 
 
 def new_netns() -> int:
@@ -57,6 +76,7 @@ class Pools:
         self.run_rel = run_rel
         self.bridge = bridge
         self.nets: list[PooledNet] = []
+        self.inits: list[PooledInit] = []
         self.groups: dict[tuple[Any, ...], list[cgroups.Cgroup]] = {}
         self.made = 0
 
@@ -80,6 +100,39 @@ class Pools:
     def take_net(self) -> PooledNet | None:
         return self.nets.pop(0) if self.nets else None
 
+    # -- PID 1s -----------------------------------------------------------------------------
+    def fill_inits(self, nsinit: str, seccomp_path: str | None, env: dict[str, str]) -> None:
+        from bench.tiers.ns.runtime import native
+
+        while len(self.inits) < INIT_POOL and (net := self.take_net()) is not None:
+            ours, theirs = [], {"netns": net.fd}
+            try:
+                for name, reads in (("report", True), ("go", False), ("stdout", True),
+                                    ("stderr", True), ("plan", False)):
+                    r, w = os.pipe()
+                    ours.append(r if reads else w)
+                    theirs[name] = w if reads else r
+                for fd in theirs.values():
+                    os.set_inheritable(fd, True)
+                filtered = ["--seccomp", seccomp_path] if seccomp_path else []
+                pid = native.spawn_init(nsinit, [native.NAME, *filtered, "--pooled",
+                                                 str(theirs["plan"])], env)
+            except BaseException:
+                for fd in ours:
+                    os.close(fd)
+                self.bridge.release(net.net["host_end"], net.net["address"])
+                raise
+            finally:
+                for fd in theirs.values():
+                    os.close(fd)  # the namespace's too: the init holds it now
+            report, go, out, err, plan = ours
+            self.inits.append(PooledInit(pid, plan, report, go, (out, err),
+                                         {k: v for k, v in theirs.items() if k != "plan"},
+                                         net))
+
+    def take_init(self) -> PooledInit | None:
+        return self.inits.pop(0) if self.inits else None
+
     # -- control groups ---------------------------------------------------------------------
     def fill_group(self, limits: Limits) -> None:
         key = limits_key(limits)
@@ -100,6 +153,15 @@ class Pools:
 
     # -- the end ----------------------------------------------------------------------------
     def close(self) -> None:
+        for init in self.inits:
+            for fd in (init.plan, init.report, init.go, *init.out):
+                os.close(fd)  # no plan: it ends by itself; killed in case it hangs
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(init.pid, 0)
+            self.bridge.release(init.net.net["host_end"], init.net.net["address"])
+        self.inits.clear()
         for pooled in self.nets:
             os.close(pooled.fd)  # the namespace goes, and the veth with it
             self.bridge.release(pooled.net["host_end"], pooled.net["address"])
