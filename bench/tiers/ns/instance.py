@@ -103,8 +103,9 @@ class NsInstance(Instance):
             pooled_net = init.net if init is not None else \
                 pools.take_net() if pools is not None else None
             if pooled_net is not None:
-                self.net, child_fds["netns"] = pooled_net.net, pooled_net.fd
-                self._net_pooled = True
+                self.net, self._net_pooled = pooled_net.net, True
+                if init is None:  # a pooled PID 1 holds its own
+                    child_fds["netns"] = pooled_net.fd
             else:
                 self.net = self.tier.bridge.reserve()
             self.sources["netns"] = "pool" if self._net_pooled else "made at start"
@@ -118,14 +119,17 @@ class NsInstance(Instance):
             keep_caps=sorted(self.tier.keep_caps), seccomp=self.tier.seccomp_path)
         if init is not None:
             self._hand_plan(init, plan)
-            return
+        else:
+            self._spawn(plan, child_fds, hold)
+        if limits.net_mbit is not None and self.spec.network == "bridge":
+            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
+
+    def _spawn(self, plan: InitPlan, child_fds: dict[str, int], hold: bool) -> None:
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
-        if not hold and (self.net is None or self._net_pooled):
-            # nothing to wire in: go is said before the init exists, so it never waits for
-            # bench to be scheduled again (under load, that wait was the start's largest part)
-            os.write(go_w, b"go")
+        if not hold and (self.net is None or self._net_pooled):  # nothing to wire in: go is
+            os.write(go_w, b"go")  # said before the init exists, never waited for under load
         if self.spec.command is not None:
             out_r, child_fds["stdout"] = os.pipe()
             err_r, child_fds["stderr"] = os.pipe()
@@ -150,23 +154,12 @@ class NsInstance(Instance):
                 self._go = go_w
             else:
                 os.close(go_w)
-        if limits.net_mbit is not None and self.spec.network == "bridge":
-            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
 
     def _hand_plan(self, init: PooledInit, plan: InitPlan) -> None:
-        """Start with a pooled PID 1: go, then the plan (its seccomp file it was given when
-        spawned), on its pipes; the rest as a spawned one."""
+        """A pooled PID 1 (seccomp file given at its spawn): go, then the plan, on its pipes."""
         self.child, self._report, self._out = init.pid, init.report, init.out
         self._adopt(init.pid)
-        argv = native.plan_argv(dataclasses.replace(plan, seccomp=None), init.fds)[1:]
-        data = memoryview(b"".join(arg.encode() + b"\0" for arg in argv))
-        try:
-            with contextlib.suppress(BrokenPipeError):  # gone: _follow says so
-                os.write(init.go, b"go")
-                while data:
-                    data = data[os.write(init.plan, data):]
-        finally:
-            os.close(init.plan)
+        init.hand(native.plan_argv(dataclasses.replace(plan, seccomp=None), init.fds)[1:])
         try:
             self.metadata()
             self._follow(init.go)

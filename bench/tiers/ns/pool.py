@@ -51,6 +51,17 @@ class PooledInit:
     fds: dict[str, int]  # report, go, stdout, stderr, netns as numbered in the init
     net: PooledNet
 
+    def hand(self, argv: list[str]) -> None:
+        """go, then the plan (its arguments after the program's name), and end of file."""
+        data = memoryview(b"".join(arg.encode() + b"\0" for arg in argv))
+        try:
+            with contextlib.suppress(BrokenPipeError):  # gone: the start says so, as it reads
+                os.write(self.go, b"go")
+                while data:
+                    data = data[os.write(self.plan, data):]
+        finally:
+            os.close(self.plan)
+
 
 def new_netns() -> int:
     """A new, empty network namespace as a descriptor (this thread stays where it was)."""
