@@ -122,7 +122,7 @@ SPAWNS_OK = {"bench/core/procs.py", "bench/tiers/docker/engine.py", "bench/tiers
              "bench/tiers/docker/registry.py", "bench/tiers/docker/limited.py",
              "bench/tiers/host.py", "bench/tiers/base.py", "bench/tiers/docker/image.py",
              "bench/tiers/ns/runtime/native.py", "bench/tiers/ns/runtime/zygote.py",
-             "bench/tiers/ns/runtime/init.py"}
+             "bench/tiers/ns/runtime/init.py", "bench/kernel/mountns.py"}
 
 
 def test_processes_start_in_one_place_or_a_documented_exception() -> None:

@@ -16,7 +16,7 @@ import yaml
 from bench.core.image import Image
 from bench.core.rundir import RunDir
 from bench.core.settings import settings
-from bench.kernel import sysmount
+from bench.kernel import mountns, sysmount
 from bench.run import scenario
 
 pytestmark = [pytest.mark.integration, pytest.mark.part("host")]
@@ -243,8 +243,10 @@ def test_a_second_run_refuses_while_one_holds_the_host(tmp_path: Path, results_d
     assert not any(results_dir.iterdir())
 
 
-def test_cleanup_after_sigkill_leaves_no_mount(tmp_path: Path, results_dir: Path,
+def test_sigkill_leaves_no_mount_and_no_holder(tmp_path: Path, results_dir: Path,
                                                bench_image: Image) -> None:
+    """The host tier's mounts live in a namespace whose holder dies with bench: a SIGKILLed
+    run leaves none in the machine's table, and `bench cleanup` has no mount to remove."""
     proc = subprocess.Popen([*BENCH, "run", str(write_scenario(tmp_path, SMALL))],
                             env=env_for(results_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -252,12 +254,20 @@ def test_cleanup_after_sigkill_leaves_no_mount(tmp_path: Path, results_dir: Path
     while time.monotonic() < deadline and not list(results_dir.glob("*/samples.jsonl")):
         assert proc.poll() is None, "bench run ended before it took a sample"
         time.sleep(0.05)
+    work = settings().work_dir / only_run(results_dir).run_id
+    (holder,) = mountns.holders(work)  # the tier is up: its holder is there
     proc.kill()
     proc.wait()
     run = only_run(results_dir)
-    assert sysmount.mounts_under(settings().work_dir / run.run_id), "the killed run left mounts"
+    deadline = time.monotonic() + 10  # PDEATHSIG: the kernel kills the holder as bench exits
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{holder}"):
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{holder}") and mountns.holders(work) == []
+    assert not sysmount.mounts_under(work)
+    assert not [line for line in Path("/proc/self/mounts").read_text().splitlines()
+                if run.run_id in line]
     done = bench("cleanup", "--run", run.run_id, env=env_for(results_dir))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "removed host: mount" in done.stdout
-    assert not sysmount.mounts_under(settings().work_dir / run.run_id)
+    assert "host: mount" not in done.stdout
+    assert not work.exists()
     assert run.samples(), "samples taken before the kill stay readable"

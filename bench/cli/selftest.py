@@ -65,6 +65,7 @@ from bench.core.errors import BenchError
 from bench.core.limits import Limits, ScratchMode
 from bench.kernel import cgroups
 from bench.tiers.base import Instance, InstanceSpec, Tier, TierContext
+from bench.tiers.host import HostTier
 from bench.tiers.registry import get as get_tier
 
 __all__ = ["TOLERANCE", "Check", "SelfTest", "as_json"]
@@ -107,7 +108,8 @@ class SelfTest:
 
     # -- the host tier: limits injected around the host's own processes ------------------
     def _host(self, tier: Tier) -> list[Check]:
-        root = tier.ctx.workdir / "host-root"
+        assert isinstance(tier, HostTier)
+        holder = tier.holder  # its mount namespace holds the image's root and mounts
         device = cgroups.block_device(tier.ctx.workdir / "host-scratch")
         hierarchies = cgroups.detect()
         rel = f"{cgroups.ROOT_NAME}/{self.run_id}"
@@ -117,8 +119,7 @@ class SelfTest:
             def enter() -> None:
                 if group is not None:
                     group.join(0)
-                os.chroot(root)
-                os.chdir("/")
+                holder.enter()
 
             return lambda argv: procs.run(argv, timeout=120, preexec=enter).stdout
 
@@ -143,11 +144,11 @@ class SelfTest:
                 group.remove()
             cgroups.remove_tree(hierarchies, rel)
         try:
-            return [*checks, self._host_network(chroot(None))]
+            return [*checks, self._host_network(chroot(None), holder.argv)]
         except BenchError as exc:
             return [*checks, failed("host", "tbf (network)", "", exc)]
 
-    def _host_network(self, run: Run) -> Check:
+    def _host_network(self, run: Run, inside: Callable[[list[str]], list[str]]) -> Check:
         tag = self.run_id[-6:]
         a, b = f"bst{tag}a", f"bst{tag}b"
         ns_a, ns_b = f"bench-{self.run_id}-a", f"bench-{self.run_id}-b"
@@ -161,11 +162,10 @@ class SelfTest:
                 procs.run(["ip", "-n", ns, "addr", "add", addr, "dev", link], timeout=10)
                 procs.run(["ip", "-n", ns, "link", "set", link, "up"], timeout=10)
                 procs.run(["ip", "-n", ns, "link", "set", "lo", "up"], timeout=10)
-            root = str(self.work / "host" / "host-root")
-            server = procs.spawn(["ip", "netns", "exec", ns_b, "chroot", root,
-                                  "iperf3", "-s", "-B", "10.214.0.2", "-p", "5201"])
+            server = procs.spawn(["ip", "netns", "exec", ns_b, *inside(
+                ["iperf3", "-s", "-B", "10.214.0.2", "-p", "5201"])])
             client = until_listening(lambda argv: procs.run(
-                ["ip", "netns", "exec", ns_a, "chroot", root, *argv], timeout=60).stdout)
+                ["ip", "netns", "exec", ns_a, *inside(argv)], timeout=60).stdout)
             def rate() -> float:
                 return iperf3_rate(client, "10.214.0.2", 5201)
 

@@ -7,6 +7,8 @@ module cannot serve (tests/test_layout.py holds the list):
 - processes an Instance owns for its lifetime and stops itself: host-tier commands and
   servers (tiers/host.py, tiers/base.py's ProcessBackground), the tar stream into
   `docker import` (tiers/docker/image.py);
+- the host tier's mount namespace holder, a `python -S` that lives as long as the tier
+  (kernel/mountns.py);
 - the ns runtime: the C init is posix_spawned with a signal mask and descriptors set just so
   (tiers/ns/runtime/native.py; its gcc build goes through here), the Python runtime forks
   (runtime/zygote.py, runtime/init.py) because a new PID namespace starts at a fork;

@@ -285,10 +285,18 @@ class Tier(ABC):
     # host's count, Instance.cpu_seconds)
     cpu_share_inside: ClassVar[bool] = True
     # where an SSD-cache setup (`sweep: cache`) can be mounted as the instance's scratch:
-    # "host": built on the host and bound over the tier's root/scratch (the tier has `root`);
+    # "host": built on the host and bound over the instances' /scratch (`bind_scratch`);
     # "guest": built inside each instance on disks the tier gives it (`cache_lab(instance)`);
     # "": not at all
     cache_devices: ClassVar[str] = ""
+
+    def bind_scratch(self, source: Path) -> None:
+        """For cache_devices == "host": `source` (a host directory) becomes the instances'
+        /scratch until `unbind_scratch`."""
+        raise NotImplementedError(f"the {self.name} tier cannot mount a host directory")
+
+    def unbind_scratch(self) -> None:
+        raise NotImplementedError(f"the {self.name} tier cannot mount a host directory")
 
     def cache_lab(self, instance: Instance, names: list[str],
                   log: Callable[[str], None]) -> Any:

@@ -1,8 +1,12 @@
 """The host tier: bare metal. Workloads run from the bench image's root through chroot only:
-no namespaces, no cgroup limits, the host's network (loopback). Its commands stay in bench's
-session (a process group each, for the timeout's kill): with the kernel's autogroup a session of
-their own would be a scheduling group of their own, sharing the CPUs half and half with a
-neighbour whatever the thread counts, a shield bare metal processes do not have.
+no cgroup limits, the host's network (loopback), the host's pid, net, uts, ipc and cgroup
+namespaces. Only the mounts the chroot needs (/proc, /sys, /dev, /tmp, /scratch) live in a
+mount namespace of bench's own (kernel/mountns.py), so the machine's mount table never shows
+them (a second /sys/fs/cgroup there misleads libvirt's cgroup look-up, which the kvm tier's
+live CPU switch needs). Its commands stay in bench's session (a process group each, for the
+timeout's kill): with the kernel's autogroup a session of their own would be a scheduling
+group of their own, sharing the CPUs half and half with a neighbour whatever the thread
+counts, a shield bare metal processes do not have.
 
 The one exception is safety: an instance started with a `guard` (an antagonist: fork storm,
 memory hog) runs every process in a cgroup of bench's own, `bench-guard/<run-id>/<name>`,
@@ -14,14 +18,15 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.core import hostlock, procs, safefs
 from bench.core.errors import BenchError, CommandTimeout
 from bench.core.procs import Completed
-from bench.kernel import cgroups, sysmount
+from bench.kernel import cgroups, mountns, sysmount
+from bench.kernel.mountns import MountHolder
 from bench.tiers.base import (
     Availability,
     Background,
@@ -39,7 +44,7 @@ ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 GUARD_ROOT = "bench-guard"
 
 
-def _chroot_into(root: Path, join: list[str] | None = None) -> Any:
+def _enter(holder: MountHolder, join: list[str] | None = None) -> Callable[[], None]:
     def enter() -> None:
         for path in join or ():  # the guard's cgroup first: everything forked after is in it
             fd = os.open(path, os.O_WRONLY)
@@ -47,16 +52,16 @@ def _chroot_into(root: Path, join: list[str] | None = None) -> Any:
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
-        os.chroot(root)
-        os.chdir("/")
+        holder.enter()
 
     return enter
 
 
 class HostInstance(Instance):
-    def __init__(self, spec: InstanceSpec, root: Path, workdir: Path, scratch: Path) -> None:
+    def __init__(self, spec: InstanceSpec, holder: MountHolder, workdir: Path,
+                 scratch: Path) -> None:
         super().__init__(spec)
-        self.root = root
+        self.holder = holder
         self.workdir = workdir
         self.scratch_host = scratch
         self.proc: subprocess.Popen[str] | None = None
@@ -70,18 +75,18 @@ class HostInstance(Instance):
         self.guard = cgroups.Cgroup(hierarchies, rel, cgroups.controllers_for(self.spec.guard))
         self.guard.create(self.spec.guard)
 
-    def _enter(self) -> Any:
+    def _enter(self) -> Callable[[], None]:
         join = [str(p) for p in self.guard.join_files] if self.guard is not None else None
-        return _chroot_into(self.root, join)
+        return _enter(self.holder, join)
 
     def launch(self) -> None:
         assert self.spec.command is not None
         self.phases.mark("go" if "create" in self.phases.stamps else "create")
-        # The start-up baseline: a plain spawn of chroot(8), which enters the image and execs
-        # the command. No preexec hook, so Python can vfork instead of copying its own memory.
-        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        # The start-up baseline: a plain spawn of bench-mntexec, which enters the image (the
+        # holder's mount namespace and root) and execs the command. No preexec hook, so Python
+        # can vfork instead of copying its own memory.
         self.proc = subprocess.Popen(
-            [chroot, str(self.root), *self.spec.command], env=ENV, stdout=subprocess.PIPE,
+            self.holder.argv(self.spec.command), env=ENV, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, close_fds=True,
         )
         self.phases.mark("started")  # Popen returns once exec has succeeded in the child
@@ -91,9 +96,8 @@ class HostInstance(Instance):
         self.launch()
 
     def exec(self, argv: list[str], timeout: float) -> Completed:
-        if self.guard is None:  # chroot(8) enters the image: no preexec, so Python can vfork
-            chroot = shutil.which("chroot") or "/usr/sbin/chroot"  # instead of copying itself
-            return procs.run([chroot, str(self.root), *argv], timeout=timeout, env=ENV,
+        if self.guard is None:  # bench-mntexec enters the image: no preexec, Python can vfork
+            return procs.run(self.holder.argv(argv), timeout=timeout, env=ENV,  # (no copy)
                              new_session=False)
         return procs.run(argv, timeout=timeout, env=ENV, preexec=self._enter(),
                          new_session=False)
@@ -124,7 +128,7 @@ class HostInstance(Instance):
         return self._output
 
     def read_file(self, path: str) -> bytes:
-        return safefs.read_in_root(self.root, path)
+        return safefs.read_in_root(self.holder.root_path, path)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -172,20 +176,19 @@ class HostTier(Tier):
         self.root.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.guards = 0
-        try:
-            sysmount.bind(ctx.image.rootfs, self.root, readonly=True)
-            sysmount.mount("proc", self.root / "proc", "proc",
-                           sysmount.MS_NOSUID | sysmount.MS_NODEV | sysmount.MS_NOEXEC)
-            sysmount.bind("/sys", self.root / "sys", readonly=True)
-            sysmount.bind("/dev", self.root / "dev")
-            sysmount.mount("tmpfs", self.root / "tmp", "tmpfs", sysmount.MS_NOSUID, "mode=1777")
-            sysmount.bind(self.scratch, self.root / "scratch")
-        except OSError:
-            self.finish()
-            raise
+        self.holder = MountHolder(self.root, [  # made inside the holder's namespace
+            {"bind": True, "source": str(ctx.image.rootfs), "target": "/", "readonly": True},
+            {"source": "proc", "target": "/proc", "fstype": "proc",
+             "flags": sysmount.MS_NOSUID | sysmount.MS_NODEV | sysmount.MS_NOEXEC},
+            {"bind": True, "source": "/sys", "target": "/sys", "readonly": True},
+            {"bind": True, "source": "/dev", "target": "/dev"},
+            {"source": "tmpfs", "target": "/tmp", "fstype": "tmpfs",
+             "flags": sysmount.MS_NOSUID, "data": "mode=1777"},
+            {"bind": True, "source": str(self.scratch), "target": "/scratch"},
+        ])
 
     def start(self, spec: InstanceSpec) -> Instance:
-        instance = HostInstance(spec, self.root, self.ctx.workdir, self.scratch)
+        instance = HostInstance(spec, self.holder, self.ctx.workdir, self.scratch)
         if spec.guard is not None:
             self.guards += 1
             instance.confine(cgroups.detect(),
@@ -198,18 +201,23 @@ class HostTier(Tier):
         return instance
 
     def start_prepared(self, spec: InstanceSpec) -> Instance:
-        instance = HostInstance(spec, self.root, self.ctx.workdir, self.scratch)
+        instance = HostInstance(spec, self.holder, self.ctx.workdir, self.scratch)
         instance.phases.mark("create")
         return instance
+
+    def bind_scratch(self, source: Path) -> None:
+        mountns.bind_into(self.holder.pid, source, "/scratch")
+
+    def unbind_scratch(self) -> None:
+        if self.holder.proc.poll() is None:  # else the mount went with the namespace
+            mountns.unmount_in(self.holder.pid, "/scratch")
 
     def finish(self) -> None:
         if hasattr(self, "ctx"):
             self._remove_guards(self.ctx.run_id)
-        if hasattr(self, "root"):
-            sysmount.unmount_all(self.root)
-            deadline = time.monotonic() + 5
-            while sysmount.mounts_under(self.root) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if hasattr(self, "holder"):
+            self.holder.stop()  # its namespace, and every mount in it, go with it
+        if hasattr(self, "root"):  # (an empty directory in the machine's mount namespace)
             shutil.rmtree(self.scratch, ignore_errors=True)
             if not sysmount.mounts_under(self.root):
                 shutil.rmtree(self.root, ignore_errors=True)
@@ -217,6 +225,7 @@ class HostTier(Tier):
     def cleanup(self, run_id: str | None) -> list[str]:
         removed = self._remove_guards(run_id)
         for work in hostlock.run_dirs(run_id):
+            removed += mountns.kill_holders(work / "host")
             removed += [f"mount {p}" for p in sysmount.unmount_all(work / "host")]
         return removed
 
@@ -235,4 +244,8 @@ class HostTier(Tier):
 
     def metadata(self) -> dict[str, Any]:
         return {"isolation": "none (chroot)", "limits": "none",
-                "scheduling": "bench's session (one autogroup for every instance)"}
+                "scheduling": "bench's session (one autogroup for every instance)",
+                "namespaces": "the host's (pid, net, uts, ipc, cgroup, user)",
+                "mounts": "the chroot's in a mount namespace of bench's own (" + (
+                    f"{self.holder.how}, entered by {self.holder.entry})"
+                    if hasattr(self, "holder") else "not made)")}

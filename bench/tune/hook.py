@@ -28,7 +28,6 @@ from bench.core.errors import BenchError
 from bench.core.rundir import RunDir
 from bench.core.samples import Cell
 from bench.core.settings import settings
-from bench.kernel import sysmount
 from bench.run.scenario import Scenario
 from bench.tiers.base import Instance, Tier
 from bench.tiers.registry import TIERS
@@ -69,7 +68,7 @@ class TuningHook:
         self.device = ""
         self.lab: CacheLab | None = None
         self.bound: dict[str, str] = {}  # tier -> cache setup mounted over its scratch
-        self._bound_paths: dict[str, Path] = {}
+        self._bound_tiers: dict[str, Tier] = {}
         self.guest_lab: tuple[Instance, GivenDevicesLab] | None = None  # the current guest's lab
         self._lab_of: dict[str, CacheLab] = {}  # cell key -> the lab its setup is in
         self._counters: dict[str, dict[str, int]] = {}
@@ -290,15 +289,14 @@ class TuningHook:
             self._unbind(cell.tier)
         if cell.cache == "none":
             return
-        root = getattr(tier, "root", None)
-        if where != "host" or not isinstance(root, Path):
+        if where != "host":
             raise TuneError(f"Cache setups cannot be mounted into the {cell.tier} tier.",
                             "measure cache setups on a tier that can (host, kvm).")
         assert self.lab is not None
         built = self.lab.build(cell.cache)
-        sysmount.bind(built.mount, root / "scratch")
+        tier.bind_scratch(built.mount)
         self.bound[cell.tier] = cell.cache
-        self._bound_paths[cell.tier] = root / "scratch"
+        self._bound_tiers[cell.tier] = tier
         self._state(cell.cache)
 
     def _cache_in_guest(self, cell: Cell, tier: Tier, instance: Instance | None) -> None:
@@ -335,15 +333,11 @@ class TuningHook:
         return lab if lab is not None and cell.cache in lab.built else None
 
     def _unbind(self, tier: str) -> None:
-        path = self._bound_paths.pop(tier, None)
+        bound = self._bound_tiers.pop(tier, None)
         self.bound.pop(tier, None)
-        if path is None:
-            return
-        try:
-            sysmount.umount(path, lazy=False)
-        except OSError:
+        if bound is not None:
             with contextlib.suppress(OSError):
-                sysmount.umount(path)
+                bound.unbind_scratch()
 
 
 def describe(applied: dict[str, Any]) -> str:
