@@ -25,11 +25,12 @@
  * enter a PID namespace), drop capabilities to CAPMASK, exec; exit with COMMAND's status.
  * Spawned directly, so bench does not fork its own (large) process to get there.
  *
- *   bench-nsinit --pooled PLANFD
+ *   bench-nsinit --pooled PLANFD FD...
  *
  * is spawned ahead (the tier's pool: a PID namespace with its PID 1 waiting) and reads the
  * first form's arguments from PLANFD, each ended by a NUL, when a start takes it; its
- * descriptors were given at the spawn. End of file without a plan: it exits.
+ * descriptors (FD..., up to five, kept: all others are closed) were given at the spawn. End of
+ * file without a plan: it exits.
  *
  * Any form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
  * bench/kernel/seccomp.py writes it) read at once and loaded after the capabilities are cut
@@ -316,10 +317,12 @@ int main(int argc, char **argv) {
         /* spawned ahead into its PID namespace, before any start asks for it: wait for the
          * plan (the usual arguments, each NUL-ended, then end of file) on PLANFD */
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        int plan_fd = atoi(argv[2]), kept[6] = {plan_fd, -1, -1, -1, -1, -1};
+        for (int i = 3; i < argc && i < 8; i++) kept[i - 2] = atoi(argv[i]);
+        close_others(kept, 6);  /* what another thread's spawn let slip in is not held */
         if (filter_path) read_filter(filter_path);
         static char plan[65536];
         static char *planned[4096];
-        int plan_fd = atoi(argv[2]);
         size_t have = 0;
         ssize_t n;
         while ((n = read(plan_fd, plan + have, sizeof plan - 1 - have)) > 0 ||

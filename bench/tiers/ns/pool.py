@@ -10,12 +10,13 @@
   the start still joins the network namespace and the cgroup, makes the other namespaces and
   the root, drops capabilities, loads seccomp, and starts the command.
 
-Both are filled when the tier is prepared (network namespaces) and topped up when an instance
-stops (teardown, off the next start's path). A start that finds its pool empty makes its own,
-as without pools; each instance's metadata says which it got. Everything here carries the run
-id like the rest of the tier: pooled groups sit under the run's group, pooled veths are named
-and labelled by the run, and a pooled namespace lives only as long as bench holds its
-descriptor, so a killed bench leaves nothing but what `bench cleanup` already removes.
+They are filled when the tier is prepared (network namespaces, PID 1s) and topped up when an
+instance stops (teardown, off the next start's path). A start that finds its pool empty makes
+its own, as without pools; each instance's metadata says which it got. Everything here carries
+the run id like the rest of the tier: pooled groups sit under the run's group, pooled veths
+are named and labelled by the run, a pooled namespace lives only as long as bench (or a pooled
+PID 1) holds its descriptor, and a pooled PID 1 dies with bench (PR_SET_PDEATHSIG), so a killed
+bench leaves nothing but what `bench cleanup` already removes.
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class Pools:
                 for fd in theirs.values():
                     os.set_inheritable(fd, True)
                 filtered = ["--seccomp", seccomp_path] if seccomp_path else []
+                kept = [theirs["plan"], *(fd for k, fd in theirs.items() if k != "plan")]
                 pid = native.spawn_init(nsinit, [native.NAME, *filtered, "--pooled",
-                                                 str(theirs["plan"])], env)
+                                                 *map(str, kept)], env)
             except BaseException:
                 for fd in ours:
                     os.close(fd)
