@@ -413,6 +413,20 @@ def test_pools_serve_the_next_start_with_its_limits(tier: NsTier) -> None:
     assert not memory.exists(), "the pooled group goes with its instance"
 
 
+def test_a_pooled_pid1_that_died_is_not_taken(tier: NsTier) -> None:
+    assert tier.pools.inits, "refilled at the last stop"
+    dead = tier.pools.inits[0].pid
+    os.kill(dead, signal.SIGKILL)
+    os.waitid(os.P_PID, dead, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    instance = tier.start(InstanceSpec("cmd", Limits(), command=["true"]))
+    try:
+        assert instance.wait(30) == 0 and instance.pid != dead
+        assert isinstance(instance, NsInstance)
+        assert instance.metadata()["init_source"] == "spawned at start"
+    finally:
+        instance.stop()
+
+
 def test_python_runtime_still_starts_containers(bench_image: Image, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_NS_RUNTIME", "python")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +117,8 @@ class Pools:
     def fill_inits(self, nsinit: str, seccomp_path: str | None, env: dict[str, str]) -> None:
         from bench.tiers.ns.runtime import native
 
+        if threading.current_thread() is not threading.main_thread():
+            return  # PR_SET_PDEATHSIG would kill it when this thread ends, not with bench
         while len(self.inits) < INIT_POOL and (net := self.take_net()) is not None:
             ours, theirs = [], {"netns": net.fd}
             try:
@@ -144,7 +147,18 @@ class Pools:
                                          net))
 
     def take_init(self) -> PooledInit | None:
-        return self.inits.pop(0) if self.inits else None
+        """A waiting PID 1 that is still alive (one that died is dropped: the start spawns)."""
+        while self.inits:
+            init = self.inits.pop(0)
+            if os.waitpid(init.pid, os.WNOHANG)[0] == 0:
+                return init
+            self._drop(init)
+        return None
+
+    def _drop(self, init: PooledInit) -> None:
+        for fd in (init.plan, init.report, init.go, *init.out):
+            os.close(fd)  # no plan: it ends by itself
+        self.bridge.release(init.net.net["host_end"], init.net.net["address"])
 
     # -- control groups ---------------------------------------------------------------------
     def fill_group(self, limits: Limits) -> None:
@@ -167,13 +181,11 @@ class Pools:
     # -- the end ----------------------------------------------------------------------------
     def close(self) -> None:
         for init in self.inits:
-            for fd in (init.plan, init.report, init.go, *init.out):
-                os.close(fd)  # no plan: it ends by itself; killed in case it hangs
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):  # in case it hangs
                 os.kill(init.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(init.pid, 0)
-            self.bridge.release(init.net.net["host_end"], init.net.net["address"])
+            self._drop(init)
         self.inits.clear()
         for pooled in self.nets:
             os.close(pooled.fd)  # the namespace goes, and the veth with it
