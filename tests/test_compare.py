@@ -158,6 +158,12 @@ def _run(scenario: Path, results: Path, procs: Path | None = None) -> Path:
     counts = frame.load(new).frame.query("metric == 'events_per_s'").groupby(
         "tier", observed=True).size()
     assert counts.min() >= 6, (counts, (new / "runs.jsonl").read_text()[-2000:])
+    # the scenario's warm-up runs are run (journaled) but not kept as samples
+    from bench.core.rundir import RunDir
+
+    run = RunDir(new)
+    assert any(r.repetition < 0 for r in run.records())
+    assert all(s.repetition >= 0 for s in run.samples())
     return new
 
 

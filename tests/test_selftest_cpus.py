@@ -67,3 +67,43 @@ def test_a_measurement_that_breaks_is_a_failed_check_and_the_others_are_kept() -
     assert cpus.passed and cpus.measured == pytest.approx(0.25)
     assert "fio was killed by a timeout" in io[0].detail and not io[0].passed
     assert all(not c.passed and not c.skipped for c in io)
+
+
+def test_the_io_cases_overlap_the_quota_and_the_network_waits_for_it() -> None:
+    """With `beside` (instances that start without a boot), the throttled I/O cases run next to
+    the CPU quota case, and the network checks start only once the quota is measured (a shaped
+    path's packets would take CPU from the busy threads)."""
+    import threading
+    import time
+
+    from bench.cli.selftest_checks import Check, measure_all
+    from bench.core.errors import BenchError
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+    lock = threading.Lock()
+
+    def mark(name: str, seconds: float) -> None:
+        began = time.monotonic()
+        time.sleep(seconds)
+        with lock:
+            spans.setdefault(name, []).append((began, time.monotonic()))
+
+    def share() -> float:
+        mark("cpu", 0.05)
+        return QUOTA
+
+    def fio(argv: list[str]) -> str:
+        mark("io", 0.2)
+        raise BenchError("fio stopped here.", "nothing")  # the timing is what is checked
+
+    def network() -> list[Check]:
+        mark("network", 0.01)
+        return []
+
+    checks = measure_all(lambda limits, values, mode: Probe(
+        "ns", fio, lambda argv: "", "/scratch", "x", share=share, free_share=lambda: 0.95),
+        "ns", False, lambda _: None, beside=network)
+    assert [c.limit for c in checks] == ["cpus", "io_read_bps", "io_write_bps", "io_read_bps"]
+    quota_done = max(end for _, end in spans["cpu"])
+    assert min(start for start, _ in spans["io"]) < quota_done  # side by side
+    assert min(start for start, _ in spans["network"]) >= quota_done

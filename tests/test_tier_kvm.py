@@ -50,8 +50,10 @@ FAMILIES = {"cpu", "memory", "disk", "network", "startup", "density"}
 LIMITS = Limits(cpus=2, memory_mb=1024)
 MiB = 1 << 20
 # the shared guest carries every limit the tier maps (a fractional CPU count is whole vCPUs
-# plus a CFS quota; disk limits are iotune on /scratch), so one boot proves them all
-GUEST_LIMITS = Limits(cpus=1.5, memory_mb=1024, io_read_bps=8 * MiB, io_write_bps=4 * MiB)
+# plus a CFS quota; disk limits are iotune on /scratch; pids a cgroup inside the guest), so one
+# boot proves them all
+GUEST_LIMITS = Limits(cpus=1.5, memory_mb=1024, io_read_bps=8 * MiB, io_write_bps=4 * MiB,
+                      pids=256)
 # the shared guest can also be switched live (tests at the end): RAM up to 1280 MiB behind a
 # balloon, an egress shaper for net_mbit (tests/test_switches_live.py has the container tiers)
 GUEST_CEILING = Limits(cpus=1.5, memory_mb=1280, io_read_bps=12 * MiB, io_read_iops=1000,
@@ -465,6 +467,11 @@ def test_the_scenario_limits_hold_inside_the_guest(guest: tuple[KvmTier, KvmInst
     read = _fio_in_guest(main, "read")
     assert written == pytest.approx(4 * MiB, rel=0.15), written / MiB
     assert read == pytest.approx(8 * MiB, rel=0.15), read / MiB
+    # pids: every command runs in the guest's cgroup of bench's own, capped at the limit
+    assert main.read_limits()["pids"] == 256
+    seen = main.exec(["sh", "-c", "cat /proc/self/cgroup; cat /sys/fs/cgroup$(cut -d: -f3 "
+                      "/proc/self/cgroup)/pids.max"], 60).stdout.split()
+    assert seen == ["0::/bench-instance", "256"], seen
 
 
 @pytest.mark.integration
@@ -697,7 +704,9 @@ def test_kvm_rate_after_each_switch_matches_the_new_limit(
     # stamp to its first I/O and 2.3 s from its last to the exec's return, and a tool that
     # does not print its points as it goes is put on the switches' clock by its end
     cases = {"cpus": ("cpu.sysbench", {"threads": 2, "seconds": 20}),
-             "io_read_bps": ("disk.fio", {"rw": "read", "bs": "256k", "size_mb": 64,
+             # a 16 MiB file: fio lays it out under the guest's io_write_bps (4 MiB/s: 16 s
+             # for 64 MiB); O_DIRECT reads wrap around it, each one through the throttle
+             "io_read_bps": ("disk.fio", {"rw": "read", "bs": "256k", "size_mb": 16,
                                           "runtime_s": 20, "iodepth": 4}),
              "net_mbit": ("network.iperf3", {"seconds": 20})}
     workload, params = cases[limit]

@@ -588,7 +588,8 @@ def test_read_limit_holds_after_a_write_run_with_both_io_limits(
     def rate(rw: str) -> float:
         ctx = RunContext(tier, instance, None, lambda r, c: InstanceSpec(role=r),
                          time_mod.monotonic() + 120, tmp_path, f"iopair-{rw}")
-        found = Fio().run(ctx, FioParams(rw=rw, size_mb=64, runtime_s=2, iodepth=4))
+        # 16 MiB: the read file is laid out under the write limit (6 MiB/s: 11 s for 64 MiB)
+        found = Fio().run(ctx, FioParams(rw=rw, size_mb=16, runtime_s=2, iodepth=4))
         return next(m.value for m in found if m.metric == "bandwidth_MBps") * 1e6
 
     assert abs(rate("write") / write_bps - 1) < 0.05

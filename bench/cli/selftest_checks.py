@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bench.analysis.paired import PairedRatio, check_ratio, paired_ratio
 from bench.core import procs
@@ -28,6 +29,7 @@ FRAME_EFFICIENCY = 1448 / 1514
 IOPS = 300  # io_read_iops: fio 4k random reads (the bps limit does not bind at 1.2 MB/s)
 NET_MBIT = 100  # net_mbit: the instance's own egress limit, iperf3 from it to another
 Run = Callable[[list[str]], str]
+T = TypeVar("T")
 
 # a busy thread's CPU time over wall time (the share the scheduler gave it)
 _BUSY = ("import time\nw=time.monotonic();c=time.process_time()\n"
@@ -124,8 +126,9 @@ class _Loaded(Exception):
         self.pairs = pairs
 
 
-def _together(*measures: Callable[[], float]) -> list[float]:
-    """Measurements taken at the same time, so they see the same load."""
+def together(*measures: Callable[[], T]) -> list[T]:
+    """Measurements taken at the same time: so that they see the same load, or, where they use
+    different resources far below what the host carries, to save the time."""
     with ThreadPoolExecutor(len(measures)) as pool:
         return [f.result() for f in [pool.submit(m) for m in measures]]
 
@@ -143,8 +146,8 @@ def measure_cpus(probe: Probe, value: float) -> Check:
     def pairs() -> PairedRatio:
         seen: list[tuple[float, float]] = []
         while len(seen) < MAX_PAIRS and sum(f >= FREE_MIN for _, f in seen) < PAIRS:
-            limited, free = _together(probe.share or (lambda: _share(probe.run)),
-                                      probe.free_share or (lambda: _share(probe.free)))
+            limited, free = together(probe.share or (lambda: _share(probe.run)),
+                                     probe.free_share or (lambda: _share(probe.free)))
             seen.append((limited, free))
         quiet = [limited / value for limited, free in seen if free >= FREE_MIN]
         if not quiet:
@@ -185,8 +188,10 @@ def _loaded_cpus(probe: Probe, value: float, seen: list[tuple[float, float]]) ->
 
 
 def _io(rw: str) -> Callable[[Probe, float], Check]:
-    params = FioParams(rw="read" if rw == "read" else "write", size_mb=64, runtime_s=2,
-                       iodepth=4)
+    # the read file is laid out under the instance's write limit where one is set (10 MiB/s:
+    # 1.6 s for 16 MiB); O_DIRECT reads wrap around it within the runtime, each one from disk
+    params = FioParams(rw="read" if rw == "read" else "write", size_mb=16 if rw == "read" else 64,
+                       runtime_s=2, iodepth=4)
 
     def rate(run: Run, scratch: str) -> float:
         out = run(fio_argv(params, scratch))
@@ -247,37 +252,67 @@ def case_label(values: dict[str, float], mode: str) -> str:
 
 
 def measure_all(probe_for: Callable[[tuple[Limit, ...], dict[str, float], ScratchMode], Probe],
-                 tier: str, full: bool, log: Callable[[str], None],
-                 scratch_modes: bool = True) -> list[Check]:
-    """Each case of `cases` once (without scratch modes, as on the host: each set once)."""
-    checks = []
-    seen = set()
+                 tier: str, full: bool, log: Callable[[str], None], scratch_modes: bool = True,
+                 beside: Callable[[], list[Check]] | None = None) -> list[Check]:
+    """Each case of `cases` once (without scratch modes, as on the host: each set once).
+
+    Without `beside`, one case at a time. With it (instances that start without a guest's
+    boot), the checks that do not disturb each other overlap: a CPU quota alone takes a busy
+    thread and an unlimited one (measure_cpus), I/O throttled far below what a disk carries
+    takes next to no CPU, so the I/O cases run one after another (one disk stream) next to the
+    quota, and `beside` (the network checks: links of their own) next to them once the quota is
+    measured. Cases that mix a quota with I/O limits (--full) run first, alone."""
+    todo: list[tuple[tuple[Limit, ...], ScratchMode]] = []
     for limits, mode in cases(full):
-        if not scratch_modes and limits in seen:
-            continue
-        seen.add(limits)
-        values = _values(limits, full)
-        log(f"selftest: {tier}: {case_label(values, mode)}")
-        try:
-            probe = probe_for(limits, values, mode)
-        except BenchError as exc:
-            checks += [Check(tier, x.key, 0, 0, "", skipped=exc.cause,
-                             set=case_label(values, mode)) for x in limits]
-            continue
-        try:
-            for limit in limits:
-                try:
-                    checks.append(limit.measure(probe, values[limit.key]))
-                except BenchError as exc:
-                    checks.append(failed(tier, limit.key, case_label(values, mode), exc))
-        finally:
-            probe.stop()
+        if scratch_modes or limits not in [done for done, _ in todo]:
+            todo.append((limits, mode))
+    quota = (BY_KEY["cpus"],)
+    io = [case for case in todo if BY_KEY["cpus"] not in case[0]]
+    cpu = [case for case in todo if case[0] == quota]
+    mixed = [case for case in todo if case not in io and case not in cpu]
+
+    def measure(selected: list[tuple[tuple[Limit, ...], ScratchMode]]) -> list[Check]:
+        return [check for limits, mode in selected
+                for check in _measure_case(probe_for, tier, limits, mode, full, log)]
+
+    if beside is None:
+        return measure(mixed + cpu + io)
+    checks = measure(mixed)
+    quotas: list[Check] = []
+
+    def quotas_then_network() -> list[Check]:
+        quotas.extend(measure(cpu))
+        return beside()
+
+    network, disk = together(quotas_then_network, lambda: measure(io))
+    return [*checks, *quotas, *disk, *network]
+
+
+def _measure_case(probe_for: Callable[[tuple[Limit, ...], dict[str, float], ScratchMode], Probe],
+                  tier: str, limits: tuple[Limit, ...], mode: ScratchMode, full: bool,
+                  log: Callable[[str], None]) -> list[Check]:
+    values = _values(limits, full)
+    log(f"selftest: {tier}: {case_label(values, mode)}")
+    try:
+        probe = probe_for(limits, values, mode)
+    except BenchError as exc:
+        return [Check(tier, x.key, 0, 0, "", skipped=exc.cause, set=case_label(values, mode))
+                for x in limits]
+    checks = []
+    try:
+        for limit in limits:
+            try:
+                checks.append(limit.measure(probe, values[limit.key]))
+            except BenchError as exc:
+                checks.append(failed(tier, limit.key, case_label(values, mode), exc))
+    finally:
+        probe.stop()
     return checks
 
 
 # -- the network: tbf on the link ---------------------------------------------------------------
-def iperf3_rate(client: Run, address: str, port: int) -> float:
-    out = client(["iperf3", "-c", address, "-p", str(port), "-t", "3", "-J"])
+def iperf3_rate(client: Run, address: str, port: int, seconds: int = 3) -> float:
+    out = client(["iperf3", "-c", address, "-p", str(port), "-t", str(seconds), "-J"])
     return next(m.value for m in parse_iperf3_json(out) if m.metric == "throughput_Gbps") * 1e9
 
 
@@ -287,6 +322,15 @@ def tbf_rate(rate: Callable[[], float]) -> int:
     one that carried 400 unshaped reached 169 of 191 shaped at 200), so that the shaper, not
     the path, is what caps the rate measured."""
     return max(10, min(TBF_MBIT, int(rate() / 4e6)))
+
+
+def shaped_rate(client: Run, address: str, port: int) -> tuple[int, Callable[[], float]]:
+    """The tbf rate for this path (tbf_rate, from a 1 s unshaped probe: it only has to tell
+    whether the path carries 4x TBF_MBIT) and the measurement (3 s runs) to check it with."""
+    def rate() -> float:
+        return iperf3_rate(client, address, port)
+
+    return tbf_rate(lambda: iperf3_rate(client, address, port, seconds=1)), rate
 
 
 def net_check(tier: str, rate: Callable[[], float], where: str, mbit: int = TBF_MBIT) -> Check:
@@ -350,7 +394,7 @@ def readback_checks(tier: str, instance: Instance, limits: Limits) -> list[Check
 def iops_check(tier: str, run: Run, scratch: str) -> Check:
     def once() -> float:
         out = run(["fio", "--name=selftest-iops", f"--filename={scratch}/selftest-iops.dat",
-                   "--rw=randread", "--bs=4k", "--direct=1", "--size=32m", "--runtime=4",
+                   "--rw=randread", "--bs=4k", "--direct=1", "--size=8m", "--runtime=2",
                    "--time_based", "--ioengine=libaio", "--iodepth=8", "--output-format=json"])
         return next(m.value for m in parse_fio_json(out, "randread") if m.metric == "iops")
 

@@ -228,6 +228,12 @@ class Instance(ABC):
         usage = self.memory_bytes()
         return {} if usage is None else {"usage": usage}
 
+    def host_memory_counter(self, counter: str) -> str | None:
+        """The host's /proc/meminfo counter that holds what the instance makes as `counter`
+        (AnonPages, Cached, Slab) in its own kernel: a container shares the host's kernel,
+        so the same one. None: the PSS of `host_pids` holds all of it."""
+        return counter
+
     def host_pids(self) -> set[int] | None:
         """The instance's processes as host PIDs, where the host can see them (their PSS)."""
         return None

@@ -23,7 +23,7 @@ from bench.tiers.base import (
     SwitchChange,
     host_memory,
 )
-from bench.tiers.kvm import clock, domxml, libvirtd, qemuuser
+from bench.tiers.kvm import clock, domxml, guestpids, libvirtd, qemuuser
 from bench.tiers.kvm.agent import Agent, AgentError, completed
 from bench.tiers.kvm.console import console_tail, stamp_seconds
 from bench.tiers.kvm.domxml import DomainConfig
@@ -78,6 +78,7 @@ class KvmInstance(Instance):
         self._command_pid: int | None = None
         self._output = ""
         self._stopped = False
+        self.pids_group = False  # the spec's pids limit, applied inside the guest
         self.live = GuestLimits(self)
         self.config = self._config()
         self.qemu = qemuuser.ROOT
@@ -170,13 +171,16 @@ class KvmInstance(Instance):
         deadline = self.phases.stamps["start_call"] + self.tier.boot_timeout
         self._wait_ready(deadline)
         self.phases.mark("ready")
+        if self.spec.limits.pids:
+            guestpids.make(self.agent, self.spec.limits.pids)
+            self.pids_group = True
         if self.spec.command is None:
             self._wait_address(deadline)
             self.phases.mark("network_ready")
             self._sync_clock()
         else:
             self.phases.mark("exec_call")
-            self._command_pid = self.agent.start(list(self.spec.command))
+            self._command_pid = self.agent.start(self._inside(list(self.spec.command)))
 
     def _not_ready(self, why: str) -> BenchError:
         return BenchError(
@@ -222,11 +226,14 @@ class KvmInstance(Instance):
                 self.phases.mark(name, self.sync.to_host(guest_s))
 
     # -- the Instance contract -----------------------------------------------------------------
+    def _inside(self, argv: list[str]) -> list[str]:
+        return guestpids.inside(argv) if self.pids_group else argv
+
     def exec(self, argv: list[str], timeout: float) -> Completed:
-        return self.agent.run(argv, timeout)
+        return self.agent.run(self._inside(argv), timeout)
 
     def spawn(self, argv: list[str]) -> Background:
-        pid = self.agent.start(["setsid", *argv])
+        pid = self.agent.start(["setsid", *self._inside(argv)])
         return KvmBackground(self, argv, pid)
 
     def address(self) -> str:
@@ -303,7 +310,10 @@ class KvmInstance(Instance):
         return self.live.switch_one(limit, value)
 
     def read_limits(self) -> dict[str, Any]:
-        return self.live.read()
+        found = self.live.read()
+        if self.pids_group:
+            found["pids"] = guestpids.read(self.agent)
+        return found
 
     def memory_seen_mb(self) -> float | None:
         return self.live.guest_memtotal_mb()
@@ -330,15 +340,26 @@ class KvmInstance(Instance):
         return used.pss if used.processes else None
 
     def memory_report(self) -> dict[str, int]:
-        """The QEMU process's PSS (`usage`) and libvirt's memory stats in bytes
-        (`libvirt_actual`, `libvirt_rss`; the guest's own view, `libvirt_unused` and the
-        rest, only with a balloon that reports them)."""
-        found = super().memory_report()
+        """libvirt's memory stats in bytes (`libvirt_actual`, `libvirt_rss`; the guest's own
+        view, `libvirt_unused` and the rest, only with a balloon that reports them); `usage`
+        is what libvirt reports the guest uses on the host, its QEMU RSS."""
+        found: dict[str, int] = {}
         if self.domain is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 found |= {f"libvirt_{key}": value * 1024 for key, value
                           in self.domain.memoryStats().items() if key != "last_update"}
+        if "libvirt_rss" in found:
+            found["usage"] = found["libvirt_rss"]
         return found
+
+    def host_memory_counter(self, counter: str) -> str | None:
+        """Guest memory of every kind (its page cache and slab too) is QEMU's anonymous
+        memory on the host, charged when the guest first touches a page: the QEMU process's
+        PSS holds it, free of the other processes' churn in the host's counters."""
+        return None
+
+    def host_pids(self) -> set[int] | None:
+        return {self.pid} if self.pid else None
 
     def metadata(self) -> dict[str, Any]:
         scratch_fs = sysmount.filesystem_of(self.tier.files_dir)
@@ -371,6 +392,8 @@ class KvmInstance(Instance):
             found["io_limit"] = "QEMU iotune on the scratch disk (/dev/vdb)"
         if self.config.memory_max_mb:
             found["memory_balloon"] = f"virtio, up to {self.config.memory_max_mb} MB"
+        if self.pids_group:
+            found["pids_limit"] = guestpids.HOW
         if self.live.net_shaper:
             found["net_shaper"] = shaper_note(self.live.net_shaper)
             found["network_path"] += f" (egress shaped: {self.live.net_shaper})"

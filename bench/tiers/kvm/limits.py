@@ -13,8 +13,8 @@ hosts), the tap's ingress (what the guest sends) is redirected to an ifb device 
 and shaped there by a tbf, made and changed by bench. Instance metadata says which.
 
 Not live: more CPUs than vCPUs booted, memory above what the guest booted with or any memory
-change without a balloon, cpuset (vCPU pinning is not a bandwidth limit; left out), pids (no VM
-meaning).
+change without a balloon, cpuset (vCPU pinning is not a bandwidth limit; left out), pids (set at
+start inside the guest: bench.tiers.kvm.guestpids).
 """
 
 from __future__ import annotations

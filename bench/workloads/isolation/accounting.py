@@ -6,8 +6,9 @@ files and socket pairs, held). Around each step bench reads the host's /proc/mem
 median of a few reads: AnonPages, Cached, Dirty, Slab), the instance's processes' PSS, and what
 the tier reports (`Instance.memory_report`: cgroup usage and memory.stat, docker stats, libvirt
 memory stats). The error of a reading is (reported - true) / true in %, the true cost being the
-step's own /proc/meminfo counter. The host's counters carry every other process's churn: read
-them with their CI over repetitions.
+step's own /proc/meminfo counter (`Instance.host_memory_counter`; for a VM, whose guest memory
+of every kind is QEMU's anonymous memory, the QEMU process's PSS). The host's counters carry
+every other process's churn: read them with their CI over repetitions.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class Accounting(Workload[AccountingParams]):
             with contextlib.suppress(Exception):
                 instance.exec(["rm", "-rf", *paths.values()], 60)
         ctx.save_raw("accounting.json", json.dumps(views, indent=1))
-        return self._measurements(views, params)
+        counters = {step: instance.host_memory_counter(STEPS[step][0]) for step in views}
+        return self._measurements(views, params, counters)
 
     def _hold(self, ctx: RunContext, instance: Instance, args: list[str],
               marker: str) -> Background:
@@ -189,19 +191,21 @@ class Accounting(Workload[AccountingParams]):
         return {"meminfo": meminfo(), "pss": pss(instance.host_pids()),
                 "tier": instance.memory_report()}
 
-    def _measurements(self, views: dict[str, list[dict[str, Any]]],
-                      params: AccountingParams) -> list[Measurement]:
+    def _measurements(self, views: dict[str, list[dict[str, Any]]], params: AccountingParams,
+                      counters: dict[str, str | None]) -> list[Measurement]:
         made = {"anon": params.anon_mb * MiB, "clean_cache": params.clean_mb * MiB,
                 "dirty_cache": params.dirty_mb * MiB, "slab": None}
         found = []
         for step, cycles in views.items():
-            counter, stat_keys = STEPS[step]
+            _, stat_keys = STEPS[step]
+            counter = counters[step]
 
             # slab is freed lazily after the files go: its rise alone is its cost
             rise_only = step == "slab"
-            true = _delta(cycles, "meminfo", counter, rise_only)
-            meta = {"made_bytes": made[step], "host_counter": counter, "cycles": len(cycles),
-                    "vm_dirty": dirty_settings()}
+            true = (_delta(cycles, "meminfo", counter, rise_only) if counter
+                    else _delta(cycles, "pss", None, rise_only))
+            meta = {"made_bytes": made[step], "cycles": len(cycles), "vm_dirty": dirty_settings(),
+                    "host_counter": counter or "PSS of the instance's processes on the host"}
             assert true is not None
             found.append(Measurement(metric=f"{step}_true_MiB", value=true / MiB, unit="MiB",
                                      direction="lower", metadata=meta))
