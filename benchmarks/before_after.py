@@ -4,11 +4,13 @@ venv's Python (the older tree first on PYTHONPATH), in a new random order every 
 
 Cases: `click` (python -c 'import click'), `list` (bench list), `trend` (bench history trend
 --format json over --db), `report` (`bench report`'s write of --run read from samples.jsonl:
-any Parquet copy is removed first). Prints the median wall and CPU seconds (CPU counts the
+any Parquet copy is removed first), `ingest` (`history.ingest` of --run, read first, into a new
+SQLite database: the child times the ingest itself, as report_scale's "1M ingest" step does, and
+reports that instead of its whole life). Prints the median wall and CPU seconds (CPU counts the
 child's threads) per version, and each median over `click`'s when `click` is among the cases.
 
-Usage:  python -m benchmarks.before_after --base DIR [--cases click,list,trend] [--rounds 9]
-            [--db sqlite:///PATH] [--run RUN_DIR]
+Usage:  python -m benchmarks.before_after --base DIR [--cases click,list,trend,report,ingest]
+            [--rounds 9] [--db sqlite:///PATH] [--run RUN_DIR]
 `--db` and `--run` can be made by `python -m benchmarks.report_scale --keep DIR`.
 """
 
@@ -29,6 +31,11 @@ REPORT = ("import sys; from pathlib import Path; from bench.analysis import fram
           "from bench.report import write; "
           "(Path(sys.argv[1]) / 'samples.parquet').unlink(missing_ok=True); "
           "write([frame.load(Path(sys.argv[1]))], Path(sys.argv[2]))")
+INGEST = ("import sys, time; from pathlib import Path; from bench.analysis import frame, history; "
+          "run = frame.load(Path(sys.argv[1])); db = Path(sys.argv[2]).with_suffix('.db'); "
+          "db.unlink(missing_ok=True); engine = history.connect(f'sqlite:///{db}'); "
+          "w, c = time.perf_counter(), time.process_time(); history.ingest(engine, run); "
+          "print(time.perf_counter() - w, time.process_time() - c)")
 
 
 def argv_of(case: str, args: argparse.Namespace, out: Path) -> list[str]:
@@ -37,15 +44,21 @@ def argv_of(case: str, args: argparse.Namespace, out: Path) -> list[str]:
             "list": [py, "-m", "bench.cli", "list"],
             "trend": [py, "-m", "bench.cli", "history", "trend", "--db", str(args.db),
                       "--format", "json"],
-            "report": [py, "-c", REPORT, str(args.run), str(out)]}[case]
+            "report": [py, "-c", REPORT, str(args.run.resolve()), str(out)],
+            "ingest": [py, "-c", INGEST, str(args.run.resolve()), str(out)]}[case]
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """`cwd` outside both trees: `python -c`/`-m` put the working directory first on sys.path,
+    before PYTHONPATH, so from a checkout's root both versions would be that checkout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(argv, env=env, check=True, stdout=subprocess.PIPE, text=True, cwd=cwd)
     wall = perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if argv[2] == INGEST:  # the child's own timing of the step
+        own = done.stdout.split()
+        return float(own[0]), float(own[1])
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
@@ -67,12 +80,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.html"
         for key in keys:  # warm the page cache and both trees' .pyc files
-            timed(argv_of(key[0], args, out), envs[key[1]])
+            timed(argv_of(key[0], args, out), envs[key[1]], Path(tmp))
         for _ in range(args.rounds):
             loads.append(os.getloadavg()[0])
             random.shuffle(keys)
             for case, version in keys:
-                wall, cpu = timed(argv_of(case, args, out), envs[version])
+                wall, cpu = timed(argv_of(case, args, out), envs[version], Path(tmp))
                 walls[case, version].append(wall)
                 cpus[case, version].append(cpu)
     click = statistics.median(walls["click", "after"]) if "click" in cases else None

@@ -130,7 +130,7 @@ def report_1m(tmp: Path, samples: int) -> Path:
 def ingest_1m(tmp: Path, big: Path) -> None:
     run = timed("1M ingest: read the run", lambda: frame.load(big))
     engine = history.connect(f"sqlite:///{tmp / 'ingest.db'}")
-    timed("1M ingest: into SQLite (executemany)", lambda: history.ingest(engine, run),
+    timed("1M ingest: into SQLite (100 rows per INSERT)", lambda: history.ingest(engine, run),
           "<= 5 s")
     engine.dispose()
     from tests import pgserver

@@ -3,16 +3,20 @@ check's exit status, the round trip of a run through the database, and the publi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from bench.analysis import frame, history
+from bench.analysis.columnar import META_COLUMNS
 from bench.cli.main import main
 from bench.report import publish
 from tests import synthetic
@@ -148,6 +152,53 @@ def test_a_run_round_trips_through_the_database(stored: tuple[str, list[Path]]) 
     assert len(history.load(engine, original.run_id).frame) == len(original.frame)
 
 
+def expected_samples(run: frame.Run) -> list[tuple[object, ...]]:
+    """The bench_samples rows of a run, built row by row from its frame (the reference)."""
+    rows = []
+    for _, r in run.frame.iterrows():
+        meta = {m: r[f"meta.{m}"] for m in META_COLUMNS
+                if f"meta.{m}" in r and r[f"meta.{m}"] is not None
+                and not (isinstance(r[f"meta.{m}"], float) and np.isnan(r[f"meta.{m}"]))}
+        rows.append((str(r["run_id"]), str(r["cell"]), str(r["metric"]), int(r["repetition"]),
+                     float(r["value"]), str(r["unit"]), str(r["direction"]),
+                     float(r["timestamp"]), json.dumps(meta, sort_keys=True) if meta else None))
+    return rows
+
+
+def stored_samples(engine: Any, run_id: str) -> list[tuple[object, ...]]:
+    import sqlalchemy as sa
+
+    from bench.analysis.history_schema import SampleRow
+
+    columns = [getattr(SampleRow, name) for name in history.SAMPLE_COLUMNS]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(*columns).where(SampleRow.run_id == run_id).order_by(SampleRow.id))]
+
+
+def test_the_bulk_insert_stores_every_sample_as_it_is(stored: tuple[str, list[Path]],
+                                                       tmp_path: Path) -> None:
+    """Every sample, value for value and in order, with the types the reference gives; also
+    a run whose length is not a whole number of SQLite batches, and one shorter than one."""
+    url, paths = stored
+    engine = history.connect(url)
+    original = frame.load(paths[3])
+    assert original.frame["meta.phases_ms"].notna().any()
+    assert stored_samples(engine, original.run_id) == expected_samples(original)
+    small = history.connect(f"sqlite:///{tmp_path / 'small.db'}")
+    longer = pd.concat([original.frame] * 4, ignore_index=True)  # 4 x 120 samples
+    for n in (history.SQLITE_BATCH * 3 + 7, history.SQLITE_BATCH - 1):
+        part = dataclasses.replace(original, run_id=f"part-{n}",
+                                   frame=longer.iloc[:n].assign(run_id=f"part-{n}"))
+        history.ingest(small, part)
+        found = stored_samples(small, part.run_id)
+        assert len(found) == n and found == expected_samples(part)
+    with small.connect() as conn:
+        types = conn.exec_driver_sql("SELECT DISTINCT typeof(repetition), typeof(value), "
+                                     "typeof(timestamp) FROM bench_samples").all()
+    assert [tuple(t) for t in types] == [("integer", "real", "real")]
+
+
 def test_cli_ingest_list_trend_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = nightly(tmp_path / "results", nights=10, shift_at=6)
     monkeypatch.setenv("BENCH_HISTORY_URL", f"sqlite:///{tmp_path / 'env.db'}")
@@ -240,6 +291,7 @@ def test_the_same_history_on_postgresql(postgres_url: str, tmp_path: Path) -> No
     again = history.load(engine, original.run_id)
     assert len(again.frame) == len(original.frame)
     assert sorted(again.frame["value"]) == sorted(original.frame["value"])
+    assert stored_samples(engine, original.run_id) == expected_samples(original)
     done = publish.publish(engine, tmp_path / "site")
     assert done.runs == 8 and (tmp_path / "site" / "index.html").exists()
     engine.dispose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -112,6 +113,52 @@ def test_docker_profile_rules_follow_the_kept_capabilities() -> None:
     assert any(r.name == "mount" for r in admin)
     assert [r.args for r in admin if r.name == "clone"] == [()]
     assert len(seccomp.compile_bpf(data, linuxns.DOCKER_DEFAULT_CAPS)) % 8 == 0
+
+
+def _verdict(program: bytes, nr: int, arch: int, arg0: int) -> tuple[int, bool]:
+    """Run a classic BPF seccomp program (the opcodes libseccomp emits) on one call: (its
+    return value, whether it read the first argument)."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    a, pc, read_arg = 0, 0, False
+    while True:
+        code, jt, jf, k = struct.unpack_from("<HBBI", program, pc * 8)
+        pc += 1
+        if code == 0x20:  # ld [k]
+            a, read_arg = struct.unpack_from("<I", data, k)[0], read_arg or k >= 16
+        elif code == 0x54:  # and #k
+            a &= k
+        elif code in (0x15, 0x25, 0x35, 0x45):  # jeq, jgt, jge, jset #k
+            hit = {0x15: a == k, 0x25: a > k, 0x35: a >= k, 0x45: bool(a & k)}[code]
+            pc += jt if hit else jf
+        elif code == 0x05:  # ja
+            pc += k
+        elif code == 0x06:  # ret #k
+            return k, read_arg
+        else:
+            raise AssertionError(f"opcode {code:#x} not interpreted")
+
+
+def test_the_tree_filter_gives_the_list_filter_s_verdict_on_every_call() -> None:
+    """The binary-search program the ns tier loads decides every system call (x86-64, i386,
+    x32, a foreign architecture; argument values where the filter looks at them) as the
+    list libseccomp makes by default does."""
+    data = seccomp.profile()
+    tree = seccomp.compile_bpf(data, linuxns.DOCKER_DEFAULT_CAPS)
+    listed = seccomp.compile_bpf(data, linuxns.DOCKER_DEFAULT_CAPS, tree=False)
+    if os.uname().machine != "x86_64":
+        pytest.skip("the calls below are x86's")
+    assert tree != listed  # libseccomp >= 2.5 (Debian 11 on) builds the tree
+    x86_64, i386, aarch64 = 0xC000003E, 0x40000003, 0xC00000B7
+    calls = [(x86_64, nr) for nr in range(460)] + [(i386, nr) for nr in range(460)] \
+        + [(x86_64, 0x40000000 + nr) for nr in range(560)] + [(aarch64, 0), (aarch64, 220)]
+    for arch, nr in calls:
+        first, reads = _verdict(listed, nr, arch, 0)
+        assert _verdict(tree, nr, arch, 0)[0] == first, (hex(arch), nr)
+        if reads:  # clone's flags, personality's persona, socket's family ...
+            for arg0 in (0x7E020000, 0x10000011, 0xFFFFFFFF, 1 << 40, 8, 16, 0x20008):
+                assert _verdict(tree, nr, arch, arg0)[0] == _verdict(listed, nr, arch, arg0)[0]
+    assert _verdict(tree, 250, x86_64, 0)[0] == seccomp.act_errno(errno.EPERM)  # keyctl
+    assert _verdict(tree, 39, x86_64, 0)[0] == seccomp.ACT_ALLOW  # getpid
 
 
 def test_safety_bounds_are_enforced_by_the_parameters() -> None:

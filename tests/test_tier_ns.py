@@ -46,11 +46,16 @@ def tier(bench_image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     work = tmp_path_factory.mktemp("ns-work")
     ns = NsTier()
     ns.prepare(TierContext(run_id, bench_image, work / "ns", work))
+    waiting = [init.pid for init in ns.pools.inits]
     try:
         yield ns
     finally:
+        waiting += [init.pid for init in ns.pools.inits]
         ns.finish()
     assert not leftovers(run_id), "finish() leaves nothing of the run"
+    for pid in waiting:  # pooled PID 1s: reaped (a child of ours that lived would still be)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.fixture
@@ -388,11 +393,13 @@ def test_pools_serve_the_next_start_with_its_limits(tier: NsTier) -> None:
     first = tier.start(InstanceSpec("pooled", limits, command=argv))
     assert first.wait(30) == 0
     first.stop()  # tops the pools up with a group made for these limits
+    waiting = tier.pools.inits[0].pid
     second = tier.start(InstanceSpec("pooled", limits, command=argv))
     try:
         assert isinstance(second, NsInstance)
         meta = second.metadata()
         assert meta["netns_source"] == "pool" and meta["cgroup_source"] == "pool", meta
+        assert meta["init_source"] == "pool" and second.pid == waiting, meta
         memory = second.cgroup.dir("memory")
         limit = "memory.max" if second.cgroup.h.version == 2 else "memory.limit_in_bytes"
         assert int((memory / limit).read_text()) == 192 * MiB
@@ -404,6 +411,20 @@ def test_pools_serve_the_next_start_with_its_limits(tier: NsTier) -> None:
     finally:
         second.stop()
     assert not memory.exists(), "the pooled group goes with its instance"
+
+
+def test_a_pooled_pid1_that_died_is_not_taken(tier: NsTier) -> None:
+    assert tier.pools.inits, "refilled at the last stop"
+    dead = tier.pools.inits[0].pid
+    os.kill(dead, signal.SIGKILL)
+    os.waitid(os.P_PID, dead, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+    instance = tier.start(InstanceSpec("cmd", Limits(), command=["true"]))
+    try:
+        assert instance.wait(30) == 0 and instance.pid != dead
+        assert isinstance(instance, NsInstance)
+        assert instance.metadata()["init_source"] == "spawned at start"
+    finally:
+        instance.stop()
 
 
 def test_python_runtime_still_starts_containers(bench_image: Image, tmp_path: Path,

@@ -46,8 +46,11 @@ SAMPLE_COLUMNS = ("run_id", "cell", "metric", "repetition", "value", "unit", "di
                   "timestamp", "meta")
 _NAMES = ", ".join(SAMPLE_COLUMNS)
 COPY_SAMPLES = f"COPY bench_samples ({_NAMES}) FROM STDIN"
-INSERT_SAMPLES = (f"INSERT INTO bench_samples ({_NAMES}) "  # noqa: S608 (constants only)
-                  f"VALUES ({', '.join('?' for _ in SAMPLE_COLUMNS)})")
+_ROW = f"({', '.join('?' for _ in SAMPLE_COLUMNS)})"
+INSERT_SAMPLES = f"INSERT INTO bench_samples ({_NAMES}) VALUES {_ROW}"  # noqa: S608 (constants)
+SQLITE_BATCH = 100  # rows per statement: 900 parameters, under SQLite's oldest limit of 999
+INSERT_BATCH = f"INSERT INTO bench_samples ({_NAMES}) VALUES " \
+    + ", ".join([_ROW] * SQLITE_BATCH)  # noqa: S608 (constants only)
 
 
 class HistoryError(BenchError):
@@ -94,6 +97,10 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+# json.dumps(x, sort_keys=True) to the byte, without building an encoder on each call
+_SORTED = json.JSONEncoder(sort_keys=True)
+
+
 def meta_json(frame: pd.DataFrame) -> np.ndarray:
     """Per row, the stored meta column: JSON of the row's non-missing `meta.*` values (None if
     none). The string fields are low-cardinality: each distinct combination is encoded once;
@@ -110,15 +117,14 @@ def meta_json(frame: pd.DataFrame) -> np.ndarray:
     firsts = pd.Series(combined).drop_duplicates().index.to_numpy()  # in group-id order
     bases = [{name: values[found[row]] for name, found, values in columns
               if found[row] >= 0 and _present(values[found[row]])} for row in firsts]
-    texts = np.asarray([json.dumps(b, sort_keys=True) if b else None for b in bases],
+    texts = np.asarray([_SORTED.encode(b) if b else None for b in bases],
                        dtype=object)
     out: np.ndarray = texts[combined]
     if "meta.phases_ms" in frame:
         column = frame["meta.phases_ms"]
         phases = column.to_numpy(dtype=object)
         for row in np.flatnonzero(column.notna().to_numpy()):
-            out[row] = json.dumps({**bases[combined[row]], "phases_ms": phases[row]},
-                                  sort_keys=True)
+            out[row] = _SORTED.encode({**bases[combined[row]], "phases_ms": phases[row]})
     return out
 
 
@@ -164,19 +170,30 @@ def ingest(engine: Engine, run: Run) -> Ingested:
     return Ingested(run.run_id, len(frame), replaced)
 
 
-def _column(series: pd.Series) -> list[Any]:
-    """A column as Python values (categories converted once, not per row)."""
+def _values(series: pd.Series) -> np.ndarray:
+    """A column as an object array of Python values (categories converted once, not per row)."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         categories = np.asarray([str(c) for c in series.cat.categories], dtype=object)
-        return list(categories[series.cat.codes.to_numpy()])
-    return list(series.to_numpy().tolist())
+        values: np.ndarray = categories[series.cat.codes.to_numpy()]
+        return values
+    values = series.to_numpy()
+    return values
+
+
+def sample_rows(frame: pd.DataFrame) -> np.ndarray:
+    """The stored bench_samples rows of a frame, SAMPLE_COLUMNS in order: an (n, 9) object
+    array of plain str, int, float and None (what the drivers bind without adapting)."""
+    grid = np.empty((len(frame), len(SAMPLE_COLUMNS)), dtype=object)
+    for i, name in enumerate(SAMPLE_COLUMNS[:-1]):
+        grid[:, i] = _values(frame[name])  # numbers become Python int / float here, in C
+    grid[:, -1] = meta_json(frame)
+    return grid
 
 
 def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
-    """Every sample in bulk: COPY on PostgreSQL, executemany of plain tuples on SQLite, the
-    ORM's batched insert elsewhere."""
-    columns = [_column(frame[name]) for name in SAMPLE_COLUMNS[:-1]]
-    rows = list(zip(*columns, meta_json(frame).tolist(), strict=True))
+    """Every sample in bulk: COPY on PostgreSQL, multi-row INSERTs on SQLite, the ORM's
+    batched insert elsewhere."""
+    grid = sample_rows(frame)
     dialect = conn.dialect.name
     if dialect == "postgresql" and conn.dialect.driver == "psycopg":
         raw: Any = conn.connection.driver_connection
@@ -185,13 +202,29 @@ def _insert_samples(conn: Connection, frame: pd.DataFrame) -> None:
         conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         with raw.cursor() as cursor, \
                 cursor.copy(COPY_SAMPLES) as copy:
-            for row in rows:
+            for row in grid.tolist():
                 copy.write_row(row)
     elif dialect == "sqlite":
-        conn.exec_driver_sql(INSERT_SAMPLES, rows)
+        _insert_sqlite(conn, grid)
     else:
         conn.execute(insert(SampleRow), [dict(zip(SAMPLE_COLUMNS, row, strict=True))
-                                         for row in rows])
+                                         for row in grid.tolist()])
+
+
+def _insert_sqlite(conn: Connection, grid: np.ndarray) -> None:
+    """SQLITE_BATCH rows per INSERT statement: sqlite3's executemany costs about a
+    microsecond per statement (reset, bind, step) before SQLite's own work, so one row per
+    statement spent more time there than in storing the row. Same transaction as the caller."""
+    whole = len(grid) - len(grid) % SQLITE_BATCH
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if whole:
+            cursor.executemany(INSERT_BATCH, grid[:whole].reshape(-1, grid.shape[1]
+                                                                  * SQLITE_BATCH).tolist())
+        if whole < len(grid):
+            cursor.executemany(INSERT_SAMPLES, grid[whole:].tolist())
+    finally:
+        cursor.close()
 
 
 def ingest_path(engine: Engine, run: str | Path) -> Ingested:

@@ -15,7 +15,8 @@
  * the Python runtime it mirrors; `clone` carries the init's host PID too; a pooled network
  * namespace adds `network_ready` as it is joined), builds the container around itself, waits
  * for bench's `go` on GO, starts COMMAND and reaps. Lines are stamped as each phase ends and
- * sent when bench needs them: at `net` (bench wires a new namespace), `ready`, an error.
+ * sent when bench needs them: at `net` (bench wires a new namespace), `ready` (or, when go was
+ * said before, once COMMAND is started), an error.
  *
  *   bench-nsinit --enter CAPMASK NAME=FD,... NJOIN PATH... -- COMMAND...
  *
@@ -24,7 +25,14 @@
  * enter a PID namespace), drop capabilities to CAPMASK, exec; exit with COMMAND's status.
  * Spawned directly, so bench does not fork its own (large) process to get there.
  *
- * Either form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
+ *   bench-nsinit --pooled PLANFD FD...
+ *
+ * is spawned ahead (the tier's pool: a PID namespace with its PID 1 waiting) and reads the
+ * first form's arguments from PLANFD, each ended by a NUL, when a start takes it; its
+ * descriptors (FD..., up to five, kept: all others are closed) were given at the spawn. End of
+ * file without a plan: it exits.
+ *
+ * Any form may start with `--seccomp FILE`: a classic BPF program (struct sock_filter[],
  * bench/kernel/seccomp.py writes it) read at once and loaded after the capabilities are cut
  * (no_new_privs set), so the command and all it starts run under it; PID 1 too, from `ready`. */
 #define _GNU_SOURCE
@@ -32,6 +40,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -304,14 +313,38 @@ int main(int argc, char **argv) {
         if (filter_path) read_filter(filter_path);
         return enter(argc, argv);
     }
-    double clone_time = now();
+    if (argc > 2 && strcmp(argv[1], "--pooled") == 0) {
+        /* spawned ahead into its PID namespace, before any start asks for it: wait for the
+         * plan (the usual arguments, each NUL-ended, then end of file) on PLANFD */
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        int plan_fd = atoi(argv[2]), kept[6] = {plan_fd, -1, -1, -1, -1, -1};
+        for (int i = 3; i < argc && i < 8; i++) kept[i - 2] = atoi(argv[i]);
+        close_others(kept, 6);  /* what another thread's spawn let slip in is not held */
+        if (filter_path) read_filter(filter_path);
+        static char plan[65536];
+        static char *planned[4096];
+        size_t have = 0;
+        ssize_t n;
+        while ((n = read(plan_fd, plan + have, sizeof plan - 1 - have)) > 0 ||
+               (n < 0 && errno == EINTR))
+            if (n > 0) have += (size_t)n;
+        close(plan_fd);
+        if (have == 0 || plan[have - 1] != 0) _exit(EXIT_SETUP_FAILED);  /* not wanted */
+        argc = 0;
+        planned[argc++] = argv[0];
+        for (size_t at = 0; at < have && argc < 4095; at += strlen(plan + at) + 1)
+            planned[argc++] = plan + at;
+        planned[argc] = NULL;
+        argv = planned;
+    }
+    double clone_time = now();  /* pooled: when the plan came */
     int spawned_as_init = getpid() == 1;  /* bench spawned us into a new PID namespace */
     if (argc < 16) {
         fprintf(stderr, "bench-nsinit: a plan from bench/tiers/ns/runtime/native.py expected\n");
         return 2;
     }
     report_fd = atoi(argv[1]);
-    if (filter_path) read_filter(filter_path);  /* a path on the host: before pivot_root */
+    if (filter_path && !filter.len) read_filter(filter_path);  /* a host path: before pivot */
     int go_fd = atoi(argv[2]), out_fd = atoi(argv[3]), err_fd = atoi(argv[4]);
     int netns_fd = atoi(argv[5]);
     int flags = (int)strtol(argv[6], NULL, 0);
@@ -393,7 +426,12 @@ int main(int argc, char **argv) {
     cut_capabilities(keep, last_cap());
     load_filter();
     report("ready");
-    flush();
+    /* go said already (nothing was wired in, no warm start): bench is not waiting for `ready`,
+     * so the lines go after the command is started, not while it starts (bench woken then
+     * would take a core from it, on a busy host) */
+    struct pollfd said = {go_fd, POLLIN, 0};
+    int early = poll(&said, 1, 0) == 1;
+    if (!early) flush();
     char go[16] = {0};
     if (read(go_fd, go, sizeof go) != 2 || memcmp(go, "go", 2) != 0) _exit(EXIT_SETUP_FAILED);
     close(go_fd);
@@ -412,11 +450,13 @@ int main(int argc, char **argv) {
         extern char **environ;
         int rc = posix_spawnp(&pid, command[0], &actions, &attr, command, environ);
         if (rc != 0) {
+            flush();
             dprintf(err_fd >= 0 ? err_fd : 2, "cannot run %s: %s\n", command[0], strerror(rc));
             dprintf(report_fd, "exit %.9f 127\n", now());
             _exit(127);
         }
     }
+    flush();  /* `ready` and the rest, if held back above */
     if (out_fd >= 0) close(out_fd);
     if (err_fd >= 0) close(err_fd);
     reap_forever(pid);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import shutil
@@ -29,6 +30,7 @@ from bench.tiers.ns.runtime.init import InitPlan, enter
 from bench.tiers.ns.runtime.rootfs import RootPlan
 
 if TYPE_CHECKING:
+    from bench.tiers.ns.pool import PooledInit
     from bench.tiers.ns.tier import NsTier
 
 CGROUP_ROOT = "bench-ns"
@@ -93,12 +95,17 @@ class NsInstance(Instance):
         if pooled_group is not None:
             self.cgroup = pooled_group
         self.sources["cgroup"] = "pool" if pooled_group is not None else "made at start"
+        init = pools.take_init() if pools is not None and self.spec.network == "bridge" \
+            and self.spec.command is not None and not hold else None
+        self.sources["init"] = "pool" if init is not None else "spawned at start"
         if self.spec.network == "bridge":
             flags |= linuxns.CLONE_NEWNET
-            pooled_net = pools.take_net() if pools is not None else None
+            pooled_net = init.net if init is not None else \
+                pools.take_net() if pools is not None else None
             if pooled_net is not None:
-                self.net, child_fds["netns"] = pooled_net.net, pooled_net.fd
-                self._net_pooled = True
+                self.net, self._net_pooled = pooled_net.net, True
+                if init is None:  # a pooled PID 1 holds its own
+                    child_fds["netns"] = pooled_net.fd
             else:
                 self.net = self.tier.bridge.reserve()
             self.sources["netns"] = "pool" if self._net_pooled else "made at start"
@@ -110,9 +117,19 @@ class NsInstance(Instance):
                           str(scratch) if scratch else None),
             hostname=self.name, command=self.spec.command, env=ENV,
             keep_caps=sorted(self.tier.keep_caps), seccomp=self.tier.seccomp_path)
+        if init is not None:
+            self._hand_plan(init, plan)
+        else:
+            self._spawn(plan, child_fds, hold)
+        if limits.net_mbit is not None and self.spec.network == "bridge":
+            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
+
+    def _spawn(self, plan: InitPlan, child_fds: dict[str, int], hold: bool) -> None:
         self._report, child_fds["report"] = os.pipe()
         go_r, go_w = os.pipe()
         child_fds["go"] = go_r
+        if not hold and (self.net is None or self._net_pooled):  # nothing to wire in: go is
+            os.write(go_w, b"go")  # said before the init exists, never waited for under load
         if self.spec.command is not None:
             out_r, child_fds["stdout"] = os.pipe()
             err_r, child_fds["stderr"] = os.pipe()
@@ -137,8 +154,17 @@ class NsInstance(Instance):
                 self._go = go_w
             else:
                 os.close(go_w)
-        if limits.net_mbit is not None and self.spec.network == "bridge":
-            tc.set_rate(switching.INSTANCE_LINK, limits.net_mbit, self.pid)
+
+    def _hand_plan(self, init: PooledInit, plan: InitPlan) -> None:
+        """A pooled PID 1 (seccomp file given at its spawn): go, then the plan, on its pipes."""
+        self.child, self._report, self._out = init.pid, init.report, init.out
+        self._adopt(init.pid)
+        init.hand(native.plan_argv(dataclasses.replace(plan, seccomp=None), init.fds)[1:])
+        try:
+            self.metadata()
+            self._follow(init.go)
+        finally:
+            os.close(init.go)
 
     def _adopt(self, pid: int) -> None:
         self.pid = pid
@@ -165,12 +191,9 @@ class NsInstance(Instance):
 
     def _follow(self, go_w: int, hold: bool = False) -> None:
         """Record the init's phases until it is ready. Its `go` waits only for its network: in
-        bridge mode bench wires the veth in as soon as the namespace exists, while the init
-        goes on, and says go then; with no network to wire, go is said at once. With `hold`,
-        go is left to `go()`."""
-        if (self.net is None or self._net_pooled) and not hold:
-            with contextlib.suppress(BrokenPipeError):  # an init that failed says why below
-                os.write(go_w, b"go")
+        bridge mode without a pooled namespace bench wires the veth in as soon as the
+        namespace exists, while the init goes on, and says go then; with no network to wire,
+        go was said at launch. With `hold`, go is left to `go()`."""
         for name, detail in self._lines(time.monotonic() + START_TIMEOUT):
             if name == "error":
                 raise NsStartError(f"Container {self.name} failed to start: {detail}",

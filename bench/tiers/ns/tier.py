@@ -42,6 +42,7 @@ from bench.tiers.base import (
     TierContext,
     host_memory,
 )
+from bench.tiers.host import ENV
 from bench.tiers.ns import net as ns_net
 from bench.tiers.ns import pool as ns_pool
 from bench.tiers.ns.instance import CGROUP_ROOT, NsInstance
@@ -132,10 +133,17 @@ class NsTier(Tier):
             self.zygote = Zygote(self.keep_caps)
         else:
             try:
-                self.pools.fill_nets()
+                self._fill_bridge_pools()
             except BaseException:
                 self.finish()
                 raise
+
+    def _fill_bridge_pools(self) -> None:
+        """Network namespaces, and PID 1s waiting with one each (taken from the first)."""
+        assert self.nsinit is not None
+        self.pools.fill_nets()
+        self.pools.fill_inits(self.nsinit, self.seccomp_path, ENV)
+        self.pools.fill_nets()
 
     def filesystem_of(self, path: Path) -> dict[str, Any]:
         """sysmount.filesystem_of, once per file system (the mount table is not read on
@@ -153,7 +161,7 @@ class NsTier(Tier):
         try:
             self.pools.fill_group(spec.limits)
             if spec.network == "bridge":
-                self.pools.fill_nets()
+                self._fill_bridge_pools()
         except (OSError, BenchError) as exc:
             self.pool_errors.append(str(exc))
 
@@ -274,9 +282,12 @@ class NsTier(Tier):
                 "runtime": ("bench-nsinit (C, posix_spawn)" if getattr(self, "nsinit", None)
                             else "bench (python, os.fork)"),
                 "runtime_note": getattr(self, "runtime_note", None),
-                "pools": ("network namespaces (made and wired at prepare and after a stop) and "
+                "pools": ("network namespaces (made and wired at prepare and after a stop), "
                           "control groups per set of limits (made after a stop): a start "
-                          "joins them; instance metadata says which it got"
+                          "joins them; PID 1s each in a new PID namespace with a pooled "
+                          "network namespace, waiting for a plan (a start with a command on "
+                          "the bridge takes one instead of spawning it); instance metadata "
+                          "says which it got"
                           if getattr(self, "nsinit", None) else None),
                 "pool_errors": getattr(self, "pool_errors", [])[-3:]}
 
