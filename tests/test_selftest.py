@@ -66,7 +66,7 @@ def test_selftest_measures_each_injected_limit(tmp_path: Path, bench_image: Imag
 
 
 def test_the_shaper_is_checked_at_a_rate_the_path_can_carry() -> None:
-    from bench.cli.selftest_checks import TBF_MBIT, tbf_rate
+    from bench.cli.selftest_net import TBF_MBIT, tbf_rate
 
     assert tbf_rate(lambda: 9.4e9) == TBF_MBIT  # a fast path: the default rate
     assert tbf_rate(lambda: 420e6) == 105  # a TCG guest's path: a quarter of what it carries
@@ -76,7 +76,7 @@ def test_the_shaper_is_checked_at_a_rate_the_path_can_carry() -> None:
 def test_iperf3_is_tried_again_while_its_server_finishes_the_test_before() -> None:
     """A busy iperf3 server may close before reading the client's cookie: the client then says
     "Connection reset by peer" (seen in a TCG guest right after a test), not "busy"."""
-    from bench.cli.selftest_checks import until_listening
+    from bench.cli.selftest_net import until_listening
 
     said = ['{"error": "unable to receive control message: Connection reset by peer"}',
             '{"error": "unable to connect to server: Connection refused"}', '{"end": {}}']

@@ -117,8 +117,7 @@ def meta_json(frame: pd.DataFrame) -> np.ndarray:
     firsts = pd.Series(combined).drop_duplicates().index.to_numpy()  # in group-id order
     bases = [{name: values[found[row]] for name, found, values in columns
               if found[row] >= 0 and _present(values[found[row]])} for row in firsts]
-    texts = np.asarray([_SORTED.encode(b) if b else None for b in bases],
-                       dtype=object)
+    texts = np.asarray([_SORTED.encode(b) if b else None for b in bases], dtype=object)
     out: np.ndarray = texts[combined]
     if "meta.phases_ms" in frame:
         column = frame["meta.phases_ms"]
@@ -174,10 +173,8 @@ def _values(series: pd.Series) -> np.ndarray:
     """A column as an object array of Python values (categories converted once, not per row)."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         categories = np.asarray([str(c) for c in series.cat.categories], dtype=object)
-        values: np.ndarray = categories[series.cat.codes.to_numpy()]
-        return values
-    values = series.to_numpy()
-    return values
+        return np.asarray(categories[series.cat.codes.to_numpy()])
+    return np.asarray(series.to_numpy())
 
 
 def sample_rows(frame: pd.DataFrame) -> np.ndarray:

@@ -43,7 +43,6 @@ from typing import Any
 
 from bench.cli.selftest_checks import (
     IOPS,
-    NET_MBIT,
     TOLERANCE,
     Check,
     Limit,
@@ -53,17 +52,20 @@ from bench.cli.selftest_checks import (
     as_limits,
     case_label,
     failed,
-    host_link_of,
     iops_check,
     measure_all,
+    readback_checks,
+    together,
+    vcpu_share,
+)
+from bench.cli.selftest_net import (
+    NET_MBIT,
+    host_link_of,
     net_check,
     net_limit_check,
-    readback_checks,
     shaped_rate,
     tbf,
-    together,
     until_listening,
-    vcpu_share,
 )
 from bench.core import hostlock, image, procs
 from bench.core.errors import BenchError

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bench.core.errors import BenchError, CommandError, CommandTimeout
 from bench.core.lazy import lazy
 from bench.core.procs import Completed
+from bench.tiers.base import Background
 
 if TYPE_CHECKING:
     import libvirt
@@ -157,3 +158,27 @@ def completed(argv: list[str], state: dict[str, Any], seconds: float) -> Complet
         code = 128 + int(state["signal"])
     return Completed(list(argv), int(code if code is not None else -1),
                      decode(state, "out-data"), decode(state, "err-data"), seconds)
+
+
+class GuestProcess(Background):
+    """A command started in the background in the guest (a `setsid` group leader)."""
+
+    def __init__(self, agent: Agent, argv: list[str], pid: int) -> None:
+        self.agent = agent
+        self.argv = argv
+        self.pid = pid
+
+    def stop(self) -> str:
+        agent = self.agent
+        state = agent.status(self.pid)
+        if not state.get("exited"):
+            agent.kill_group(self.pid, "TERM")
+            end = time.monotonic() + 3
+            while not state.get("exited") and time.monotonic() < end:
+                time.sleep(0.05)
+                state = agent.status(self.pid)
+            if not state.get("exited"):
+                agent.kill_group(self.pid, "KILL")
+                state = agent.reap(self.pid)
+        done = completed(self.argv, state, 0.0)
+        return done.stdout + done.stderr

@@ -17,14 +17,13 @@ from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import sysmount
 from bench.tiers.base import (
-    Background,
     Instance,
     InstanceSpec,
     SwitchChange,
     host_memory,
 )
 from bench.tiers.kvm import clock, domxml, guestpids, libvirtd, qemuuser
-from bench.tiers.kvm.agent import Agent, AgentError, completed
+from bench.tiers.kvm.agent import Agent, AgentError, GuestProcess, completed
 from bench.tiers.kvm.console import console_tail, stamp_seconds
 from bench.tiers.kvm.domxml import DomainConfig
 from bench.tiers.kvm.limits import GuestLimits, net_kbytes, shaper, shaper_note
@@ -32,34 +31,10 @@ from bench.tiers.kvm.limits import tap_of as limits_tap
 
 if TYPE_CHECKING:
     import libvirt
+
+    from bench.tiers.kvm.tier import KvmTier
 else:
     libvirt = lazy("libvirt")
-
-
-if TYPE_CHECKING:
-    from bench.tiers.kvm.tier import KvmTier
-
-
-class KvmBackground(Background):
-    def __init__(self, instance: KvmInstance, argv: list[str], pid: int) -> None:
-        self.instance = instance
-        self.argv = argv
-        self.pid = pid
-
-    def stop(self) -> str:
-        agent = self.instance.agent
-        state = agent.status(self.pid)
-        if not state.get("exited"):
-            agent.kill_group(self.pid, "TERM")
-            end = time.monotonic() + 3
-            while not state.get("exited") and time.monotonic() < end:
-                time.sleep(0.05)
-                state = agent.status(self.pid)
-            if not state.get("exited"):
-                agent.kill_group(self.pid, "KILL")
-                state = agent.reap(self.pid)
-        done = completed(self.argv, state, 0.0)
-        return done.stdout + done.stderr
 
 
 class KvmInstance(Instance):
@@ -232,9 +207,9 @@ class KvmInstance(Instance):
     def exec(self, argv: list[str], timeout: float) -> Completed:
         return self.agent.run(self._inside(argv), timeout)
 
-    def spawn(self, argv: list[str]) -> Background:
+    def spawn(self, argv: list[str]) -> GuestProcess:
         pid = self.agent.start(["setsid", *self._inside(argv)])
-        return KvmBackground(self, argv, pid)
+        return GuestProcess(self.agent, argv, pid)
 
     def address(self) -> str:
         if self.ip is None:

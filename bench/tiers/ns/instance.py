@@ -398,5 +398,3 @@ class NsInstance(Instance):
             self._metadata = {"network_path": network, "network_mode": self.spec.network,
                               **scratch, **{f"{k}_source": v for k, v in self.sources.items()}}
         return self._metadata
-
-
