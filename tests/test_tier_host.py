@@ -25,7 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.part("host")]
 SHARED = ("pid", "net", "uts", "ipc", "cgroup", "user")
 # what a command inside reports: namespaces, session, autogroup, cgroups, its mount points
 SHOW = ["sh", "-c", "for n in " + " ".join([*SHARED, "mnt"]) + "; do readlink /proc/self/ns/$n; "
-        "done; echo sid $(cut -d' ' -f6 /proc/self/stat); cut -d' ' -f1 /proc/self/autogroup; "
+        "done; echo sid $(cut -d' ' -f6 /proc/self/stat); "
+        "echo group $(cut -d' ' -f1 /proc/self/autogroup); "
         "grep -v ':pids:' /proc/self/cgroup | sort | tr '\\n' ' '; echo; "
         "cut -d' ' -f2 /proc/self/mounts | sort -u | tr '\\n' ' '; echo; test -x /usr/bin/fio"]
 
@@ -39,7 +40,8 @@ def show_self() -> list[str]:
     ns = [os.readlink(f"/proc/self/ns/{n}") for n in [*SHARED, "mnt"]]
     cgroups = " ".join(sorted(line for line in Path("/proc/self/cgroup").read_text().splitlines()
                               if ":pids:" not in line))
-    autogroup = Path("/proc/self/autogroup").read_text().split()[0]
+    # empty where the kernel runs without autogroups (booted with noautogroup)
+    autogroup = " ".join(["group", *Path("/proc/self/autogroup").read_text().split()[:1]])
     return [*ns, f"sid {os.getsid(0)}", autogroup, cgroups]
 
 
