@@ -85,6 +85,7 @@ class DockerTier(Tier):
         self._layers: Any = None
         self._hierarchies: cgroups.Hierarchies | None = None
         self._agent: tuple[Path | None, str] | None = None  # the agent's program, or why not
+        self._made_workdir = False  # the agents' directory made ctx.workdir: finish removes it
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -138,6 +139,7 @@ class DockerTier(Tier):
 
     def agent_base(self) -> Path:
         """The run's directory of agent sockets (one subdirectory per container)."""
+        self._made_workdir |= not self.ctx.workdir.exists()
         return agent_mod.base_dir(self.ctx.workdir, self.ctx.run_id)
 
     def layer_lab(self) -> Any:
@@ -156,6 +158,10 @@ class DockerTier(Tier):
             self.cleanup(self.ctx.run_id)
         if hasattr(self, "ctx"):
             agent_mod.remove_base(self.ctx.workdir)
+            if self._made_workdir:
+                with contextlib.suppress(OSError):
+                    self.ctx.workdir.rmdir()
+                self._made_workdir = False
 
     def cleanup(self, run_id: str | None) -> list[str]:
         from bench.tiers.docker import limited, registry
