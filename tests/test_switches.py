@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,10 +193,8 @@ def test_a_switchable_guest_boots_with_headroom_and_a_balloon(tmp_path: Path) ->
     assert out is not None and out.get("average") == "12207"
 
 
-def test_report_section_shows_each_switch_and_escapes_what_it_shows(tmp_path: Path) -> None:
-    from bench.report import switches as report_switches
-    from bench.report.page import Page
-
+def switch_record() -> dict[str, Any]:
+    """One switch run as bench/run/switches.py writes it: a live change and one not live."""
     change = {"limit": "io_read_bps", "value": 200, "live": True, "how": "<b>cgroup</b>"}
     frozen = {"limit": "cpus", "value": 4, "live": False, "how": "more CPUs than the 2 vCPUs"}
     record = {
@@ -209,7 +208,14 @@ def test_report_section_shows_each_switch_and_escapes_what_it_shows(tmp_path: Pa
                                    "metric": "bandwidth_MBps", "level_before": 20.0,
                                    "level_after": 200.0, "expected_after": 200.0,
                                    "time_to_effect_s": None, "note": "not reached"}]}]}
-    (tmp_path / "switches.jsonl").write_text(json.dumps(record) + "\n{cut short")
+    return record
+
+
+def test_report_section_shows_each_switch_and_escapes_what_it_shows(tmp_path: Path) -> None:
+    from bench.report import switches as report_switches
+    from bench.report.page import Page
+
+    (tmp_path / "switches.jsonl").write_text(json.dumps(switch_record()) + "\n{cut short")
     page = Page("t")
     report_switches.section(page, "run-1", tmp_path)
     (_, title, body), = page.sections
@@ -220,3 +226,22 @@ def test_report_section_shows_each_switch_and_escapes_what_it_shows(tmp_path: Pa
     empty = Page("t")
     report_switches.section(empty, "run-2", tmp_path / "none")
     assert not empty.sections
+
+
+def test_the_summary_prints_the_time_to_effect_table(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from bench.analysis import switch_table
+
+    record = switch_record()
+    record["switches"][0]["effects"][0] |= {"time_to_effect_s": 1.5, "note": ""}
+    (tmp_path / "switches.jsonl").write_text(json.dumps(record) + "\n")
+    console = Console(record=True, width=400)
+    switch_table.print_table(tmp_path, console)
+    lines = [line for line in console.export_text().splitlines() if "ns<script>" in line]
+    assert len(lines) == 2, console.export_text()
+    assert "20 → 200" in lines[0] and "1.5" in lines[0].split()[-2:]
+    assert "NO (more CPUs than the 2 vCPUs)" in lines[1] and "not live" in lines[1]
+    quiet = Console(record=True)
+    switch_table.print_table(tmp_path / "none", quiet)  # a run without switches: nothing
+    assert quiet.export_text() == ""

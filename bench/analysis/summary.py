@@ -129,7 +129,7 @@ def emulated_tiers(samples: list[Sample]) -> list[str]:
 def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -> None:
     """The answer first (tier x family cost factors), the per-cell table with --all-metrics
     (or when only the baseline ran: then the medians are the answer)."""
-    from bench.analysis import isolation
+    from bench.analysis import isolation, switch_table
 
     samples = rundir.samples()
     matrix = cost_matrix(samples, list(dict.fromkeys(rundir.manifest().get("tiers", []))))
@@ -140,6 +140,7 @@ def print_summary(rundir: RunDir, console: Console, all_metrics: bool = False) -
     else:
         console.print("per cell and metric: `bench summary RUN --all-metrics`", highlight=False)
     isolation.print_tables(samples, console)
+    switch_table.print_table(rundir.path, console)
     emulated = emulated_tiers(samples)
     if emulated:
         console.print(Panel(emulation_banner(emulated), style="bold red"))
