@@ -393,6 +393,13 @@ def test_a_remote_engine_omits_the_phases_on_its_clock(
     try:
         found = {m.metric: m for m in Startup().run(context(remote, None, None, tmp_path),
                                                      Startup().parse_params({}))}
+        box = remote.start(InstanceSpec("main", Limits()))  # its exec: the engine's own
+        try:
+            assert box.exec(["echo", "hi"], timeout=30).stdout == "hi\n"
+            assert box.metadata()["exec_path"].startswith("docker exec (the engine is on "
+                                                          "another host")
+        finally:
+            box.stop()
     finally:
         remote.finish()
     assert "first_instruction_ms" not in found and "exit_ms" not in found
