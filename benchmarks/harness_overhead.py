@@ -10,6 +10,9 @@
                     sysbench ...` from this script, no tier) is measured in the same rounds:
                     each tier's figure minus the bare one (the median of per-round
                     differences) is what the harness adds to the tool's own process time
+  exec of `true`    in one long-lived docker-tier container, interleaved: the tier's exec (its
+                    agent where it serves: `exec_path` says which) against the engine's
+                    `docker exec` through the SDK (create, start attached, inspect)
 
 Usage (root, bench image built, dockerd up):
     python -m benchmarks.harness_overhead [--rounds 15] [--tool-rounds 5]
@@ -76,6 +79,26 @@ def tool_overhead(tier: Tier) -> float:
     return beyond_total(wall, done.stdout)
 
 
+def exec_true(tier: Tier, rounds: int) -> dict[str, object]:
+    """`true` through the docker tier's exec and through `docker exec`, in one container."""
+    inst = tier.start(InstanceSpec("main", LIMITS, command=None))
+    times: dict[str, list[float]] = {"tier_exec": [], "docker_exec_sdk": []}
+    container = getattr(inst, "container")  # noqa: B009 - the docker tier's own
+    try:
+        for _ in range(rounds):
+            for label in random.sample(sorted(times), 2):
+                started = time.perf_counter()
+                if label == "tier_exec":
+                    inst.exec(["true"], 30)
+                else:
+                    assert container.exec_run(["true"]).exit_code == 0
+                times[label].append(1e3 * (time.perf_counter() - started))
+        path = inst.metadata().get("exec_path", "docker exec")
+    finally:
+        inst.stop()
+    return {**{k: round(statistics.median(v), 2) for k, v in times.items()}, "exec_path": path}
+
+
 def bare_overhead(rootfs: Path) -> float:
     """The tool's own process: started from here (the tiers' environment), no tier."""
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -131,6 +154,7 @@ def main() -> None:
                 name: round(statistics.median(
                     [t - b for t, b in zip(overhead[name], overhead["bare"], strict=True)]), 1)
                 for name in tiers}
+            result["docker_exec_true_ms"] = exec_true(docker, 3 * args.rounds)
         finally:
             for tier in tiers.values():
                 tier.finish()

@@ -5,6 +5,7 @@ engine is."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -25,8 +26,10 @@ from bench.core.image import Image
 from bench.core.limits import Limits
 from bench.core.rundir import RunDir
 from bench.tiers.base import Instance, InstanceSpec, TierContext
+from bench.tiers.docker import agent as docker_agent
 from bench.tiers.docker import engine as docker_engine
 from bench.tiers.docker.image import import_image
+from bench.tiers.docker.instance import DockerInstance
 from bench.tiers.docker.tier import DockerTier
 from bench.tiers.host import HostTier
 from bench.workloads.base import RunContext
@@ -267,7 +270,8 @@ def test_block_io_throttle_on_the_scratch_device(tier: DockerTier, started: list
     box = tier.start(InstanceSpec(f"io-{direction}", limits, scratch=scratch))
     started.append(box)
     if scratch == "bind":
-        assert box.container.attrs["Mounts"][0]["Type"] == "volume"
+        mounts = {m["Destination"]: m["Type"] for m in box.container.attrs["Mounts"]}
+        assert mounts["/scratch"] == "volume"
     params = Fio().parse_params({"rw": direction, "direct": True, "bs": "1m", "size_mb": 64,
                                  "runtime_s": 3, "iodepth": 4})
     found = Fio().run(context(tier, box, None, tmp_path), params)
@@ -389,6 +393,13 @@ def test_a_remote_engine_omits_the_phases_on_its_clock(
     try:
         found = {m.metric: m for m in Startup().run(context(remote, None, None, tmp_path),
                                                      Startup().parse_params({}))}
+        box = remote.start(InstanceSpec("main", Limits()))  # its exec: the engine's own
+        try:
+            assert box.exec(["echo", "hi"], timeout=30).stdout == "hi\n"
+            assert box.metadata()["exec_path"].startswith("docker exec (the engine is on "
+                                                          "another host")
+        finally:
+            box.stop()
     finally:
         remote.finish()
     assert "first_instruction_ms" not in found and "exit_ms" not in found
@@ -410,21 +421,29 @@ def test_image_is_imported_once_and_labelled(tier: DockerTier, bench_image: Imag
 
 
 def test_cleanup_removes_what_a_killed_run_left(engine_up: None, bench_image: Image,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.core import hostlock
+
     run_id = new_run_id("crash")
+    monkeypatch.setenv("BENCH_WORK_DIR", str(tmp_path / "work"))
+    hostlock.RunLock(run_id).release(remove=False)  # the work directory of a run that died
     crashed = DockerTier()
-    crashed.prepare(TierContext(run_id, bench_image, tmp_path, tmp_path))
-    crashed.start(InstanceSpec("main", Limits(), scratch="bind"))
+    work = tmp_path / "work" / run_id / "docker"
+    crashed.prepare(TierContext(run_id, bench_image, work, tmp_path))
+    main = crashed.start(InstanceSpec("main", Limits(), scratch="bind"))
     crashed.start(InstanceSpec("startup", Limits(), command=["sleep", "60"]))
+    assert isinstance(main, DockerInstance) and main.agent is not None
     # the run dies here: nothing is stopped, nothing finished
     left = leftovers(run_id)
     assert len(left) == 4, left  # two containers, the run's network, a scratch volume
-    env = {**os.environ, "BENCH_LOCK_PATH": str(tmp_path / "lock")}
+    env = {**os.environ, "BENCH_LOCK_PATH": str(tmp_path / "lock"), "COLUMNS": "500"}
     done = bench("cleanup", "--run", run_id, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     for thing in left:
         assert f"docker: {thing}" in done.stdout
-    assert not leftovers(run_id)
+    assert f"docker: agent directory {work / docker_agent.BASE_NAME}" in done.stdout
+    assert not leftovers(run_id) and not main.agent.directory.exists()
 
 
 def test_finish_removes_everything_and_is_idempotent(engine_up: None, bench_image: Image,
@@ -439,6 +458,57 @@ def test_finish_removes_everything_and_is_idempotent(engine_up: None, bench_imag
     short.finish()
     short.finish()
     assert not leftovers(run_id)
+    assert not (tmp_path / docker_agent.BASE_NAME).exists()
+
+
+# -- exec: through the container's own process (bench-agent), else `docker exec` ---------------
+
+# what a command holds from the engine, read by the command itself
+PROBE = r"""
+import json, os, resource
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+keep = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+        "Seccomp_filters", "Uid", "Gid", "Groups")
+try:
+    label = open("/proc/self/attr/current").read().strip()
+except OSError as exc:
+    label = f"errno {exc.errno}"
+print(json.dumps({
+    "status": {k: status[k].strip() for k in keep if k in status},
+    "cgroup": open("/proc/self/cgroup").read(),
+    "ns": {n: os.readlink("/proc/self/ns/" + n) for n in sorted(os.listdir("/proc/self/ns"))},
+    "lsm": label, "env": dict(os.environ), "cwd": os.getcwd(), "umask": os.umask(0o022),
+    "own_session": os.getsid(0) == os.getpid(),
+    "oom_score_adj": open("/proc/self/oom_score_adj").read().strip(),
+    "rlimits": {n: resource.getrlimit(getattr(resource, n))
+                for n in dir(resource) if n.startswith("RLIMIT_")},
+}))
+"""
+
+
+def test_exec_through_the_agent_holds_what_docker_exec_gives(tier: DockerTier,
+                                                            started: list[Instance]) -> None:
+    """The agent's commands and `docker exec`'s, in the same container, hold the same
+    capabilities, seccomp filter, no_new_privs, LSM label, cgroup, namespaces, ids, env and
+    working directory; and the agent's directory goes with the container."""
+    box = tier.start(InstanceSpec("agent", Limits(cpus=1, memory_mb=256, pids=64)))
+    started.append(box)
+    assert box.agent is not None, box.metadata()
+    assert box.metadata()["exec_path"] == docker_agent.EXEC_PATH
+    argv = ["python3", "-c", PROBE]
+    mine = json.loads(box.exec(argv, timeout=30).stdout)
+    done = box.container.exec_run(argv, demux=True)
+    assert done.exit_code == 0, done.output
+    theirs = json.loads(done.output[0])
+    assert mine == theirs
+    # ... and that is the container's, not the host's
+    assert mine["ns"]["mnt"] != os.readlink("/proc/self/ns/mnt")
+    assert box.container.id in mine["cgroup"]
+    assert mine["status"]["Seccomp"] == "2" and mine["status"]["CapBnd"] != "000001ffffffffff"
+    directory = box.agent.directory
+    assert (directory / docker_agent.SOCKET_NAME).exists()
+    box.stop()
+    assert not directory.exists()
 
 
 def test_exec_timeout_kills_the_command(tier: DockerTier, started: list[Instance]) -> None:
@@ -446,11 +516,31 @@ def test_exec_timeout_kills_the_command(tier: DockerTier, started: list[Instance
 
     box = tier.start(InstanceSpec("timeout", Limits()))
     started.append(box)
+    assert box.agent is not None, box.metadata()
     began = time.monotonic()
-    with pytest.raises(CommandTimeout):
-        box.exec(["sleep", "30"], timeout=1)
+    with pytest.raises(CommandTimeout):  # its process group goes: the background sleep too
+        box.exec(["sh", "-c", "sleep 30 & sleep 31"], timeout=1)
     assert time.monotonic() - began < 10
-    assert "sleep 30" not in box.exec(["ps", "-eo", "args"], timeout=10).stdout
+    left = box.exec(["ps", "-eo", "args"], timeout=10).stdout
+    assert "sleep 3" not in left, left
+    with pytest.raises(CommandError) as failed:
+        box.exec(["sh", "-c", "echo out; echo why >&2; exit 3"], timeout=10)
+    assert failed.value.returncode == 3 and failed.value.stderr == "why\n"
+    with pytest.raises(CommandError) as missing:
+        box.exec(["no-such-program"], timeout=10)
+    assert missing.value.returncode == 127 and "no-such-program" in missing.value.stderr
+
+
+def test_exec_falls_back_to_docker_exec_if_the_agent_does_not_answer(
+        tier: DockerTier, started: list[Instance], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_agent, "COMMAND", ["sleep", "infinity"])  # never answers
+    monkeypatch.setattr(docker_agent, "READY_TIMEOUT_S", 0.3)
+    box = tier.start(InstanceSpec("no-agent", Limits()))
+    started.append(box)
+    assert box.agent is None
+    assert box.metadata()["exec_path"].startswith("docker exec (bench's agent did not come up")
+    assert box.exec(["echo", "hi"], timeout=30).stdout == "hi\n"
+    assert box.container.attrs["Config"]["Cmd"] == ["sleep", "infinity"]
 
 
 def test_background_server_is_stopped(tier: DockerTier, started: list[Instance]) -> None:

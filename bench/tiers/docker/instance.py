@@ -1,5 +1,6 @@
-"""A container of the docker tier: a long-lived one driven by `exec`, or a command instance
-(start-up) timed with the engine's own stamps."""
+"""A container of the docker tier: a long-lived one driven by `exec` (through its own process,
+bench-agent, on a local engine: bench/tiers/docker/agent.py), or a command instance (start-up)
+timed with the engine's own stamps."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import io
 import itertools
 import os
 import tarfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.core.errors import BenchError, CommandError, CommandTimeout
+from bench.core.errors import BenchError, CommandTimeout
 from bench.core.lazy import lazy
 from bench.core.procs import Completed
 from bench.kernel import cgroups, tc
@@ -23,7 +23,9 @@ from bench.tiers.base import (
     InstanceSpec,
     SwitchChange,
 )
+from bench.tiers.docker import agent as agent_mod
 from bench.tiers.docker import engine as engine_mod
+from bench.tiers.docker import engine_exec
 from bench.tiers.docker.labels import ROLE_LABEL, RUN_LABEL
 
 if TYPE_CHECKING:
@@ -38,61 +40,9 @@ else:
 if TYPE_CHECKING:
     from bench.tiers.docker.tier import DockerTier
 
-KEEPALIVE = ["sleep", "infinity"]
-# A background server: record its pid, then become it with its output in a log. The script is a
-# constant; the server's argv arrives as positional parameters, never inside the script text.
-SPAWN_SCRIPT = 'echo $$ > "$1"; log=$2; shift 2; exec "$@" > "$log" 2>&1'
+KEEPALIVE = ["sleep", "infinity"]  # the container's process where the agent cannot serve
 REMOTE_CLOCK = (f"the engine (${engine_mod.URL_ENV}) is on another host, whose clock is not "
                 "ours: this phase would mix two clocks")
-TIMEOUT_STATUS = (124, 137)  # coreutils `timeout`: timed out / killed after the grace period
-
-
-def _demuxed(output: Any) -> tuple[str, str]:
-    """(stdout, stderr) of an `exec_run(..., demux=True)`, as text."""
-    out, err = output if isinstance(output, tuple) else (output, None)
-    return ((out or b"").decode(errors="replace"), (err or b"").decode(errors="replace"))
-
-
-
-class DockerBackground(Background):
-    """A server started by a detached exec; stopped by its pid, inside the container."""
-
-    def __init__(self, instance: DockerInstance, exec_id: str, pidfile: str, logfile: str) -> None:
-        self.instance = instance
-        self.exec_id = exec_id
-        self.pidfile = pidfile
-        self.logfile = logfile
-        self.stopped = False
-
-    def _running(self) -> bool:
-        return bool(self.instance.engine.api.exec_inspect(self.exec_id).get("Running"))
-
-    def stop(self) -> str:
-        if self.stopped:
-            return ""
-        self.stopped = True
-        container = self.instance.container
-        deadline = time.monotonic() + 5
-        pid = ""
-        while not pid and self._running() and time.monotonic() < deadline:
-            done = container.exec_run(["cat", self.pidfile], demux=True)
-            pid = _demuxed(done.output)[0].strip() if done.exit_code == 0 else ""
-            if not pid:
-                time.sleep(0.05)
-        if pid:
-            for signal_name, grace in (("TERM", 3.0), ("KILL", 3.0)):
-                container.exec_run(["kill", f"-{signal_name}", pid])
-                until = time.monotonic() + grace
-                while self._running() and time.monotonic() < until:
-                    time.sleep(0.05)
-                if not self._running():
-                    break
-        try:
-            text = self.instance.read_file(self.logfile).decode(errors="replace")
-        except BenchError:
-            text = ""
-        container.exec_run(["rm", "-f", self.pidfile, self.logfile])
-        return text
 
 
 class DockerInstance(Instance):
@@ -107,6 +57,7 @@ class DockerInstance(Instance):
         self._spawned = itertools.count(1)
         self._stopped = False
         self.facts: dict[str, Any] = {}
+        self.agent: agent_mod.Agent | None = None  # None: commands go through `docker exec`
         self._cgroup_switched: dict[str, Any] = {}  # limits switched past the engine
 
     @property
@@ -132,26 +83,66 @@ class DockerInstance(Instance):
             self.volume = f"{self.name}-scratch"
             self.engine.volumes.create(self.volume, labels=labels)
             options["volumes"] = {self.volume: {"bind": "/scratch", "mode": "rw"}}
-        if spec.command is None:
-            command, options["init"] = KEEPALIVE, True
-        else:
-            command = spec.command
+        command = spec.command
+        if command is None:
+            options["init"] = True
+            self.agent = self._new_agent()
+            command = agent_mod.COMMAND if self.agent is not None else KEEPALIVE
         self.facts["first_from_fresh_image"] = self.tier.take_fresh_image()
         if spec.command is not None and engine_mod.is_remote():
             # bench-stamp reads the engine host's clock: not ours
             self.phases.omit("first_instruction", REMOTE_CLOCK)
+        self._launch(command, options)
+        if spec.command is None:
+            self.container.reload()
+            if self.agent is not None:
+                self._agent_up(options)
+            self._engine_phase("started", "StartedAt")
+            if spec.limits.net_mbit is not None and spec.network == "bridge":
+                tc.set_rate(switching.INSTANCE_LINK, spec.limits.net_mbit, self.host_pid())
+            self.phases.mark("ready")
+
+    def _launch(self, command: list[str], options: dict[str, Any]) -> None:
+        volumes = dict(options.get("volumes") or {})
+        if self.agent is not None:
+            volumes |= self.agent.volumes()
+        if volumes:
+            options = {**options, "volumes": volumes}
         self.phases.mark("create")
         self._container = self.engine.containers.create(self.tier.image_id, command, **options)
         self.phases.mark("created")
         self.phases.mark("start_call")
         self.container.start()
         self.phases.mark("start_returned")
-        if spec.command is None:
-            self.container.reload()
-            self._engine_phase("started", "StartedAt")
-            if spec.limits.net_mbit is not None and spec.network == "bridge":
-                tc.set_rate(switching.INSTANCE_LINK, spec.limits.net_mbit, self.host_pid())
-            self.phases.mark("ready")
+
+    # -- the exec path: the agent where it can serve, else `docker exec` -----------------------
+    def _new_agent(self) -> agent_mod.Agent | None:
+        if engine_mod.is_remote():
+            self.facts["exec_path"] = ("docker exec (the engine is on another host: bench's "
+                                       "agent cannot reach its containers)")
+            return None
+        exe, how = self.tier.agent_program()
+        if exe is None:
+            self.facts["exec_path"] = f"docker exec (bench's agent was not built: {how})"
+            return None
+        self.facts["exec_path"] = agent_mod.EXEC_PATH
+        return agent_mod.Agent.make(self.tier.agent_base(), self.name, exe)
+
+    def _agent_up(self, options: dict[str, Any]) -> None:
+        """Wait for the agent's socket to answer; if it never does, start the container again
+        as a plain keepalive and exec through the engine (and say why)."""
+        assert self.agent is not None
+        pid = int(self.container.attrs["State"].get("Pid") or 0)
+        why = self.agent.wait_ready(lambda: agent_mod.running(pid))
+        if not why:
+            return
+        self.agent.remove()
+        self.agent = None
+        self.facts["exec_path"] = f"docker exec (bench's agent did not come up: {why})"
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+        self._launch(KEEPALIVE, options)
+        self.container.reload()
 
     def _engine_phase(self, phase: str, field: str) -> None:
         """Put the engine's own time stamp of a state change on our clock (local engines)."""
@@ -164,33 +155,12 @@ class DockerInstance(Instance):
 
     # -- the Instance contract ----------------------------------------------------------------
     def exec(self, argv: list[str], timeout: float) -> Completed:
-        wrapped = ["timeout", "--kill-after=2", f"{max(timeout, 0.1):.3f}", *argv]
-        started = time.perf_counter()
-        api = self.engine.api
-        saved = api.timeout
-        api.timeout = int(timeout) + 30  # the HTTP read waits for the command: give it room
-        try:
-            done = self.container.exec_run(wrapped, demux=True)
-        except (requests.exceptions.RequestException, docker.errors.APIError) as exc:
-            raise CommandError(argv, -1, f"docker exec failed: {exc}") from exc
-        finally:
-            api.timeout = saved
-        seconds = time.perf_counter() - started
-        out, err = _demuxed(done.output)
-        status = int(done.exit_code if done.exit_code is not None else -1)
-        if status in TIMEOUT_STATUS and seconds >= timeout * 0.98:
-            raise CommandTimeout(argv, timeout, err)
-        if status != 0:
-            raise CommandError(argv, status, err or out)
-        return Completed(list(argv), status, out, err, seconds)
+        if self.agent is not None:
+            return self.agent.run(argv, timeout)
+        return engine_exec.run(self.engine, self.container, argv, timeout)
 
     def spawn(self, argv: list[str]) -> Background:
-        n = next(self._spawned)
-        pidfile, logfile = f"/tmp/bench-bg-{n}.pid", f"/tmp/bench-bg-{n}.log"
-        exec_id = self.engine.api.exec_create(
-            self.container.id, ["sh", "-c", SPAWN_SCRIPT, "sh", pidfile, logfile, *argv])["Id"]
-        self.engine.api.exec_start(exec_id, detach=True)
-        return DockerBackground(self, exec_id, pidfile, logfile)
+        return engine_exec.spawn(self, argv, next(self._spawned))
 
     def address(self) -> str:
         if self.spec.network == "host":
@@ -255,6 +225,8 @@ class DockerInstance(Instance):
         if self.volume is not None:
             with contextlib.suppress(docker.errors.NotFound):
                 self.engine.volumes.get(self.volume).remove(force=True)
+        if self.agent is not None:
+            self.agent.remove()
 
     # -- live switches: the engine's update where it has the knob, else cgroup files / tc ---
     def host_pid(self) -> int:

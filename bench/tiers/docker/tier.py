@@ -1,8 +1,9 @@
 """The docker tier: Docker containers through the docker SDK, on a local or remote engine.
 
 The bench image's root is imported once per image hash as `bench-image:<hash>` (no registry
-needed). A long-lived instance is a container running `sleep infinity` under docker-init, driven
-by `exec`; a command instance (start-up) is create + start of the command itself, with the
+needed). A long-lived instance is a container running bench-agent (bench/tiers/docker/agent.py;
+`sleep infinity` where the agent cannot serve) under docker-init, driven by `exec`; a command
+instance (start-up) is create + start of the command itself, with the
 engine's own StartedAt/FinishedAt converted to our CLOCK_MONOTONIC. Every container, network
 and volume carries the label `bench.run=<run id>`, which `cleanup` finds after a crash.
 """
@@ -29,6 +30,7 @@ from bench.tiers.base import (
     TierContext,
     host_memory,
 )
+from bench.tiers.docker import agent as agent_mod
 from bench.tiers.docker import engine as engine_mod
 from bench.tiers.docker.image import import_image
 from bench.tiers.docker.instance import DockerInstance
@@ -82,6 +84,8 @@ class DockerTier(Tier):
         self._seq = itertools.count(1)
         self._layers: Any = None
         self._hierarchies: cgroups.Hierarchies | None = None
+        self._agent: tuple[Path | None, str] | None = None  # the agent's program, or why not
+        self._made_workdir = False  # the agents' directory made ctx.workdir: finish removes it
 
     @property
     def engine(self) -> docker.DockerClient:
@@ -127,6 +131,17 @@ class DockerTier(Tier):
             raise
         return instance
 
+    def agent_program(self) -> tuple[Path | None, str]:
+        """bench-agent, built (once) for the long-lived containers; or None and why not."""
+        if self._agent is None:
+            self._agent = agent_mod.program()
+        return self._agent
+
+    def agent_base(self) -> Path:
+        """The run's directory of agent sockets (one subdirectory per container)."""
+        self._made_workdir |= not self.ctx.workdir.exists()
+        return agent_mod.base_dir(self.ctx.workdir, self.ctx.run_id)
+
     def layer_lab(self) -> Any:
         """Pulls of N-layer images from bench's registries (bench/tiers/docker/layers.py)."""
         if self._layers is None:
@@ -141,11 +156,20 @@ class DockerTier(Tier):
             self._layers = None
         if hasattr(self, "ctx") and self._engine is not None:
             self.cleanup(self.ctx.run_id)
+        if hasattr(self, "ctx"):
+            agent_mod.remove_base(self.ctx.workdir)
+            if self._made_workdir:
+                with contextlib.suppress(OSError):
+                    self.ctx.workdir.rmdir()
+                self._made_workdir = False
 
     def cleanup(self, run_id: str | None) -> list[str]:
         from bench.tiers.docker import limited, registry
 
         removed = limited.cleanup(run_id) + registry.remove_run(run_id)
+        for work in hostlock.run_dirs(run_id):  # agents' sockets (their containers go below)
+            if agent_mod.remove_base(work / self.name):
+                removed.append(f"agent directory {work / self.name / agent_mod.BASE_NAME}")
         if self._engine is None and not engine_mod.diagnose().ok:
             return removed  # no engine, nothing it could still hold
         label = f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL
