@@ -44,11 +44,13 @@ EXEC_PATH = "bench agent in the container (fork from the container's process)"
 
 def running(pid: int) -> bool:
     """Is host process `pid` (a container's init) there and not a zombie?"""
+    import psutil
+
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
+        return pid > 0 and psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE,
+                                                                psutil.STATUS_DEAD)
+    except psutil.Error:
         return False
-    return pid > 0 and state not in ("Z", "X")
 
 
 class AgentLost(BenchError):
@@ -133,8 +135,7 @@ class Agent:
 
     def wait_ready(self, alive: Callable[[], bool]) -> str:
         """Wait until the agent answers; '' then, else why it did not."""
-        timeout = READY_TIMEOUT_S
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + READY_TIMEOUT_S
         pause = 0.0005
         while True:
             try:
@@ -145,7 +146,7 @@ class Agent:
             if not alive():
                 return f"the container's process ended ({why})"
             if time.monotonic() > deadline:
-                return f"no answer within {timeout:g} s ({why})"
+                return f"no answer within {READY_TIMEOUT_S:g} s ({why})"
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
 
